@@ -1,0 +1,49 @@
+# Set-up and checks. `make demo` and `make test` work on a fresh Debian machine:
+# they install what they need themselves.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CONSTRAINTS := docker/constraints.txt
+STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
+DEMO_DIR ?= build/demo
+
+.PHONY: install demo test test-unit test-integration bench-data bench-deps lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS) scripts/install.sh
+	bash scripts/install.sh $(VENV) $(CONSTRAINTS)
+	touch $@
+
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(VENV)/bin/ssd-detector synth $(DEMO_DIR)/data --train 64 --validation 16 --classes 4 --image-size 320x240 --seed 1 --format both
+	$(VENV)/bin/ssd-detector check-data $(DEMO_DIR)/data/json/train --annotations $(DEMO_DIR)/data/json/train_annotation --num-classes 4 --label-width 350
+	$(VENV)/bin/ssd-detector check-data $(DEMO_DIR)/data/recordio/train --num-classes 4 --label-width 350
+	SAGEMAKER_BASE_DIR=$(DEMO_DIR)/opt_ml bash scripts/demo_job.sh $(DEMO_DIR)
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-unit: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+test-integration: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration
+
+bench-deps: $(BENCH_STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	bash scripts/install.sh --bench $(VENV) $(CONSTRAINTS)
+	touch $@
+
+bench-data: bench-deps
+	$(PY) scripts/bench_data.py
+
+lint: install
+	$(PY) -m compileall -q src scripts tests container
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,188 @@
+"""The ``ssd-detector`` command: data tools now, training and serving as they land."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import UserError
+
+LOG = logging.getLogger("ssd_detector")
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="[%(asctime)s %(levelname)s %(name)s] %(message)s", datefmt="%m/%d/%Y %H:%M:%S")
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image size {text!r} must look like 320x240") from None
+    return width, height
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .data.synthetic import SynthSpec, generate
+
+    width, height = args.image_size
+    spec = SynthSpec(train=args.train, validation=args.validation, classes=args.classes, width=width,
+                     height=height, seed=args.seed, format=args.format, image_format=args.image_format,
+                     max_objects=args.max_objects)
+    try:
+        spec.check()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    counts = generate(args.out, spec)
+    print(json.dumps({"output": str(args.out), **counts, "classes": args.classes, "format": args.format}))
+    return 0
+
+
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    from .data.channel import read_channel, summarize, validate
+
+    data = read_channel(args.path, args.annotations, content_type=args.content_type)
+    if not data.issues:
+        validate(data, args.num_classes, decode=not args.no_decode, require_all_classes=not args.validation)
+    report = summarize(data, args.label_width)
+    print(json.dumps(report, indent=2 if args.pretty else None))
+    return 0 if not report["errors"] else 1
+
+
+def _cmd_check_job(args: argparse.Namespace) -> int:
+    from .failure import run_job
+    from .sagemaker_env import Paths
+    from .training.inputs import read_training_inputs
+
+    paths = Paths(Path(args.base_dir)) if args.base_dir else Paths.from_env()
+
+    def job() -> None:
+        inputs = read_training_inputs(paths, decode_images=not args.no_decode)
+        summary = {
+            "hyperparameters": inputs.hyperparameters.to_strings(),
+            "hosts": list(inputs.resources.hosts),
+            "current_host": inputs.resources.current_host,
+            "train": {"format": inputs.train.format, "images": len(inputs.train.samples)},
+            "validation": ({"format": inputs.validation.format, "images": len(inputs.validation.samples)}
+                           if inputs.validation else None),
+            "class_names": {str(k): v for k, v in sorted(inputs.class_names.items())},
+        }
+        print(json.dumps(summary))
+
+    failure_file = paths.failure_file if args.write_failure else Path("/dev/null")
+    if args.write_failure:
+        return run_job(job, failure_file)
+    try:
+        job()
+    except UserError as exc:
+        LOG.error("%s", exc)
+        return 1
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .data import convert
+    from .data.channel import read_channel, validate
+
+    if args.source == "voc":
+        from .data.voc import read_voc
+        classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+        data = read_voc(args.input, args.split, classes)
+    elif args.source == "lst":
+        from .data.lst import read_lst
+        data = read_lst(args.input, args.image_root or Path(args.input).parent)
+    elif args.source == "json":
+        if not args.annotations:
+            raise UserError("convert json needs --annotations DIR (the annotation channel)")
+        data = read_channel(args.input, args.annotations, content_type="image/jpeg")
+    else:
+        data = read_channel(args.input, content_type="application/x-recordio")
+    if not data.issues:
+        validate(data, None, decode=True, require_all_classes=False)
+    if data.issues:
+        listed = "; ".join(f"{i.where}: {i.what}" for i in data.issues[:10])
+        raise UserError(f"{args.input}: {len(data.issues)} problem(s), nothing written: {listed}")
+    if args.to == "recordio":
+        out = Path(args.output)
+        if out.suffix != ".rec":
+            out = out / f"{data.name or 'data'}.rec"
+        count = convert.to_recordio(data, out, object_width=6 if args.keep_difficult else 5)
+        print(json.dumps({"output": str(out), "records": count}))
+    else:
+        out = Path(args.output)
+        image_dir = out
+        annotation_dir = Path(args.output_annotations) if args.output_annotations else \
+            out.parent / f"{out.name}_annotation"
+        count = convert.to_json(data, image_dir, annotation_dir)
+        print(json.dumps({"images": str(image_dir), "annotations": str(annotation_dir), "count": count}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssd-detector", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="make a synthetic detection set laid out as SageMaker channels")
+    p.add_argument("out", type=Path)
+    p.add_argument("--train", type=int, required=True, help="training images")
+    p.add_argument("--validation", type=int, default=0, help="validation images")
+    p.add_argument("--classes", type=int, required=True, help="number of classes (shapes), 1 to 10")
+    p.add_argument("--image-size", type=_image_size, default=(320, 240), metavar="WxH")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=("json", "recordio", "both"), default="json",
+                   help="json: train/ + train_annotation/ ...; recordio: train/train.rec ...; "
+                        "both: OUT/json/ and OUT/recordio/")
+    p.add_argument("--image-format", choices=("jpg", "png", "mixed"), default="jpg")
+    p.add_argument("--max-objects", type=int, default=6, help="most objects in one image")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("check-data", help="check a channel and print a JSON report; exit 0 only when it is clean")
+    p.add_argument("path", type=Path, help="a .rec file, a folder of .rec files, or an image folder")
+    p.add_argument("--annotations", type=Path, help="the annotation folder of an image channel")
+    p.add_argument("--num-classes", type=int, help="check class ids against this (default: highest id + 1)")
+    p.add_argument("--label-width", type=int, help="also check this label_width hyperparameter")
+    p.add_argument("--content-type", help="the channel's ContentType (default: inferred)")
+    p.add_argument("--validation", action="store_true", help="a validation channel: classes may be absent")
+    p.add_argument("--no-decode", action="store_true", help="skip decoding every image")
+    p.add_argument("--pretty", action="store_true", help="indent the JSON report")
+    p.set_defaults(func=_cmd_check_data)
+
+    p = sub.add_parser("check-job", help="read and check a SageMaker /opt/ml tree as train does, without training")
+    p.add_argument("--base-dir", help="instead of $SAGEMAKER_BASE_DIR or /opt/ml")
+    p.add_argument("--no-decode", action="store_true", help="skip decoding every image")
+    p.add_argument("--write-failure", action="store_true", help="write output/failure on error, as train does")
+    p.set_defaults(func=_cmd_check_job)
+
+    p = sub.add_parser("convert", help="convert between RecordIO, JSON annotations, .lst and Pascal VOC")
+    p.add_argument("source", choices=("json", "recordio", "lst", "voc"), help="input format")
+    p.add_argument("input", type=Path, help="image folder (json), .rec or folder (recordio), .lst file, VOC root")
+    p.add_argument("--to", choices=("recordio", "json"), required=True)
+    p.add_argument("--output", required=True, help="a .rec file or folder (recordio); the image folder (json)")
+    p.add_argument("--annotations", type=Path, help="json input: the annotation folder")
+    p.add_argument("--output-annotations", help="json output: annotation folder (default OUTPUT_annotation)")
+    p.add_argument("--image-root", type=Path, help="lst input: folder the image paths are relative to")
+    p.add_argument("--split", help="voc input: ImageSets/Main/<split>.txt (default: every annotation)")
+    p.add_argument("--classes", help="voc input: comma-separated class names in id order")
+    p.add_argument("--keep-difficult", action="store_true",
+                   help="recordio output: write 6 values per object, the 6th VOC's difficult flag")
+    p.set_defaults(func=_cmd_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        LOG.error("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Hyperparameters of the built-in Object Detection algorithm: names, defaults, ranges.
+
+SageMaker hands every value over as a string (``"0.001"``, ``"True"``, ``"3,6"``); newer SDKs
+JSON-encode them first (``"\\"resnet-50\\""``). Both forms, and plain JSON numbers and booleans
+from hand-written files, parse to the same typed value here. Every error names the key, the
+value and what would be accepted.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from .errors import HyperparameterError
+
+LOG = logging.getLogger(__name__)
+
+BASE_NETWORKS = ("vgg-16", "resnet-50", "mobilenet-1.0", "mobilenet-0.25")
+OPTIMIZERS = ("sgd", "adam", "rmsprop", "adadelta")
+KV_STORES = ("device", "local", "dist_sync", "dist_device_sync", "dist_async")
+# Keys SageMaker or its SDKs add on their own; accepted silently and not validated.
+RESERVED_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
+MIN_IMAGE_SHAPE = 64
+MAX_IMAGE_SHAPE = 2048
+# MXNet's detection label parser needs at least 2 header values and one 5-value object.
+MIN_LABEL_WIDTH = 7
+
+
+def _unquote(value: Any) -> Any:
+    """Undo the SDK's JSON encoding of a value (``'"resnet-50"'`` -> ``'resnet-50'``)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) >= 2 and text[0] == text[-1] == '"':
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                return text[1:-1]
+        return text
+    return value
+
+
+def _parse_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        raise ValueError("not a whole number")
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        number = float(text)  # "32.0" is accepted; "abc" raises ValueError
+        if not number.is_integer():
+            raise ValueError("not a whole number") from None
+        return int(number)
+
+
+def _parse_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    number = float(value if not isinstance(value, str) else value.strip())
+    if not math.isfinite(number):
+        raise ValueError("not a finite number")
+    return number
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    raise ValueError("not a boolean")
+
+
+def _parse_str(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _parse_epoch_list(value: Any) -> tuple[int, ...]:
+    """``"10, 20"``, ``"[10, 20]"``, a JSON list or ``""`` -> increasing positive epochs."""
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        text = str(value).strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        items = [part for part in (p.strip() for p in text.split(",")) if part != ""]
+    epochs = tuple(_parse_int(item) for item in items)
+    if any(e < 1 for e in epochs):
+        raise ValueError("epochs must be positive")
+    if any(b <= a for a, b in zip(epochs, epochs[1:])):
+        raise ValueError("epochs must be strictly increasing")
+    return epochs
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter: how to parse it and what range it must fall in."""
+
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    accepts: str  # shown in errors, for example "an integer >= 1"
+    check: Callable[[Any], bool] = lambda v: True
+    required: bool = False
+
+
+def _between(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Callable[[float], bool]:
+    def check(v: float) -> bool:
+        above = v > low if low_open else v >= low
+        below = v < high if high_open else v <= high
+        return above and below
+    return check
+
+
+def _regex_ok(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
+
+
+SCHEMA: tuple[Param, ...] = (
+    Param("num_classes", _parse_int, None, "an integer >= 1", lambda v: v >= 1, required=True),
+    # Required by the built-in; counted from the training data here when absent.
+    Param("num_training_samples", _parse_int, None, "an integer >= 1", lambda v: v >= 1),
+    Param("base_network", _parse_str, "vgg-16", "one of " + ", ".join(BASE_NETWORKS),
+          lambda v: v in BASE_NETWORKS),
+    Param("use_pretrained_model", _parse_int, 1, "0 or 1", lambda v: v in (0, 1)),
+    Param("image_shape", _parse_int, 300, f"an integer from {MIN_IMAGE_SHAPE} to {MAX_IMAGE_SHAPE}",
+          _between(MIN_IMAGE_SHAPE, MAX_IMAGE_SHAPE)),
+    Param("epochs", _parse_int, 30, "an integer >= 1", lambda v: v >= 1),
+    Param("mini_batch_size", _parse_int, 32, "an integer >= 1", lambda v: v >= 1),
+    Param("learning_rate", _parse_float, 0.001, "a number in (0, 1]", _between(0, 1, low_open=True)),
+    Param("lr_scheduler_step", _parse_epoch_list, (), "comma-separated increasing epochs, e.g. \"10,20\""),
+    Param("lr_scheduler_factor", _parse_float, 0.1, "a number in (0, 1)",
+          _between(0, 1, low_open=True, high_open=True)),
+    Param("optimizer", _parse_str, "sgd", "one of " + ", ".join(OPTIMIZERS), lambda v: v in OPTIMIZERS),
+    Param("momentum", _parse_float, 0.9, "a number in [0, 1]", _between(0, 1)),
+    Param("weight_decay", _parse_float, 0.0005, "a number in [0, 1)", _between(0, 1, high_open=True)),
+    Param("early_stopping", _parse_bool, False, "True or False"),
+    Param("early_stopping_min_epochs", _parse_int, 10, "an integer >= 1", lambda v: v >= 1),
+    Param("early_stopping_patience", _parse_int, 5, "an integer >= 1", lambda v: v >= 1),
+    Param("early_stopping_tolerance", _parse_float, 0.0, "a number in [0, 1]", _between(0, 1)),
+    Param("freeze_layer_pattern", _parse_str, "", "a Python regular expression", _regex_ok),
+    Param("label_width", _parse_int, 350, f"an integer >= {MIN_LABEL_WIDTH}", lambda v: v >= MIN_LABEL_WIDTH),
+    Param("nms_threshold", _parse_float, 0.45, "a number in (0, 1]", _between(0, 1, low_open=True)),
+    Param("nms_topk", _parse_int, 400, "an integer >= 1, or -1 for no limit", lambda v: v >= 1 or v == -1),
+    Param("overlap_threshold", _parse_float, 0.5, "a number in (0, 1]", _between(0, 1, low_open=True)),
+    Param("kv_store", _parse_str, "device", "one of " + ", ".join(KV_STORES), lambda v: v in KV_STORES),
+    # Hidden keys of the built-in, kept so its hyperparams.json round-trips.
+    Param("_kvstore", _parse_str, "device", "one of " + ", ".join(KV_STORES), lambda v: v in KV_STORES),
+    Param("_num_kv_servers", _parse_str, "auto", "a string"),
+)
+SCHEMA_BY_NAME: dict[str, Param] = {p.name: p for p in SCHEMA}
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """The resolved, typed hyperparameters of one job."""
+
+    values: Mapping[str, Any]
+    given: frozenset[str]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def with_value(self, name: str, value: Any) -> "Hyperparameters":
+        updated = dict(self.values)
+        updated[name] = value
+        return Hyperparameters(values=updated, given=self.given)
+
+    def to_strings(self) -> dict[str, str]:
+        """Every value as the built-in writes it to ``hyperparams.json``."""
+        return {name: _format(value) for name, value in self.values.items()}
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _is_reserved(name: str) -> bool:
+    return any(name.startswith(prefix) for prefix in RESERVED_PREFIXES)
+
+
+def parse_hyperparameters(raw: Mapping[str, Any]) -> Hyperparameters:
+    """Validates and types a raw name -> value map; raises HyperparameterError naming every problem."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name in SCHEMA_BY_NAME or _is_reserved(name):
+            continue
+        close = difflib.get_close_matches(name, SCHEMA_BY_NAME, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        LOG.warning("ignoring unknown hyperparameter %r=%r%s", name, value, hint)
+    for param in SCHEMA:
+        if param.name not in raw:
+            if param.required:
+                problems.append(f"{param.name} is required ({param.accepts})")
+            values[param.name] = param.default
+            continue
+        value = _unquote(raw[param.name])
+        if param.required and value in ("", None):
+            problems.append(f"{param.name} is required ({param.accepts})")
+            continue
+        try:
+            parsed = param.parse(value)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{param.name}={raw[param.name]!r} is not valid: {exc}; expected {param.accepts}")
+            continue
+        if not param.check(parsed):
+            problems.append(f"{param.name}={raw[param.name]!r} is out of range; expected {param.accepts}")
+            continue
+        values[param.name] = parsed
+    if not problems:
+        problems.extend(_check_combinations(values))
+    if problems:
+        raise HyperparameterError("invalid hyperparameters: " + "; ".join(problems))
+    _warn_combinations(values)
+    given = frozenset(name for name in raw if name in SCHEMA_BY_NAME)
+    return Hyperparameters(values=values, given=given)
+
+
+def _check_combinations(values: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for key in ("kv_store", "_kvstore"):
+        if values[key] == "dist_async":
+            problems.append(
+                f"{key}='dist_async' is not supported: training is synchronous (Horovod); "
+                "use dist_sync, or leave kv_store unset")
+    return problems
+
+
+def _warn_combinations(values: Mapping[str, Any]) -> None:
+    if values["base_network"] in ("vgg-16", "resnet-50") and values["image_shape"] < 300:
+        LOG.warning("image_shape=%d is below 300, the smallest size the built-in accepts for %s; "
+                    "accuracy will suffer", values["image_shape"], values["base_network"])
+    late = [e for e in values["lr_scheduler_step"] if e >= values["epochs"]]
+    if late:
+        LOG.warning("lr_scheduler_step epochs %s are not before the last epoch (epochs=%d) and have no effect",
+                    late, values["epochs"])
+    if values["early_stopping"] and values["early_stopping_min_epochs"] >= values["epochs"]:
+        LOG.warning("early_stopping_min_epochs=%d is not below epochs=%d: early stopping cannot trigger",
+                    values["early_stopping_min_epochs"], values["epochs"])

@@ -1,0 +1,1 @@
+"""Detection data: formats, checks, synthetic sets, augmentation and batching."""

@@ -1,0 +1,81 @@
+"""Detection labels: unpacking RecordIO label arrays and checking objects against the rules."""
+from __future__ import annotations
+
+import numpy as np
+
+from .sample import empty_objects
+
+# Normalized coordinates may overshoot [0, 1] by float rounding; more than this is an error.
+COORD_TOLERANCE = 1e-3
+
+
+class LabelError(ValueError):
+    """A label that cannot be used; the message says what is wrong with it."""
+
+
+def unpack_detection_label(label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """A packed label ``[header_width, object_width, extra header..., objects...]`` ->
+    (boxes (N, 4), class_ids (N,), difficult (N,), raw label width).
+
+    Rows whose class id is -1 are padding and are dropped. Boxes are returned as found;
+    ``check_boxes`` and ``check_class_ids`` judge them.
+    """
+    values = np.asarray(label, dtype=np.float32).reshape(-1)
+    if values.size < 2:
+        raise LabelError(f"label has {values.size} value(s); a detection label starts with the header width "
+                         "and the object width (pack it with im2rec --pack-label)")
+    header_width, object_width = float(values[0]), float(values[1])
+    if header_width != int(header_width) or int(header_width) < 2 or int(header_width) > values.size:
+        raise LabelError(f"label header width {values[0]:g} must be a whole number from 2 to the label length "
+                         f"{values.size}")
+    if object_width != int(object_width) or int(object_width) < 5:
+        raise LabelError(f"label object width {values[1]:g} must be a whole number >= 5 "
+                         "(class_id, xmin, ymin, xmax, ymax[, difficult])")
+    hw, ow = int(header_width), int(object_width)
+    body = values[hw:]
+    if body.size % ow:
+        raise LabelError(f"label has {body.size} object values after its {hw}-value header, not a multiple of the "
+                         f"object width {ow}: each object needs {ow} numbers [class_id, xmin, ymin, xmax, ymax...]")
+    rows = body.reshape(-1, ow)  # (N, object_width)
+    rows = rows[rows[:, 0] != -1]
+    if rows.shape[0] == 0:
+        return (*empty_objects(), int(values.size))
+    difficult = rows[:, 5] > 0 if ow >= 6 else np.zeros(rows.shape[0], bool)
+    class_ids = rows[:, 0]
+    if np.any(class_ids != np.round(class_ids)):
+        bad = class_ids[class_ids != np.round(class_ids)][0]
+        raise LabelError(f"class id {bad:g} is not a whole number")
+    return rows[:, 1:5].astype(np.float32), class_ids.astype(np.int32), difficult, int(values.size)
+
+
+def check_boxes(boxes: np.ndarray) -> list[str]:
+    """Problems with normalized (N, 4) boxes, one message per bad object (object index first)."""
+    problems = []
+    for i, box in enumerate(boxes):
+        x0, y0, x1, y1 = (float(v) for v in box)
+        if max(x0, y0, x1, y1) > 2:
+            problems.append(f"object {i}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) looks like pixels; RecordIO "
+                            "coordinates must be normalized to [0, 1] by the image width and height")
+        elif min(x0, y0) < -COORD_TOLERANCE or max(x1, y1) > 1 + COORD_TOLERANCE:
+            problems.append(f"object {i}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside the image [0, 1]")
+        elif x1 <= x0 or y1 <= y0:
+            problems.append(f"object {i}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) has zero area "
+                            "(xmax must exceed xmin and ymax must exceed ymin)")
+    return problems
+
+
+def check_class_ids(class_ids: np.ndarray, num_classes: int | None) -> list[str]:
+    """Problems with class ids: negative, or not below num_classes (when known)."""
+    problems = []
+    for i, cls in enumerate(class_ids):
+        if cls < 0:
+            problems.append(f"object {i}: class id {cls} is negative")
+        elif num_classes is not None and cls >= num_classes:
+            problems.append(f"object {i}: class id {cls} is out of range for num_classes={num_classes} "
+                            f"(ids run from 0 to {num_classes - 1})")
+    return problems
+
+
+def clip_boxes(boxes: np.ndarray) -> np.ndarray:
+    """Clips the rounding overshoot that check_boxes tolerates."""
+    return np.clip(boxes, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,18 @@
+"""The two error families of a job: a user's mistake, and everything else."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in what the user supplied (hyperparameters, channels, data).
+
+    The message is shown to the user as it is (in the failure file for training), so it
+    must name the bad value and say what would be accepted.
+    """
+
+
+class HyperparameterError(UserError):
+    """A hyperparameter has a bad name, value or combination."""
+
+
+class DataError(UserError):
+    """A channel's data cannot be used for training or validation."""

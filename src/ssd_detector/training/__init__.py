@@ -1,0 +1,1 @@
+"""Training: job inputs, loop, schedule, distribution, checkpoints, metric lines."""
