@@ -1,0 +1,17 @@
+"""Shared fixtures: small synthetic sets made by the project's own generator."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ssd_detector.data.synthetic import SynthSpec, generate
+
+
+@pytest.fixture(scope="session")
+def synth_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 train + 4 validation images of 3 classes, in both formats (OUT/json, OUT/recordio)."""
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, SynthSpec(train=16, validation=4, classes=3, width=160, height=120, seed=7, format="both",
+                            image_format="mixed"))
+    return out

@@ -1,0 +1,119 @@
+import json
+import logging
+
+import pytest
+
+from ssd_detector.config import SCHEMA, parse_hyperparameters
+from ssd_detector.errors import HyperparameterError
+
+BUILT_IN_DEFAULTS = {
+    "base_network": "vgg-16", "early_stopping": "False", "early_stopping_min_epochs": "10",
+    "early_stopping_patience": "5", "early_stopping_tolerance": "0.0", "image_shape": "300", "epochs": "30",
+    "freeze_layer_pattern": "", "kv_store": "device", "label_width": "350", "learning_rate": "0.001",
+    "lr_scheduler_factor": "0.1", "lr_scheduler_step": "", "mini_batch_size": "32", "momentum": "0.9",
+    "nms_threshold": "0.45", "optimizer": "sgd", "overlap_threshold": "0.5", "use_pretrained_model": "1",
+    "weight_decay": "0.0005", "nms_topk": "400", "_kvstore": "device", "_num_kv_servers": "auto",
+}
+
+
+def test_every_built_in_name_has_its_default():
+    hp = parse_hyperparameters({"num_classes": "3"})
+    strings = hp.to_strings()
+    for name, default in BUILT_IN_DEFAULTS.items():
+        assert strings[name] == default, name
+    assert strings["num_classes"] == "3"
+    assert {p.name for p in SCHEMA} >= set(BUILT_IN_DEFAULTS) | {"num_classes", "num_training_samples"}
+
+
+def test_values_as_strings_json_quoted_and_plain_json():
+    plain = parse_hyperparameters({"num_classes": "4", "base_network": "resnet-50", "learning_rate": "0.01",
+                                   "early_stopping": "True", "lr_scheduler_step": "10, 20"})
+    quoted = parse_hyperparameters({k: json.dumps(v) for k, v in {
+        "num_classes": "4", "base_network": "resnet-50", "learning_rate": "0.01", "early_stopping": "True",
+        "lr_scheduler_step": "10, 20"}.items()})
+    native = parse_hyperparameters({"num_classes": 4, "base_network": "resnet-50", "learning_rate": 0.01,
+                                    "early_stopping": True, "lr_scheduler_step": [10, 20]})
+    for hp in (plain, quoted, native):
+        assert hp.num_classes == 4
+        assert hp.base_network == "resnet-50"
+        assert hp.learning_rate == pytest.approx(0.01)
+        assert hp.early_stopping is True
+        assert hp.lr_scheduler_step == (10, 20)
+    assert parse_hyperparameters({"num_classes": "\"2\"", "early_stopping": "\"true\""}).early_stopping is True
+
+
+def test_small_networks_are_accepted():
+    for net in ("mobilenet-1.0", "mobilenet-0.25"):
+        assert parse_hyperparameters({"num_classes": "1", "base_network": net}).base_network == net
+
+
+@pytest.mark.parametrize("key,value,accepted", [
+    ("num_classes", "0", "an integer >= 1"),
+    ("num_classes", "two", "an integer >= 1"),
+    ("num_training_samples", "-5", "an integer >= 1"),
+    ("base_network", "vgg-19", "one of vgg-16, resnet-50, mobilenet-1.0, mobilenet-0.25"),
+    ("use_pretrained_model", "2", "0 or 1"),
+    ("image_shape", "32", "an integer from 64 to 2048"),
+    ("image_shape", "300.5", "an integer from 64 to 2048"),
+    ("epochs", "0", "an integer >= 1"),
+    ("mini_batch_size", "-1", "an integer >= 1"),
+    ("learning_rate", "0", "a number in (0, 1]"),
+    ("learning_rate", "1.5", "a number in (0, 1]"),
+    ("learning_rate", "nan", "a number in (0, 1]"),
+    ("lr_scheduler_step", "20,10", "comma-separated increasing epochs"),
+    ("lr_scheduler_step", "a,b", "comma-separated increasing epochs"),
+    ("lr_scheduler_factor", "1", "a number in (0, 1)"),
+    ("optimizer", "nag", "one of sgd, adam, rmsprop, adadelta"),
+    ("momentum", "1.1", "a number in [0, 1]"),
+    ("weight_decay", "1", "a number in [0, 1)"),
+    ("early_stopping", "maybe", "True or False"),
+    ("early_stopping_min_epochs", "0", "an integer >= 1"),
+    ("early_stopping_patience", "0", "an integer >= 1"),
+    ("early_stopping_tolerance", "1.5", "a number in [0, 1]"),
+    ("freeze_layer_pattern", "^(conv1_", "a Python regular expression"),
+    ("label_width", "6", "an integer >= 7"),
+    ("nms_threshold", "0", "a number in (0, 1]"),
+    ("nms_topk", "0", "an integer >= 1, or -1 for no limit"),
+    ("overlap_threshold", "1.01", "a number in (0, 1]"),
+    ("kv_store", "nccl", "one of device, local, dist_sync"),
+])
+def test_bad_value_names_key_value_and_range(key, value, accepted):
+    raw = {"num_classes": "3", key: value}
+    with pytest.raises(HyperparameterError) as info:
+        parse_hyperparameters(raw)
+    message = str(info.value)
+    assert key in message
+    assert repr(value) in message
+    assert accepted in message
+
+
+def test_num_classes_required_and_all_problems_listed():
+    with pytest.raises(HyperparameterError) as info:
+        parse_hyperparameters({"epochs": "0", "optimizer": "x"})
+    message = str(info.value)
+    assert "num_classes is required" in message
+    assert "epochs='0'" in message and "optimizer='x'" in message
+
+
+def test_dist_async_is_refused():
+    with pytest.raises(HyperparameterError, match="dist_async.*not supported"):
+        parse_hyperparameters({"num_classes": "3", "kv_store": "dist_async"})
+    assert parse_hyperparameters({"num_classes": "3", "kv_store": "dist_sync"}).kv_store == "dist_sync"
+
+
+def test_unknown_keys_warn_reserved_keys_do_not(caplog):
+    with caplog.at_level(logging.WARNING):
+        parse_hyperparameters({"num_classes": "3", "learning_rat": "0.1", "sagemaker_region": "\"us-east-1\"",
+                               "_tuning_objective_metric": "validation:mAP"})
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("learning_rat" in w and "did you mean 'learning_rate'" in w for w in warnings)
+    assert not any("sagemaker_region" in w or "_tuning_objective_metric" in w for w in warnings)
+
+
+def test_to_strings_round_trips():
+    hp = parse_hyperparameters({"num_classes": "3", "lr_scheduler_step": "3,6", "early_stopping": "true",
+                                "num_training_samples": "100"})
+    again = parse_hyperparameters(hp.to_strings())
+    assert again.values == hp.values
+    assert hp.to_strings()["early_stopping"] == "True"
+    assert hp.to_strings()["lr_scheduler_step"] == "3,6"
