@@ -1,0 +1,180 @@
+"""Batches of transformed samples, made in worker processes, sharded for distributed training.
+
+Each worker builds whole batches (decode, transform, stack) so the training process only
+receives finished arrays. Randomness comes from (seed, epoch, sample index), so a batch is the
+same whatever the worker count. A dead worker raises at once instead of hanging.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .images import decode_rgb
+from .sample import Sample
+
+LOG = logging.getLogger(__name__)
+
+# A transform maps (image (H, W, 3) uint8, boxes (N, 4), rng) -> (image (3, S, S), boxes (K, 4), kept (N,)).
+Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]]
+LABEL_COLUMNS = 6  # class id, xmin, ymin, xmax, ymax, difficult
+
+
+class LoaderError(RuntimeError):
+    """A batch could not be made; the message names the sample."""
+
+
+@dataclass
+class Batch:
+    images: np.ndarray  # (B, 3, S, S) uint8
+    labels: np.ndarray  # (B, M, 6) float32: class id, corners, difficult; rows of -1 pad
+    indices: np.ndarray  # (B,) sample indices, for tests and evaluation
+
+
+def shard_indices(order: np.ndarray, part_index: int, num_parts: int) -> np.ndarray:
+    """Part ``part_index`` of ``num_parts`` of an epoch's order: disjoint, together complete,
+    sizes differing by at most one."""
+    if not 0 <= part_index < num_parts:
+        raise ValueError(f"part index {part_index} must be in [0, {num_parts})")
+    return order[part_index::num_parts]
+
+
+def make_batch(samples: Sequence[Sample], indices: Sequence[int], transform: Transform, seed: int, epoch: int,
+               max_objects: int | None) -> Batch:
+    images, labels = [], []
+    for index in indices:
+        sample = samples[index]
+        rng = np.random.default_rng([seed, epoch, int(index)])
+        try:
+            image = decode_rgb(sample.image.read())
+            out, boxes, kept = transform(image, sample.boxes, rng)
+        except Exception as exc:  # noqa: BLE001 - the sample is named, whatever went wrong
+            raise LoaderError(f"{sample.where}: {type(exc).__name__}: {exc}") from exc
+        rows = np.concatenate([sample.class_ids[kept, None].astype(np.float32), boxes,
+                               sample.difficult[kept, None].astype(np.float32)], axis=1)  # (K, 6)
+        images.append(out)
+        labels.append(rows)
+    width = max_objects if max_objects is not None else max((len(r) for r in labels), default=0)
+    width = max(width, 1)
+    padded = np.full((len(labels), width, LABEL_COLUMNS), -1, np.float32)
+    for i, rows in enumerate(labels):
+        padded[i, :min(len(rows), width)] = rows[:width]
+    return Batch(np.stack(images), padded, np.asarray(indices, np.int64))
+
+
+_WORKER_STATE: dict = {}
+
+
+def _worker_init(samples: Sequence[Sample], transform: Transform, seed: int, max_objects: int | None) -> None:
+    import cv2
+    cv2.setNumThreads(1)  # the workers are the parallelism
+    _WORKER_STATE.update(samples=samples, transform=transform, seed=seed, max_objects=max_objects)
+
+
+def _worker_batch(epoch: int, indices: np.ndarray) -> Batch:
+    state = _WORKER_STATE
+    return make_batch(state["samples"], indices, state["transform"], state["seed"], epoch, state["max_objects"])
+
+
+class DetectionLoader:
+    """Iterates batches of one epoch at a time; call ``set_epoch`` before each epoch.
+
+    num_workers=0 makes batches in the calling process (tests, debugging).
+    """
+
+    def __init__(self, samples: Sequence[Sample], batch_size: int, transform: Transform, *, shuffle: bool,
+                 seed: int = 0, part_index: int = 0, num_parts: int = 1, num_workers: int | None = None,
+                 drop_last: bool = False, max_objects: int | None = None, prefetch: int | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch size {batch_size} must be >= 1")
+        self.samples = list(samples)
+        self.batch_size = batch_size
+        self.transform = transform
+        self.shuffle = shuffle
+        self.seed = seed
+        self.part_index = part_index
+        self.num_parts = num_parts
+        self.num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+        self.drop_last = drop_last
+        self.max_objects = max_objects
+        self.prefetch = prefetch or max(2, 2 * self.num_workers)
+        self.epoch = 0
+        self._pool: ProcessPoolExecutor | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
+        """This part's sample indices for an epoch, in order."""
+        epoch = self.epoch if epoch is None else epoch
+        order = np.arange(len(self.samples))
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch, 2**31 - 1]).permutation(len(self.samples))
+        return shard_indices(order, self.part_index, self.num_parts)
+
+    def __len__(self) -> int:
+        count = len(self.epoch_indices(0))
+        return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
+
+    def _batches(self) -> list[np.ndarray]:
+        indices = self.epoch_indices()
+        batches = [indices[i:i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return batches
+
+    def _ensure_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn: workers never inherit the training process's MXNet engine threads.
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.num_workers, mp_context=context, initializer=_worker_init,
+                initargs=(self.samples, self.transform, self.seed, self.max_objects))
+        return self._pool
+
+    def __iter__(self) -> Iterator[Batch]:
+        batches = self._batches()
+        if self.num_workers == 0:
+            for indices in batches:
+                yield make_batch(self.samples, indices, self.transform, self.seed, self.epoch, self.max_objects)
+            return
+        pool = self._ensure_pool()
+        pending: deque[Future] = deque()
+        upcoming = iter(batches)
+        epoch = self.epoch
+        try:
+            for indices in upcoming:
+                pending.append(pool.submit(_worker_batch, epoch, indices))
+                if len(pending) >= self.prefetch:
+                    break
+            while pending:
+                batch = pending.popleft().result()
+                following = next(upcoming, None)
+                if following is not None:
+                    pending.append(pool.submit(_worker_batch, epoch, following))
+                yield batch
+        except BrokenProcessPool as exc:
+            self.close()
+            raise LoaderError("a data loading worker died (out of memory?); the batch was lost") from exc
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> "DetectionLoader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
