@@ -39,6 +39,7 @@ class AugmentConfig:
     photometric_prob: float = 0.5  # each distortion applies with this probability
     expand_prob: float = 0.5
     max_expand: float = 4.0
+    crop_prob: float = 1.0  # SSD always samples a crop (one of its options keeps the whole image)
     crop_scale: tuple[float, float] = (0.3, 1.0)
     crop_aspect: tuple[float, float] = (0.5, 2.0)
     crop_trials: int = 50
@@ -89,8 +90,8 @@ def colour_matrix(rng: np.random.Generator, cfg: AugmentConfig, mean_rgb: np.nda
 def sample_crop(rng: np.random.Generator, boxes: np.ndarray, cfg: AugmentConfig) -> np.ndarray:
     """An SSD crop window (x0, y0, x1, y1) in the units of boxes (normalized to the canvas).
 
-    Picks one constraint at random and draws ``crop_trials`` windows at once; the first that meets
-    it (and holds at least one object centre) wins, else the whole canvas.
+    Picks one constraint at random and draws ``crop_trials`` windows at once; the first where some
+    object meets it (and that holds at least one object centre) wins, else the whole canvas.
     """
     whole = np.array([0, 0, 1, 1], np.float32)
     min_iou, max_iou = CROP_CONSTRAINTS[rng.integers(len(CROP_CONSTRAINTS))]
@@ -108,11 +109,15 @@ def sample_crop(rng: np.random.Generator, boxes: np.ndarray, cfg: AugmentConfig)
     crops = np.stack([x0, y0, x0 + w, y0 + h], axis=1).astype(np.float32)  # (n, 4)
     ok = np.ones(n, bool)
     if boxes.shape[0]:
+        # As the SSD reference implementation (Caffe's SatisfySampleConstraint): a window
+        # qualifies when at least one object meets the overlap constraint.
         iou = box_iou(crops, boxes)  # (n, N)
+        meets = np.ones_like(iou, bool)
         if min_iou is not None:
-            ok &= iou.min(axis=1) >= min_iou
+            meets &= iou >= min_iou
         if max_iou is not None:
-            ok &= iou.max(axis=1) <= max_iou
+            meets &= iou <= max_iou
+        ok &= meets.any(axis=1)
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # (N, 2)
         inside = ((centres[None, :, 0] > crops[:, None, 0]) & (centres[None, :, 0] < crops[:, None, 2])
                   & (centres[None, :, 1] > crops[:, None, 1]) & (centres[None, :, 1] < crops[:, None, 3]))
@@ -147,7 +152,10 @@ def _geometry(rng: np.random.Generator, boxes: np.ndarray, cfg: AugmentConfig
     ratio = rng.uniform(1, cfg.max_expand) if rng.uniform() < cfg.expand_prob else 1.0
     ox, oy = rng.uniform(0, 1 - 1 / ratio), rng.uniform(0, 1 - 1 / ratio)
     canvas_boxes = boxes / ratio + np.array([ox, oy, ox, oy], np.float32)
-    crop = sample_crop(rng, canvas_boxes, cfg)
+    if rng.uniform() < cfg.crop_prob:
+        crop = sample_crop(rng, canvas_boxes, cfg)
+    else:
+        crop = np.array([0, 0, 1, 1], np.float32)
     out_boxes, kept = crop_boxes(canvas_boxes, crop)
     flip = rng.uniform() < cfg.flip_prob
     if flip:
