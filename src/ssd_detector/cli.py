@@ -46,8 +46,7 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     from .data.channel import read_channel, summarize, validate
 
     data = read_channel(args.path, args.annotations, content_type=args.content_type)
-    if not data.issues:
-        validate(data, args.num_classes, decode=not args.no_decode, require_all_classes=not args.validation)
+    validate(data, args.num_classes, decode=not args.no_decode, require_all_classes=not args.validation)
     report = summarize(data, args.label_width)
     print(json.dumps(report, indent=2 if args.pretty else None))
     return 0 if not report["errors"] else 1
@@ -101,8 +100,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         data = read_channel(args.input, args.annotations, content_type="image/jpeg")
     else:
         data = read_channel(args.input, content_type="application/x-recordio")
-    if not data.issues:
-        validate(data, None, decode=True, require_all_classes=False)
+    validate(data, None, decode=True, require_all_classes=False)
     if data.issues:
         listed = "; ".join(f"{i.where}: {i.what}" for i in data.issues[:10])
         raise UserError(f"{args.input}: {len(data.issues)} problem(s), nothing written: {listed}")

@@ -170,3 +170,13 @@ def test_undecodable_image_in_record(tmp_path: Path):
     assert [i.where for i in issues] == ["x.rec#0", "x.rec#1"]
     assert "not a JPEG or PNG" in issues[0].what
     assert "truncated" in issues[1].what
+
+
+def test_channel_of_several_rec_files_without_idx(tmp_path: Path):
+    jpeg = tiny_jpeg()
+    (tmp_path / "part-a.rec").write_bytes(hand_record([2, 5, 0, 0.1, 0.1, 0.5, 0.5], jpeg))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "part-b.rec").write_bytes(hand_record([2, 5, 1, 0.2, 0.2, 0.6, 0.6], jpeg) * 2)
+    data = read_recordio_channel(tmp_path)
+    assert data.issues == []
+    assert [s.where for s in data.samples] == ["part-a.rec#0", "part-b.rec#0", "part-b.rec#1"]

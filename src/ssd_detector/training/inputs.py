@@ -74,8 +74,7 @@ def read_training_inputs(paths: Paths, decode_images: bool = True) -> TrainingIn
     num_classes = hp.num_classes
 
     train = _load_channel(paths, channels, "train")
-    if not train.issues:
-        validate(train, num_classes, decode=decode_images, require_all_classes=True)
+    validate(train, num_classes, decode=decode_images, require_all_classes=True)
     if train.issues:
         raise DataError(_format_issues(train))
     if not train.samples:
@@ -84,8 +83,7 @@ def read_training_inputs(paths: Paths, decode_images: bool = True) -> TrainingIn
     validation = None
     if "validation" in channels:
         validation = _load_channel(paths, channels, "validation")
-        if not validation.issues:
-            validate(validation, num_classes, decode=decode_images, require_all_classes=False)
+        validate(validation, num_classes, decode=decode_images, require_all_classes=False)
         if validation.issues:
             raise DataError(_format_issues(validation))
         if not validation.samples:

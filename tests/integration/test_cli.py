@@ -1,0 +1,90 @@
+"""The ssd-detector command, run as a user runs it: a real process, its output and exit code."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "ssd_detector.cli"]
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "data"
+    result = run("synth", str(out), "--train", "12", "--validation", "4", "--classes", "3", "--image-size", "128x96",
+                 "--format", "both", "--seed", "5")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["train"] == 12
+    return out
+
+
+def test_check_data_clean_channels(made: Path):
+    for args in ([str(made / "json/train"), "--annotations", str(made / "json/train_annotation")],
+                 [str(made / "recordio/train/train.rec")]):
+        result = run("check-data", *args, "--num-classes", "3", "--label-width", "350")
+        assert result.returncode == 0, result.stdout + result.stderr
+        report = json.loads(result.stdout)
+        for key in ("images", "objects", "classes", "max_objects_per_image", "min_label_width", "errors"):
+            assert key in report
+        assert report["images"] == 12 and report["errors"] == []
+
+
+def test_check_data_reports_errors_and_exits_1(made: Path, tmp_path: Path):
+    broken = tmp_path / "train.rec"
+    data = (made / "recordio/train/train.rec").read_bytes()
+    broken.write_bytes(data[: len(data) - 100])
+    result = run("check-data", str(broken), "--num-classes", "2", "--label-width", "10")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    whats = " ".join(e["what"] for e in report["errors"])
+    assert "truncated" in whats
+    assert "out of range for num_classes=2" in whats
+    assert "label_width=10 is too small" in whats
+
+
+def test_check_job_writes_failure_file_for_bad_hyperparameters(made: Path, tmp_path: Path):
+    base = tmp_path / "opt_ml"
+    (base / "input/config").mkdir(parents=True)
+    (base / "input/data").mkdir()
+    os.symlink(made / "recordio/train", base / "input/data/train")
+    (base / "input/config/hyperparameters.json").write_text(json.dumps({"num_classes": "3", "optimizer": "nag"}))
+    result = run("check-job", "--write-failure", env={"SAGEMAKER_BASE_DIR": str(base)})
+    assert result.returncode == 1
+    failure = (base / "output/failure").read_text()
+    assert "optimizer='nag'" in failure and "one of sgd, adam, rmsprop, adadelta" in failure
+    (base / "input/config/hyperparameters.json").write_text(json.dumps({"num_classes": "3"}))
+    (base / "output/failure").unlink()
+    result = run("check-job", env={"SAGEMAKER_BASE_DIR": str(base)})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["train"]["images"] == 12
+
+
+def test_convert_round_trip(made: Path, tmp_path: Path):
+    result = run("convert", "recordio", str(made / "recordio/train"), "--to", "json", "--output",
+                 str(tmp_path / "train"))
+    assert result.returncode == 0, result.stderr
+    result = run("convert", "json", str(tmp_path / "train"), "--annotations", str(tmp_path / "train_annotation"),
+                 "--to", "recordio", "--output", str(tmp_path / "again.rec"))
+    assert result.returncode == 0, result.stderr
+    result = run("check-data", str(tmp_path / "again.rec"), "--num-classes", "3")
+    assert result.returncode == 0 and json.loads(result.stdout)["images"] == 12
+
+
+def test_convert_refuses_bad_input(tmp_path: Path):
+    (tmp_path / "x.rec").write_bytes(b"\x01" * 40)
+    result = run("convert", "recordio", str(tmp_path / "x.rec"), "--to", "json", "--output", str(tmp_path / "o"))
+    assert result.returncode == 1
+    assert "magic number" in result.stderr and "nothing written" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_synth_bad_arguments(tmp_path: Path):
+    result = run("synth", str(tmp_path / "s"), "--train", "2", "--classes", "11")
+    assert result.returncode == 1 and "--classes 11" in result.stderr
