@@ -25,6 +25,8 @@ LOG = logging.getLogger(__name__)
 
 # A transform maps (image (H, W, 3) uint8, boxes (N, 4), rng) -> (image (3, S, S), boxes (K, 4), kept (N,)).
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]]
+# A target encoder maps (boxes (K, 4), class ids (K,)) -> (class target (A,), box target (A, 4)).
+TargetFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 LABEL_COLUMNS = 6  # class id, xmin, ymin, xmax, ymax, difficult
 
 
@@ -37,6 +39,8 @@ class Batch:
     images: np.ndarray  # (B, 3, S, S) uint8
     labels: np.ndarray  # (B, M, 6) float32: class id, corners, difficult; rows of -1 pad
     indices: np.ndarray  # (B,) sample indices, for tests and evaluation
+    cls_targets: np.ndarray | None = None  # (B, A) float32, 0 = background, class + 1
+    box_targets: np.ndarray | None = None  # (B, A, 4) float32
 
 
 def shard_indices(order: np.ndarray, part_index: int, num_parts: int) -> np.ndarray:
@@ -48,8 +52,8 @@ def shard_indices(order: np.ndarray, part_index: int, num_parts: int) -> np.ndar
 
 
 def make_batch(samples: Sequence[Sample], indices: Sequence[int], transform: Transform, seed: int, epoch: int,
-               max_objects: int | None) -> Batch:
-    images, labels = [], []
+               max_objects: int | None, targets: TargetFn | None = None) -> Batch:
+    images, labels, cls_targets, box_targets = [], [], [], []
     for index in indices:
         sample = samples[index]
         rng = np.random.default_rng([seed, epoch, int(index)])
@@ -62,26 +66,35 @@ def make_batch(samples: Sequence[Sample], indices: Sequence[int], transform: Tra
                                sample.difficult[kept, None].astype(np.float32)], axis=1)  # (K, 6)
         images.append(out)
         labels.append(rows)
+        if targets is not None:
+            cls_t, box_t = targets(boxes, sample.class_ids[kept])
+            cls_targets.append(cls_t)
+            box_targets.append(box_t)
     width = max_objects if max_objects is not None else max((len(r) for r in labels), default=0)
     width = max(width, 1)
     padded = np.full((len(labels), width, LABEL_COLUMNS), -1, np.float32)
     for i, rows in enumerate(labels):
         padded[i, :min(len(rows), width)] = rows[:width]
-    return Batch(np.stack(images), padded, np.asarray(indices, np.int64))
+    batch = Batch(np.stack(images), padded, np.asarray(indices, np.int64))
+    if targets is not None:
+        batch.cls_targets, batch.box_targets = np.stack(cls_targets), np.stack(box_targets)
+    return batch
 
 
 _WORKER_STATE: dict = {}
 
 
-def _worker_init(samples: Sequence[Sample], transform: Transform, seed: int, max_objects: int | None) -> None:
+def _worker_init(samples: Sequence[Sample], transform: Transform, seed: int, max_objects: int | None,
+                 targets: TargetFn | None) -> None:
     import cv2
     cv2.setNumThreads(1)  # the workers are the parallelism
-    _WORKER_STATE.update(samples=samples, transform=transform, seed=seed, max_objects=max_objects)
+    _WORKER_STATE.update(samples=samples, transform=transform, seed=seed, max_objects=max_objects, targets=targets)
 
 
 def _worker_batch(epoch: int, indices: np.ndarray) -> Batch:
     state = _WORKER_STATE
-    return make_batch(state["samples"], indices, state["transform"], state["seed"], epoch, state["max_objects"])
+    return make_batch(state["samples"], indices, state["transform"], state["seed"], epoch, state["max_objects"],
+                      state["targets"])
 
 
 class DetectionLoader:
@@ -92,7 +105,8 @@ class DetectionLoader:
 
     def __init__(self, samples: Sequence[Sample], batch_size: int, transform: Transform, *, shuffle: bool,
                  seed: int = 0, part_index: int = 0, num_parts: int = 1, num_workers: int | None = None,
-                 drop_last: bool = False, max_objects: int | None = None, prefetch: int | None = None) -> None:
+                 drop_last: bool = False, max_objects: int | None = None, prefetch: int | None = None,
+                 targets: TargetFn | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size {batch_size} must be >= 1")
         self.samples = list(samples)
@@ -106,6 +120,7 @@ class DetectionLoader:
         self.drop_last = drop_last
         self.max_objects = max_objects
         self.prefetch = prefetch or max(2, 2 * self.num_workers)
+        self.targets = targets
         self.epoch = 0
         self._pool: ProcessPoolExecutor | None = None
 
@@ -137,14 +152,15 @@ class DetectionLoader:
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(
                 max_workers=self.num_workers, mp_context=context, initializer=_worker_init,
-                initargs=(self.samples, self.transform, self.seed, self.max_objects))
+                initargs=(self.samples, self.transform, self.seed, self.max_objects, self.targets))
         return self._pool
 
     def __iter__(self) -> Iterator[Batch]:
         batches = self._batches()
         if self.num_workers == 0:
             for indices in batches:
-                yield make_batch(self.samples, indices, self.transform, self.seed, self.epoch, self.max_objects)
+                yield make_batch(self.samples, indices, self.transform, self.seed, self.epoch, self.max_objects,
+                                 self.targets)
             return
         pool = self._ensure_pool()
         pending: deque[Future] = deque()

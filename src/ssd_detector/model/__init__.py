@@ -1,0 +1,1 @@
+"""SSD: base networks, anchors, targets, loss, detection head and export."""

@@ -1,0 +1,32 @@
+"""SSD's loss: softmax cross-entropy with 3:1 hard-negative mining, plus smooth L1 on positives.
+
+Both terms are divided by the number of positive anchors, which the caller passes in so that
+distributed training can use the count over every worker's batch.
+"""
+from __future__ import annotations
+
+from mxnet import gluon
+
+NEGATIVE_MINING_RATIO = 3.0
+
+
+class SSDLoss(gluon.HybridBlock):
+    def __init__(self, negative_mining_ratio: float = NEGATIVE_MINING_RATIO, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.ratio = negative_mining_ratio
+
+    def hybrid_forward(self, F, cls_pred, box_pred, cls_target, box_target, num_positive):
+        """cls_pred (B, N, C + 1), box_pred (B, N * 4), cls_target (B, N) with 0 = background,
+        box_target (B, N, 4), num_positive (1,) -> (class loss, box loss), each (1,)."""
+        log_prob = F.log_softmax(cls_pred, axis=-1)
+        ce = -F.pick(log_prob, cls_target, axis=-1)  # (B, N)
+        positive = cls_target > 0
+        # Rank negatives by loss; keep ratio x (positives in the image) of the hardest.
+        rank = F.argsort(F.argsort(F.where(positive, F.zeros_like(ce) - 1, ce), axis=1, is_ascend=False), axis=1)
+        per_image = F.sum(positive, axis=1, keepdims=True) * self.ratio  # (B, 1)
+        hard_negative = F.broadcast_lesser(rank, per_image) * (1 - positive)
+        cls_loss = F.sum(ce * (positive + hard_negative)) / F.maximum(num_positive, 1)
+        box_pred = F.reshape(box_pred, (0, -1, 4))  # (B, N * 4) -> (B, N, 4)
+        diff = F.smooth_l1(box_pred - box_target, scalar=1.0)
+        box_loss = F.sum(F.broadcast_mul(diff, F.expand_dims(positive, -1))) / F.maximum(num_positive, 1)
+        return cls_loss, box_loss
