@@ -46,6 +46,12 @@ class SSD(gluon.HybridBlock):
             self.std = self.params.get_constant("std", STD_RGB.reshape(1, 3, 1, 1))
         self.anchors = generate_anchors(self.layout)  # (N, 4) numpy, for the data workers
 
+    def materialize(self, ctx: mx.Context | None = None) -> None:
+        """Runs one zero batch so that every deferred parameter shape is known (needed before
+        weights are loaded or copied)."""
+        ctx = ctx or self.mean.list_ctx()[0]
+        self(mx.nd.zeros((1, 3, self.image_size, self.image_size), ctx=ctx))
+
     def hybrid_forward(self, F, x, mean, std):
         """x: (B, 3, S, S) 0..255 -> class logits (B, N, C + 1), box offsets (B, N * 4)."""
         x = F.broadcast_div(F.broadcast_sub(F.cast(x, "float32"), mean), std)

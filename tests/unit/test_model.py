@@ -1,0 +1,166 @@
+"""SSD parts against hand-computed values and MXNet's own operators."""
+import math
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd, gluon
+
+from ssd_detector.errors import UserError
+from ssd_detector.model.anchors import generate_anchors, make_layout
+from ssd_detector.model.backbones import load_pretrained, zoo_weights_file
+from ssd_detector.model.loss import SSDLoss
+from ssd_detector.model.ssd import SSD, SSDDetector
+from ssd_detector.model.targets import decode, encode, make_targets, match
+
+
+@pytest.mark.parametrize("base,size,count", [("vgg-16", 300, 8732), ("vgg-16", 512, 24564),
+                                             ("resnet-50", 512, 6132)])
+def test_anchor_counts_of_the_published_layouts(base, size, count):
+    net = SSD(base, 20, size)
+    assert net.layout.num_anchors == count == net.anchors.shape[0]
+
+
+def test_anchors_equal_mxnet_multibox_prior():
+    layout = make_layout("vgg-16", 300, (38, 19, 10, 5, 3, 1))
+    ours = generate_anchors(layout)
+    theirs = []
+    for k, f in enumerate(layout.feature_sizes):
+        sizes = (layout.sizes[k], math.sqrt(layout.sizes[k] * layout.sizes[k + 1]))
+        prior = mx.nd.contrib.MultiBoxPrior(mx.nd.zeros((1, 1, f, f)), sizes=sizes, ratios=layout.ratios[k],
+                                            steps=(layout.steps[k] / 300,) * 2)
+        theirs.append(prior[0].asnumpy())
+    np.testing.assert_allclose(ours, np.concatenate(theirs), atol=1e-6)
+
+
+def test_encode_decode_by_hand():
+    anchor = np.array([[0.1, 0.1, 0.3, 0.3]], np.float32)  # centre (0.2, 0.2), size 0.2 x 0.2
+    box = np.array([[0.15, 0.1, 0.35, 0.4]], np.float32)  # centre (0.25, 0.25), size 0.2 x 0.3
+    offsets = encode(box, anchor)
+    # (0.05 / 0.2) / 0.1, the same for y, log(1) / 0.2, log(1.5) / 0.2
+    np.testing.assert_allclose(offsets, [[2.5, 2.5, 0.0, math.log(1.5) / 0.2]], atol=1e-5)
+    np.testing.assert_allclose(decode(offsets, anchor), box, atol=1e-6)
+
+
+def test_matching_gives_each_object_its_best_anchor_then_thresholds():
+    anchors = np.array([[0.0, 0.0, 0.5, 0.5], [0.1, 0.1, 0.6, 0.6], [0.5, 0.5, 1.0, 1.0],
+                        [0.6, 0.6, 0.9, 0.9]], np.float32)
+    boxes = np.array([[0.05, 0.05, 0.55, 0.55], [0.7, 0.7, 0.8, 0.8]], np.float32)
+    # Object 1 overlaps anchor 3 by only 0.11 but still takes it; anchors 0 and 1 both reach 0.5
+    # with object 0; anchor 2 matches nothing.
+    assert match(anchors, boxes, 0.5).tolist() == [0, 0, -1, 1]
+    cls_target, box_target = make_targets(anchors, boxes, np.array([4, 2]), 0.5)
+    assert cls_target.tolist() == [5, 5, 0, 3]
+    assert np.all(box_target[2] == 0)
+
+
+def test_targets_equal_mxnet_multibox_target():
+    anchors = generate_anchors(make_layout("vgg-16", 300, (38, 19, 10, 5, 3, 1)))
+    boxes = np.array([[0.1, 0.1, 0.4, 0.5], [0.5, 0.45, 0.9, 0.95], [0.2, 0.6, 0.3, 0.7]], np.float32)
+    ids = np.array([2, 0, 1])
+    cls_target, box_target = make_targets(anchors, boxes, ids, 0.5)
+    label = mx.nd.array(np.concatenate([ids[:, None], boxes], 1)[None])
+    loc, _, cls = mx.nd.contrib.MultiBoxTarget(mx.nd.array(anchors[None]), label, mx.nd.zeros((1, 4, len(anchors))),
+                                               overlap_threshold=0.5, negative_mining_ratio=-1,
+                                               variances=(0.1, 0.1, 0.2, 0.2))
+    np.testing.assert_array_equal(cls[0].asnumpy(), cls_target)
+    np.testing.assert_allclose(loc[0].asnumpy().reshape(-1, 4), box_target, atol=1e-5)
+
+
+def test_loss_on_a_tiny_case():
+    # One image, 5 anchors, 2 classes (+ background). Anchor 0 is positive (class 1 -> target 2).
+    logits = np.array([[[0.0, 0.0, 2.0], [3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 4.0]]],
+                      np.float32)
+    cls_target = np.array([[2, 0, 0, 0, 0]], np.float32)
+    box_pred = np.zeros((1, 20), np.float32)
+    box_pred[0, :4] = [0.5, -2.0, 0.0, 1.0]
+    box_target = np.zeros((1, 5, 4), np.float32)
+    cls_loss, box_loss = SSDLoss()(mx.nd.array(logits), mx.nd.array(box_pred), mx.nd.array(cls_target),
+                                   mx.nd.array(box_target), mx.nd.array([1.0]))
+    log_softmax = logits[0] - np.log(np.exp(logits[0]).sum(axis=1, keepdims=True))
+    ce = -log_softmax[np.arange(5), cls_target[0].astype(int)]
+    negatives = sorted(ce[1:], reverse=True)[:3]  # 3:1 hard negatives
+    assert cls_loss.asscalar() == pytest.approx(ce[0] + sum(negatives), rel=1e-5)
+    smooth_l1 = 0.5 * 0.5 ** 2 + (2.0 - 0.5) + 0 + 0.5 * 1.0
+    assert box_loss.asscalar() == pytest.approx(smooth_l1, rel=1e-5)
+
+
+@pytest.mark.parametrize("base,size", [("mobilenet-0.25", 128), ("mobilenet-1.0", 128), ("resnet-50", 128),
+                                       ("vgg-16", 96)])
+def test_one_training_step_then_export_and_import(base, size, tmp_path: Path):
+    mx.random.seed(0)
+    net = SSD(base, 3, size)
+    net.initialize(mx.init.Xavier())
+    net.materialize()
+    net.hybridize()
+    loss = SSDLoss()
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 1e-4})
+    rng = np.random.default_rng(0)
+    images = mx.nd.array(rng.integers(0, 255, (2, 3, size, size)), dtype="uint8")
+    targets = [make_targets(net.anchors, np.array([[0.2, 0.2, 0.7, 0.8]], np.float32), np.array([1]), 0.5)
+               for _ in range(2)]
+    cls_target = mx.nd.array(np.stack([t[0] for t in targets]))
+    box_target = mx.nd.array(np.stack([t[1] for t in targets]))
+    before = net.class_heads[0].weight.data().copy()
+    with autograd.record():
+        cls_pred, box_pred = net(images)
+        cls_loss, box_loss = loss(cls_pred, box_pred, cls_target, box_target, mx.nd.array([float((cls_target > 0).sum().asscalar())]))
+        total = cls_loss + box_loss
+    total.backward()
+    trainer.step(1)
+    assert cls_pred.shape == (2, net.layout.num_anchors, 4)
+    assert np.isfinite(total.asscalar())
+    assert not np.allclose(before.asnumpy(), net.class_heads[0].weight.data().asnumpy())
+
+    detector = SSDDetector(net, nms_threshold=0.45, nms_topk=100)
+    detector.hybridize()
+    detections = detector(images)
+    assert detections.shape == (2, net.layout.num_anchors, 6)
+    detector.export(str(tmp_path / "model_algo_1"), 0)
+    imported = gluon.SymbolBlock.imports(str(tmp_path / "model_algo_1-symbol.json"), ["data"],
+                                         str(tmp_path / "model_algo_1-0000.params"))
+    np.testing.assert_array_equal(imported(images).asnumpy(), detections.asnumpy())
+
+
+def test_pretrained_weights_from_the_zoo_folder(tmp_path: Path):
+    from mxnet.gluon.model_zoo import vision
+    zoo = vision.get_model("mobilenet0.25", pretrained=False)
+    zoo.initialize(mx.init.Normal(1.0))
+    zoo(mx.nd.zeros((1, 3, 64, 64)))
+    path = zoo_weights_file("mobilenet-0.25", tmp_path)
+    zoo.save_parameters(str(path))
+    net = SSD("mobilenet-0.25", 2, 128)
+    net.initialize(mx.init.Xavier())
+    net.materialize()
+    assert load_pretrained(net.features, "mobilenet-0.25", tmp_path) == path
+    np.testing.assert_array_equal(net.features.stage16[0].weight.data().asnumpy(),
+                                  zoo.features[0].weight.data().asnumpy())
+    np.testing.assert_array_equal(net.features.stage32[-2].gamma.data().asnumpy(),
+                                  zoo.features[79].gamma.data().asnumpy())
+
+
+def test_vgg_pretrained_subsamples_fc_layers(tmp_path: Path):
+    from mxnet.gluon.model_zoo import vision
+    zoo = vision.get_model("vgg16", pretrained=False)
+    zoo.initialize(mx.init.Normal(0.01))
+    zoo(mx.nd.zeros((1, 3, 224, 224)))
+    path = zoo_weights_file("vgg-16", tmp_path)
+    zoo.save_parameters(str(path))
+    net = SSD("vgg-16", 2, 96)
+    net.initialize(mx.init.Xavier())
+    net.materialize()
+    load_pretrained(net.features, "vgg-16", tmp_path)
+    dense6 = zoo.features[31].weight.data().asnumpy().reshape(4096, 512, 7, 7)
+    np.testing.assert_array_equal(net.features.fc[0].weight.data().asnumpy(), dense6[::4, :, ::3, ::3])
+    np.testing.assert_array_equal(net.features.stages[4][4].weight.data().asnumpy(),
+                                  zoo.features[28].weight.data().asnumpy())
+
+
+def test_missing_pretrained_weights_say_where_and_what_to_do(tmp_path: Path):
+    net = SSD("resnet-50", 2, 128)
+    net.initialize()
+    with pytest.raises(UserError) as info:
+        load_pretrained(net.features, "resnet-50", tmp_path)
+    message = str(info.value)
+    assert str(zoo_weights_file("resnet-50", tmp_path)) in message and "use_pretrained_model=0" in message
