@@ -83,6 +83,42 @@ def _cmd_check_job(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .failure import run_job
+    from .sagemaker_env import Paths
+    from .training.loop import train
+
+    paths = Paths(Path(args.base_dir)) if args.base_dir else Paths.from_env()
+    return run_job(lambda: train(paths), paths.failure_file)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .data.images import ImageError, decode_rgb, encode
+    from .inference import Predictor, draw
+
+    if not 0 <= args.threshold <= 1:
+        raise UserError(f"--threshold {args.threshold} must be in [0, 1]")
+    predictor = Predictor(args.model_dir)
+    results = {}
+    if args.draw:
+        args.draw.mkdir(parents=True, exist_ok=True)
+    for path in args.images:
+        try:
+            image = decode_rgb(path.read_bytes())
+        except (OSError, ImageError) as exc:
+            raise UserError(f"{path}: {exc}") from None
+        rows = predictor.predict(image, args.threshold)
+        results[path.name] = [[round(float(v), 6) for v in row] for row in rows]
+        if args.draw:
+            (args.draw / (path.stem + ".png")).write_bytes(encode(draw(image, rows, predictor.class_names), "png"))
+    text = json.dumps(results)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text)
+    return 0
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .data import convert
     from .data.channel import read_channel, validate
@@ -155,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-decode", action="store_true", help="skip decoding every image")
     p.add_argument("--write-failure", action="store_true", help="write output/failure on error, as train does")
     p.set_defaults(func=_cmd_check_job)
+
+    p = sub.add_parser("train", help="train from a SageMaker /opt/ml tree (the container's train)")
+    p.add_argument("--base-dir", help="instead of $SAGEMAKER_BASE_DIR or /opt/ml")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="run a trained model on images")
+    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("--model-dir", type=Path, required=True, help="model folder or model.tar.gz")
+    p.add_argument("--output", help="write the JSON here instead of stdout")
+    p.add_argument("--threshold", type=float, default=0.0, help="drop detections scoring below this")
+    p.add_argument("--draw", type=Path, help="also write each image with its boxes drawn (PNG) here")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("convert", help="convert between RecordIO, JSON annotations, .lst and Pascal VOC")
     p.add_argument("source", choices=("json", "recordio", "lst", "voc"), help="input format")

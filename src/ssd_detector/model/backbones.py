@@ -125,16 +125,17 @@ class VGGAtrousFeatures(gluon.HybridBlock):
     def __init__(self, image_size: int, **kwargs) -> None:
         super().__init__(**kwargs)
         with self.name_scope():
-            self.stages = nn.HybridSequential()
-            for reps, channels in self.STAGES:
-                stage = nn.HybridSequential()
-                for _ in range(reps):
-                    stage.add(nn.Conv2D(channels, 3, padding=1), nn.Activation("relu"))
+            self.stages = nn.HybridSequential(prefix="")
+            for s, (reps, channels) in enumerate(self.STAGES, start=1):
+                stage = nn.HybridSequential(prefix="")
+                for i in range(1, reps + 1):
+                    # conv1_1 ... conv5_3, the names the built-in's freeze_layer_pattern examples use
+                    stage.add(nn.Conv2D(channels, 3, padding=1, prefix=f"conv{s}_{i}_"), nn.Activation("relu"))
                 self.stages.add(stage)
-            self.norm4 = L2Normalization(512)
-            self.fc = nn.HybridSequential()
-            self.fc.add(nn.Conv2D(1024, 3, padding=6, dilation=6), nn.Activation("relu"),
-                        nn.Conv2D(1024, 1), nn.Activation("relu"))
+            self.norm4 = L2Normalization(512, prefix="conv4_3_norm_")
+            self.fc = nn.HybridSequential(prefix="")
+            self.fc.add(nn.Conv2D(1024, 3, padding=6, dilation=6, prefix="fc6_"), nn.Activation("relu"),
+                        nn.Conv2D(1024, 1, prefix="fc7_"), nn.Activation("relu"))
             self.extras = nn.HybridSequential()
             for filters, (kernel, stride, pad) in zip(self.extra_filters(image_size), self.extra_shapes(image_size)):
                 self.extras.add(_extra_layer(filters, use_bn=False, kernel=kernel, stride=stride, pad=pad))

@@ -40,8 +40,10 @@ class SSD(gluon.HybridBlock):
             self.class_heads = nn.HybridSequential(prefix="class_")
             self.box_heads = nn.HybridSequential(prefix="box_")
             for anchors in self.layout.anchors_per_location:
-                self.class_heads.add(nn.Conv2D(anchors * (num_classes + 1), 3, padding=1))
-                self.box_heads.add(nn.Conv2D(anchors * 4, 3, padding=1))
+                with self.class_heads.name_scope():
+                    self.class_heads.add(nn.Conv2D(anchors * (num_classes + 1), 3, padding=1))
+                with self.box_heads.name_scope():
+                    self.box_heads.add(nn.Conv2D(anchors * 4, 3, padding=1))
             self.mean = self.params.get_constant("mean", MEAN_RGB.reshape(1, 3, 1, 1))
             self.std = self.params.get_constant("std", STD_RGB.reshape(1, 3, 1, 1))
         self.anchors = generate_anchors(self.layout)  # (N, 4) numpy, for the data workers
@@ -64,6 +66,24 @@ class SSD(gluon.HybridBlock):
         cls_pred = F.reshape(F.concat(*classes, dim=1), (0, -1, self.num_classes + 1))  # (B, N, C + 1)
         box_pred = F.concat(*boxes, dim=1)  # (B, N * 4)
         return cls_pred, box_pred
+
+
+NET_PREFIX = "ssd_"
+
+
+def build_ssd(base_network: str, num_classes: int, image_size: int) -> SSD:
+    """An SSD with the fixed prefix that makes parameter names the same in every process."""
+    return SSD(base_network, num_classes, image_size, prefix=NET_PREFIX)
+
+
+def short_parameter_names(net: SSD) -> dict[str, gluon.Parameter]:
+    """Parameters by name without the network prefix, e.g. ``conv1_1_weight`` (VGG-16),
+    ``resnetv10_stage1_conv0_weight``, ``class_conv0_weight``; what freeze_layer_pattern matches."""
+    out = {}
+    for name, param in net.collect_params().items():
+        short = name[len(net.prefix):] if name.startswith(net.prefix) else name
+        out[short[len("features_"):] if short.startswith("features_") else short] = param
+    return out
 
 
 class SSDDetector(gluon.HybridBlock):

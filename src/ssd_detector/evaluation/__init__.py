@@ -1,0 +1,1 @@
+"""Evaluation: PASCAL VOC mean average precision."""

@@ -1,0 +1,87 @@
+"""Running an exported model: image in, the built-in's detection rows out. No model code needed."""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import mxnet as mx
+import numpy as np
+from mxnet import gluon
+
+from .errors import UserError
+from .model import artifact
+
+LOG = logging.getLogger(__name__)
+
+
+class Predictor:
+    """Loads ``model_algo_1-symbol.json`` + ``-0000.params`` and the image size from ``hyperparams.json``."""
+
+    def __init__(self, model_dir: Path | str, ctx: mx.Context | None = None) -> None:
+        self.model_dir = artifact.locate(model_dir)
+        self.ctx = ctx or mx.cpu()
+        hyperparameters = artifact.read_hyperparameters(self.model_dir)
+        try:
+            self.image_size = int(hyperparameters["image_shape"])
+        except (KeyError, ValueError):
+            raise UserError(f"{self.model_dir / artifact.HYPERPARAMS_FILE} has no usable image_shape") from None
+        self.class_names = artifact.read_class_names(self.model_dir)
+        with warnings.catch_warnings():
+            # The input's type is unknown until the first call (uint8 pixels); not a problem.
+            warnings.filterwarnings("ignore", message="Cannot decide type")
+            self.net = gluon.SymbolBlock.imports(str(self.model_dir / artifact.SYMBOL_FILE), ["data"],
+                                                 str(self.model_dir / artifact.PARAMS_FILE), ctx=self.ctx)
+        self.net.hybridize(static_alloc=True)
+        LOG.info("loaded model from %s (image_shape %d, %d class names)", self.model_dir, self.image_size,
+                 len(self.class_names))
+
+    def preprocess(self, image_rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> (3, S, S) uint8: squashed to the training size, as SSD trains."""
+        h, w = image_rgb.shape[:2]
+        interp = cv2.INTER_AREA if h > self.image_size and w > self.image_size else cv2.INTER_LINEAR
+        resized = cv2.resize(image_rgb, (self.image_size, self.image_size), interpolation=interp)
+        return np.ascontiguousarray(resized.transpose(2, 0, 1))  # (S, S, 3) -> (3, S, S)
+
+    def predict_batch(self, images_rgb: Sequence[np.ndarray], threshold: float = 0.0,
+                      max_detections: int | None = None) -> list[np.ndarray]:
+        """-> per image, (K, 6) float32 rows [class_id, score, xmin, ymin, xmax, ymax], corners
+        normalized to the image's width and height, sorted by score, no suppressed rows."""
+        if not images_rgb:
+            return []
+        batch = np.stack([self.preprocess(image) for image in images_rgb])  # (B, 3, S, S)
+        raw = self.net(mx.nd.array(batch, ctx=self.ctx, dtype="uint8")).asnumpy()  # (B, N, 6)
+        results = []
+        for rows in raw:
+            rows = rows[(rows[:, 0] >= 0) & (rows[:, 1] >= threshold)]
+            rows = rows[np.argsort(-rows[:, 1], kind="stable")]
+            rows[:, 2:] = np.clip(rows[:, 2:], 0.0, 1.0)
+            if max_detections is not None:
+                rows = rows[:max_detections]
+            results.append(rows.astype(np.float32))
+        return results
+
+    def predict(self, image_rgb: np.ndarray, threshold: float = 0.0, max_detections: int | None = None) -> np.ndarray:
+        return self.predict_batch([image_rgb], threshold, max_detections)[0]
+
+
+def draw(image_rgb: np.ndarray, rows: np.ndarray, class_names: dict[int, str] | None = None) -> np.ndarray:
+    """The image with each detection's box and "name score" label drawn (RGB uint8)."""
+    out = np.ascontiguousarray(image_rgb.copy())
+    h, w = out.shape[:2]
+    thickness = max(1, round(min(h, w) / 300))
+    for cls, score, x0, y0, x1, y1 in rows:
+        hue = int(cls) * 47 % 180
+        colour = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2RGB)[0, 0].tolist()
+        p0, p1 = (int(x0 * w), int(y0 * h)), (int(x1 * w), int(y1 * h))
+        cv2.rectangle(out, p0, p1, colour, thickness)
+        name = (class_names or {}).get(int(cls), str(int(cls)))
+        label = f"{name} {score:.2f}"
+        scale = 0.4 * thickness
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        top = max(p0[1], th + base)
+        cv2.rectangle(out, (p0[0], top - th - base), (p0[0] + tw, top), colour, -1)
+        cv2.putText(out, label, (p0[0], top - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return out

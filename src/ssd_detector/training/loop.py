@@ -1,0 +1,341 @@
+"""Training one host: every device of the host, data in worker processes, validation each epoch.
+
+Order of a job: read and check the inputs, build the network (ImageNet or earlier-model
+weights), freeze layers, resume from a checkpoint if one exists, then per epoch: train, log
+the metric lines, validate (VOC07 mAP), keep the best model in ``model/``, checkpoint, and stop
+early when asked to. SIGTERM finishes the current batch, saves a checkpoint and exits cleanly.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+from ..config import Hyperparameters
+from ..data.loader import DetectionLoader
+from ..data.transforms import TrainTransform, ValTransform
+from ..errors import HyperparameterError, UserError
+from ..evaluation.voc_map import VOCMeanAP
+from ..model import artifact
+from ..model.backbones import load_pretrained
+from ..model.loss import SSDLoss
+from ..model.ssd import SSD, SSDDetector, build_ssd, short_parameter_names
+from ..model.targets import TargetEncoder
+from ..sagemaker_env import Paths
+from . import checkpoint
+from .inputs import TrainingInputs, read_training_inputs
+from .metrics import MetricLog
+from .schedule import StepWithWarmup, batches_per_epoch
+
+LOG = logging.getLogger(__name__)
+
+DATA_WORKERS_ENV = "SSD_DATA_WORKERS"
+# Metric lines per epoch for the running training losses.
+LOG_LINES_PER_EPOCH = 10
+VALIDATION_BATCH = 16
+SEED = 0
+
+
+def host_contexts() -> list[mx.Context]:
+    """Every GPU of the host, else the CPU."""
+    count = mx.context.num_gpus()
+    return [mx.gpu(i) for i in range(count)] if count else [mx.cpu()]
+
+
+def data_workers(contexts: list[mx.Context], environ: dict | None = None) -> int:
+    """Worker processes for data: $SSD_DATA_WORKERS, else all cores but one on GPU hosts and one
+    on CPU hosts (where MXNet's own threads need the cores)."""
+    env = os.environ if environ is None else environ
+    value = env.get(DATA_WORKERS_ENV)
+    if value:
+        try:
+            workers = int(value)
+        except ValueError:
+            workers = -1
+        if workers < 0:
+            raise UserError(f"{DATA_WORKERS_ENV}={value!r} must be a whole number >= 0")
+        return workers
+    if contexts[0].device_type == "gpu":
+        return max(1, (os.cpu_count() or 2) - 1)
+    return 1
+
+
+@dataclass
+class EpochResult:
+    cross_entropy: float
+    smooth_l1: float
+    images: int
+    seconds: float
+    stopped: bool  # SIGTERM arrived during the epoch
+
+
+class StopRequested:
+    """Set by SIGTERM; the loop checks it between batches."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self._previous = None
+
+    def install(self) -> None:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+        LOG.warning("SIGTERM received: finishing the current batch, then saving and exiting")
+        self.flag = True
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def freeze_layers(net: SSD, pattern: str) -> list[str]:
+    """Stops gradients for parameters whose short name matches (re.match) the pattern."""
+    if not pattern:
+        return []
+    names = short_parameter_names(net)
+    regex = re.compile(pattern)
+    frozen = [name for name in names if regex.match(name)]
+    if not frozen:
+        examples = ", ".join(n for n in list(names)[2:8])
+        raise HyperparameterError(
+            f"freeze_layer_pattern={pattern!r} matches no parameter of {net.base_network}; "
+            f"names look like {examples}")
+    for name in frozen:
+        names[name].grad_req = "null"
+    LOG.info("froze %d parameters matching %r (first: %s)", len(frozen), pattern, ", ".join(frozen[:5]))
+    return frozen
+
+
+def load_earlier_model(net: SSD, detector: SSDDetector, model_dir: Path, hp: Hyperparameters) -> None:
+    """Incremental training: start from an earlier artifact of this algorithm. A different
+    num_classes keeps everything but the class predictors, which start afresh."""
+    earlier = artifact.read_hyperparameters(model_dir)
+    if earlier.get("base_network") != hp.base_network:
+        raise UserError(f"the model channel holds a {earlier.get('base_network')!r} model but "
+                        f"base_network={hp.base_network!r}; incremental training needs the same base network")
+    saved = mx.nd.load(str(model_dir / artifact.PARAMS_FILE))
+    saved = {k.split(":", 1)[1] if k.startswith(("arg:", "aux:")) else k: v for k, v in saved.items()}
+    reinitialized = []
+    for name, param in net.collect_params().items():
+        if name not in saved:
+            raise UserError(f"the model in the model channel lacks parameter {name}; was it trained by "
+                            "this algorithm?")
+        if saved[name].shape != param.shape:
+            reinitialized.append(name)
+            continue
+        param.set_data(saved[name])
+    if reinitialized:
+        LOG.warning("model channel: num_classes %s -> %d; re-initialized the class predictors (%s)",
+                    earlier.get("num_classes"), hp.num_classes, ", ".join(reinitialized))
+    LOG.info("initialized from the model in %s", model_dir)
+
+
+def make_optimizer(hp: Hyperparameters, updates_per_epoch: int) -> tuple[str, dict]:
+    schedule = StepWithWarmup(hp.learning_rate, hp.lr_scheduler_step, hp.lr_scheduler_factor, updates_per_epoch)
+    params: dict = {"learning_rate": hp.learning_rate, "lr_scheduler": schedule}
+    if hp.optimizer == "sgd":
+        params.update(momentum=hp.momentum, wd=hp.weight_decay)
+    elif hp.optimizer == "rmsprop":
+        params.update(wd=hp.weight_decay)
+    elif "weight_decay" in hp.given:
+        LOG.warning("weight_decay applies to sgd and rmsprop only; ignored with optimizer=%s", hp.optimizer)
+    if hp.optimizer != "sgd" and "momentum" in hp.given:
+        LOG.warning("momentum applies to sgd only; ignored with optimizer=%s", hp.optimizer)
+    return hp.optimizer, params
+
+
+class Training:
+    def __init__(self, inputs: TrainingInputs, contexts: list[mx.Context], workers: int) -> None:
+        self.inputs = inputs
+        self.hp = inputs.hyperparameters
+        self.paths = inputs.paths
+        self.contexts = contexts
+        self.metrics = MetricLog(inputs.resources.current_host)
+        self.stop = StopRequested()
+        hp = self.hp
+        mx.random.seed(SEED)
+        self.net = build_ssd(hp.base_network, hp.num_classes, hp.image_shape)
+        self.net.initialize(mx.init.Xavier(magnitude=2), ctx=contexts)
+        self.net.materialize(contexts[0])
+        self.detector = SSDDetector(self.net, nms_threshold=hp.nms_threshold, nms_topk=hp.nms_topk)
+        model_channel = self.paths.channel_dir("model")
+        if model_channel.exists():
+            load_earlier_model(self.net, self.detector, artifact.locate(model_channel, self.paths.base / "tmp-model"),
+                               hp)
+        elif hp.use_pretrained_model:
+            load_pretrained(self.net.features, hp.base_network)
+        else:
+            LOG.info("use_pretrained_model=0: training %s from scratch", hp.base_network)
+        freeze_layers(self.net, hp.freeze_layer_pattern)
+        self.net.hybridize(static_alloc=True)
+        self.detector.hybridize(static_alloc=True)
+        self.loss = SSDLoss()
+        self.loss.hybridize()
+
+        self.train_loader = DetectionLoader(
+            inputs.train.samples, hp.mini_batch_size, TrainTransform(hp.image_shape), shuffle=True, seed=SEED,
+            num_workers=workers, targets=TargetEncoder(self.net.anchors, hp.overlap_threshold))
+        self.val_loader = None
+        if inputs.validation is not None:
+            self.val_loader = DetectionLoader(inputs.validation.samples, VALIDATION_BATCH,
+                                              ValTransform(hp.image_shape), shuffle=False, num_workers=workers)
+        self.updates_per_epoch = batches_per_epoch(hp.num_training_samples, hp.mini_batch_size)
+        optimizer, params = make_optimizer(hp, self.updates_per_epoch)
+        trainable = {k: v for k, v in self.net.collect_params().items() if v.grad_req != "null"}
+        self.trainer = gluon.Trainer(trainable, optimizer, params,
+                                     kvstore="device" if len(contexts) > 1 else None)
+        self.state = checkpoint.LoopState()
+
+    # ----------------------------------------------------------------------------------------
+    def run(self) -> None:
+        hp = self.hp
+        self.stop.install()
+        try:
+            if self.paths.checkpoint_dir.is_dir():
+                restored = checkpoint.load(self.paths.checkpoint_dir, self.net, self.trainer)
+                if restored is not None:
+                    self.state = restored
+            LOG.info("training %s at %d on %s: %d training images, batch %d, %d epochs",
+                     hp.base_network, hp.image_shape, ", ".join(str(c) for c in self.contexts),
+                     len(self.inputs.train.samples), hp.mini_batch_size, hp.epochs)
+            for epoch in range(self.state.next_epoch, hp.epochs):
+                result = self.train_epoch(epoch)
+                if result.stopped:
+                    self.state.next_epoch = epoch  # the interrupted epoch runs again on resume
+                    self._checkpoint()
+                    LOG.warning("stopped by SIGTERM during epoch %d; checkpoint saved", epoch)
+                    return
+                stop_early = self.end_epoch(epoch, result)
+                if self.stop.flag:
+                    LOG.warning("stopped by SIGTERM after epoch %d; checkpoint saved", epoch)
+                    return
+                if stop_early:
+                    break
+            self._finish()
+        finally:
+            self.stop.uninstall()
+            self.train_loader.close()
+            if self.val_loader is not None:
+                self.val_loader.close()
+
+    def train_epoch(self, epoch: int) -> EpochResult:
+        self.train_loader.set_epoch(epoch)
+        total_batches = len(self.train_loader)
+        interval = max(1, total_batches // LOG_LINES_PER_EPOCH)
+        ce_sum = l1_sum = 0.0
+        seen = batches = 0
+        start = time.perf_counter()
+        for index, batch in enumerate(self.train_loader):
+            ce, l1 = self.train_step(batch.images, batch.cls_targets, batch.box_targets)
+            if not (math.isfinite(ce) and math.isfinite(l1)):
+                raise UserError(f"training diverged at epoch {epoch}, batch {index}: loss is not finite "
+                                f"(cross_entropy={ce}, smooth_l1={l1}); lower learning_rate (now "
+                                f"{self.hp.learning_rate:g}) or use a pretrained base network")
+            ce_sum, l1_sum = ce_sum + ce, l1_sum + l1
+            seen += len(batch.images)
+            batches += 1
+            if (index + 1) % interval == 0 or index + 1 == total_batches:
+                self.metrics.train_losses(epoch, index, ce_sum / batches, l1_sum / batches)
+            if self.stop.flag:
+                return EpochResult(ce_sum / batches, l1_sum / batches, seen, time.perf_counter() - start, True)
+        return EpochResult(ce_sum / max(1, batches), l1_sum / max(1, batches), seen, time.perf_counter() - start,
+                           False)
+
+    def train_step(self, images: np.ndarray, cls_targets: np.ndarray, box_targets: np.ndarray) -> tuple[float, float]:
+        """One update on a host batch split across the devices; returns the two losses."""
+        # Normalize by the positives of the whole batch, so the update does not depend on the split.
+        num_positive = float(max(1, (cls_targets > 0).sum()))
+        contexts = self.contexts[:len(images)]
+        xs = gluon.utils.split_and_load(images, contexts, even_split=False)
+        cts = gluon.utils.split_and_load(cls_targets, contexts, even_split=False)
+        bts = gluon.utils.split_and_load(box_targets, contexts, even_split=False)
+        with autograd.record():
+            parts = []
+            for x, ct, bt in zip(xs, cts, bts):
+                cls_pred, box_pred = self.net(x)
+                parts.append(self.loss(cls_pred, box_pred, ct, bt, mx.nd.array([num_positive], ctx=x.context)))
+            totals = [cls_loss + box_loss for cls_loss, box_loss in parts]
+        autograd.backward(totals)
+        self.trainer.step(1)
+        ce = sum(float(c.asscalar()) for c, _ in parts)
+        l1 = sum(float(b.asscalar()) for _, b in parts)
+        return ce, l1
+
+    def validate(self) -> float:
+        assert self.val_loader is not None
+        metric = VOCMeanAP(self.hp.num_classes, self.hp.overlap_threshold, voc07=True)
+        for batch in self.val_loader:
+            contexts = self.contexts[:len(batch.images)]
+            xs = gluon.utils.split_and_load(batch.images, contexts, even_split=False)
+            detections = np.concatenate([self.detector(x).asnumpy() for x in xs])  # (B, N, 6)
+            for rows, label in zip(detections, batch.labels):
+                rows = rows[rows[:, 0] >= 0]
+                label = label[label[:, 0] >= 0]
+                metric.update(rows[:, 2:6], rows[:, 0].astype(np.int64), rows[:, 1],
+                              label[:, 1:5], label[:, 0].astype(np.int64), label[:, 5] > 0)
+        return metric.value()
+
+    def end_epoch(self, epoch: int, result: EpochResult) -> bool:
+        """Logs, validates, keeps the best model and checkpoints; returns whether to stop early."""
+        hp = self.hp
+        throughput = result.images / max(result.seconds, 1e-9)
+        self.metrics.throughput(throughput)
+        summary = (f"Epoch {epoch}: cross_entropy={result.cross_entropy:.4f} smooth_l1={result.smooth_l1:.4f} "
+                   f"{throughput:.1f} images/s, {result.seconds:.1f} s")
+        stop_early = False
+        if self.val_loader is not None:
+            value = self.validate()
+            self.metrics.validation_map(epoch, value)
+            summary += f", validation mAP={value:.4f}"
+            best = self.state.best_map
+            improved = value > best and (best <= 0 or (value - best) / best > hp.early_stopping_tolerance)
+            if improved:
+                self.state.best_map, self.state.best_epoch = value, epoch
+                self.state.epochs_without_improvement = 0
+                LOG.info("Updating the best model with validation-mAP=%.6f", value)
+                self._save_model()
+            else:
+                self.state.epochs_without_improvement += 1
+            if (hp.early_stopping and epoch + 1 >= hp.early_stopping_min_epochs
+                    and self.state.epochs_without_improvement >= hp.early_stopping_patience):
+                LOG.info("early stopping after epoch %d: no improvement of validation mAP over %.4f for %d epochs",
+                         epoch, self.state.best_map, self.state.epochs_without_improvement)
+                stop_early = True
+        else:
+            self._save_model()
+        LOG.info("%s", summary)
+        self.metrics.progress(100.0 * (epoch + 1) / hp.epochs)
+        self.state.next_epoch = epoch + 1
+        self._checkpoint()
+        return stop_early
+
+    def _save_model(self) -> None:
+        artifact.write(self.paths.model_dir, self.detector, self.hp.to_strings(), self.inputs.class_names)
+        LOG.info('Saved model to "%s"', self.paths.model_dir / artifact.PARAMS_FILE)
+
+    def _checkpoint(self) -> None:
+        if self.paths.checkpoint_dir.is_dir():
+            checkpoint.save(self.paths.checkpoint_dir, self.net, self.trainer, self.state)
+
+    def _finish(self) -> None:
+        if self.val_loader is not None:
+            if self.state.best_epoch < 0:
+                self._save_model()
+            LOG.info("best validation mAP %.6f at epoch %d", self.state.best_map, self.state.best_epoch)
+        LOG.info("training finished; model in %s", self.paths.model_dir)
+
+
+def train(paths: Paths) -> None:
+    """The ``train`` entry point of one host."""
+    inputs = read_training_inputs(paths)
+    contexts = host_contexts()
+    Training(inputs, contexts, data_workers(contexts)).run()
