@@ -1,0 +1,149 @@
+"""`ssd-detector train` as the container runs it: a real process on a SageMaker-style tree."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ssd_detector.data.synthetic import SynthSpec, generate
+from ssd_detector.training.metrics import METRIC_DEFINITIONS
+
+CLI = [sys.executable, "-m", "ssd_detector.cli"]
+TINY = {"num_classes": "3", "base_network": "mobilenet-0.25", "image_shape": "64", "mini_batch_size": "8",
+        "learning_rate": "0.02", "use_pretrained_model": "0"}
+
+
+def make_job(root: Path, synth_set: Path, hyperparameters: dict, fmt: str = "recordio") -> Path:
+    base = root / "opt_ml"
+    (base / "input/config").mkdir(parents=True)
+    shutil.copytree(synth_set / fmt, base / "input/data")
+    (base / "input/config/hyperparameters.json").write_text(json.dumps(hyperparameters))
+    return base
+
+
+def train(base: Path, workers: str = "0", timeout: float = 600, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "train"], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SSD_DATA_WORKERS": workers, **env})
+
+
+def metric_values(log: str, name: str) -> list[float]:
+    regex = next(d["Regex"] for d in METRIC_DEFINITIONS if d["Name"] == name)
+    return [float(m.group(1)) for m in re.finditer(regex, log)]
+
+
+def test_train_end_to_end_then_predict(tmp_path: Path, synth_set: Path):
+    base = make_job(tmp_path, synth_set, {**TINY, "epochs": "6"}, fmt="json")
+    result = train(base, workers="1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stderr
+    for definition in METRIC_DEFINITIONS:
+        assert metric_values(log, definition["Name"]), definition["Name"]
+    assert metric_values(log, "train:progress")[-1] == 100
+    assert len(metric_values(log, "validation:mAP")) == 6
+    ce = metric_values(log, "train:cross_entropy")
+    assert ce[-1] < ce[0], "training loss must fall"
+    model = base / "model"
+    assert sorted(p.name for p in model.iterdir()) == ["classes.json", "hyperparams.json",
+                                                       "model_algo_1-0000.params", "model_algo_1-symbol.json"]
+    hyper = json.loads((model / "hyperparams.json").read_text())
+    assert all(isinstance(v, str) for v in hyper.values())
+    assert hyper["num_training_samples"] == "16" and hyper["nms_topk"] == "400"
+    assert json.loads((model / "classes.json").read_text()) == {"0": "circle", "1": "square", "2": "triangle"}
+    assert not (base / "output/failure").exists()
+
+    images = sorted((synth_set / "json/validation").iterdir())[:2]
+    out = tmp_path / "predictions.json"
+    result = subprocess.run([*CLI, "predict", "--model-dir", str(model), "--output", str(out), "--draw",
+                             str(tmp_path / "drawn"), *map(str, images)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    predictions = json.loads(out.read_text())
+    assert sorted(predictions) == sorted(p.name for p in images)
+    for rows in predictions.values():
+        scores = [r[1] for r in rows]
+        assert scores == sorted(scores, reverse=True)
+        for cls, score, x0, y0, x1, y1 in rows:
+            assert cls in (0, 1, 2) and 0 <= score <= 1
+            assert 0 <= x0 <= x1 <= 1 and 0 <= y0 <= y1 <= 1
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == sorted(p.stem + ".png" for p in images)
+
+
+def test_bad_hyperparameters_fail_with_reason(tmp_path: Path, synth_set: Path):
+    base = make_job(tmp_path, synth_set, {**TINY, "epochs": "1", "image_shape": "\"abc\""})
+    result = train(base)
+    assert result.returncode == 1
+    failure = (base / "output/failure").read_text()
+    assert "image_shape='\"abc\"' is not valid" in failure
+
+
+def test_missing_imagenet_weights_fail_clearly(tmp_path: Path, synth_set: Path):
+    base = make_job(tmp_path, synth_set, {**TINY, "epochs": "1", "use_pretrained_model": "1"})
+    result = train(base, MXNET_HOME=str(tmp_path / "empty"))
+    assert result.returncode == 1
+    failure = (base / "output/failure").read_text()
+    assert str(tmp_path / "empty" / "models") in failure and "use_pretrained_model=0" in failure
+
+
+def test_sigterm_saves_a_checkpoint_and_a_restart_resumes(tmp_path: Path, synth_set: Path):
+    base = make_job(tmp_path, synth_set, {**TINY, "epochs": "200", "mini_batch_size": "2"})
+    (base / "checkpoints").mkdir()
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SSD_DATA_WORKERS": "1"}
+    process = subprocess.Popen([*CLI, "train"], stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
+    deadline = time.monotonic() + 300
+    for line in process.stderr:
+        seen.append(line)
+        if "epoch=1, batch=" in line:  # mid-epoch, after one full epoch and a checkpoint
+            process.send_signal(signal.SIGTERM)
+            break
+        assert time.monotonic() < deadline, "training did not start"
+    start = time.monotonic()
+    _, rest = process.communicate(timeout=60)
+    assert time.monotonic() - start < 30
+    assert process.returncode == 0, "".join(seen) + rest
+    assert "stopped by SIGTERM during epoch 1" in rest
+    state = json.loads((base / "checkpoints/ssd-checkpoint.json").read_text())
+    assert state["next_epoch"] == 1
+    # A restart (as spot training does) resumes at the interrupted epoch.
+    (base / "input/config/hyperparameters.json").write_text(json.dumps({**TINY, "epochs": "2",
+                                                                       "mini_batch_size": "2"}))
+    result = train(base)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from checkpoint" in result.stderr and "at epoch 1" in result.stderr
+    assert "epoch=0," not in result.stderr.split("resuming from checkpoint")[1]
+    assert json.loads((base / "checkpoints/ssd-checkpoint.json").read_text())["next_epoch"] == 2
+
+
+def test_incremental_training_with_more_classes(tmp_path: Path, synth_set: Path):
+    two_classes = tmp_path / "two"
+    generate(two_classes, SynthSpec(train=8, validation=2, classes=2, width=96, height=64, seed=1, format="both"))
+    first = make_job(tmp_path / "a", two_classes, {**TINY, "epochs": "1", "num_classes": "2"})
+    assert train(first).returncode == 0
+    second = make_job(tmp_path / "b", synth_set, {**TINY, "epochs": "1", "num_classes": "3"})
+    shutil.copytree(first / "model", second / "input/data/model")
+    result = train(second)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "re-initialized the class predictors" in result.stderr
+    assert "initialized from the model" in result.stderr
+    other = make_job(tmp_path / "c", two_classes, {**TINY, "epochs": "1", "num_classes": "2",
+                                                   "base_network": "mobilenet-1.0"})
+    shutil.copytree(first / "model", other / "input/data/model")
+    result = train(other)
+    assert result.returncode == 1
+    assert "incremental training needs the same base network" in (other / "output/failure").read_text()
+
+
+def test_early_stopping(tmp_path: Path, synth_set: Path):
+    # A tolerance of 1 asks each epoch to double the best mAP; after the first epoch it never does.
+    base = make_job(tmp_path, synth_set, {**TINY, "epochs": "30", "early_stopping": "True",
+                                          "early_stopping_min_epochs": "2", "early_stopping_patience": "1",
+                                          "early_stopping_tolerance": "1.0"})
+    result = train(base)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "early stopping after epoch" in result.stderr
+    assert len(metric_values(result.stderr, "validation:mAP")) < 30

@@ -1,0 +1,106 @@
+"""VOC mAP by hand, the learning-rate schedule, metric lines, layer freezing."""
+import re
+
+import numpy as np
+import pytest
+
+from ssd_detector.errors import HyperparameterError
+from ssd_detector.evaluation.voc_map import VOCMeanAP
+from ssd_detector.model.ssd import build_ssd
+from ssd_detector.training.loop import data_workers, freeze_layers
+from ssd_detector.training.metrics import METRIC_DEFINITIONS, MetricLog
+from ssd_detector.training.schedule import StepWithWarmup, batches_per_epoch
+
+BOX_A = [0.1, 0.1, 0.4, 0.4]
+BOX_B = [0.5, 0.5, 0.9, 0.9]
+
+
+def test_perfect_detections_score_one():
+    metric = VOCMeanAP(2)
+    gt = np.array([BOX_A, BOX_B], np.float32)
+    metric.update(gt, np.array([0, 1]), np.array([0.9, 0.8]), gt, np.array([0, 1]))
+    assert metric.value() == pytest.approx(1.0)
+
+
+def test_voc07_eleven_points_by_hand():
+    # One class, two objects in two images; detections: hit (0.9), miss (0.8), hit (0.7).
+    metric = VOCMeanAP(1)
+    metric.update(np.array([BOX_A, BOX_B], np.float32), np.array([0, 0]), np.array([0.9, 0.8]),
+                  np.array([BOX_A], np.float32), np.array([0]))
+    metric.update(np.array([BOX_B], np.float32), np.array([0]), np.array([0.7]),
+                  np.array([BOX_B], np.float32), np.array([0]))
+    # recall/precision after each: (0.5, 1), (0.5, 0.5), (1, 2/3): 6 points at 1.0, 5 at 2/3.
+    assert metric.value() == pytest.approx((6 * 1.0 + 5 * 2 / 3) / 11)
+    area = VOCMeanAP(1, voc07=False)
+    area._scores, area._hits, area._positives = metric._scores, metric._hits, metric._positives
+    assert area.value() == pytest.approx(0.5 * 1.0 + 0.5 * 2 / 3)
+
+
+def test_difficult_objects_are_ignored_and_duplicates_are_false_positives():
+    metric = VOCMeanAP(1)
+    gt = np.array([BOX_A, BOX_B], np.float32)
+    detections = np.array([BOX_A, BOX_A, BOX_B], np.float32)
+    metric.update(detections, np.array([0, 0, 0]), np.array([0.9, 0.8, 0.7]), gt, np.array([0, 0]),
+                  np.array([False, True]))
+    # The difficult box neither counts as a positive nor penalizes its detection; the duplicate
+    # of BOX_A is a false positive after the hit: precision at recall 1 is 1.
+    assert metric.value() == pytest.approx(1.0)
+    assert metric._positives.tolist() == [1]
+
+
+def test_class_without_ground_truth_is_left_out():
+    metric = VOCMeanAP(3)
+    metric.update(np.array([BOX_A], np.float32), np.array([2]), np.array([0.5]),
+                  np.array([BOX_A], np.float32), np.array([0]))
+    aps = metric.average_precisions()
+    assert aps[0] == 0.0 and np.isnan(aps[1]) and np.isnan(aps[2])
+    assert metric.value() == 0.0
+
+
+def test_schedule_warms_up_then_steps_in_epochs():
+    updates = batches_per_epoch(1000, 32)
+    assert updates == 32
+    schedule = StepWithWarmup(0.1, (2, 4), 0.1, updates)
+    assert schedule(0) == pytest.approx(0.01)
+    assert schedule(16) == pytest.approx(0.1 * (0.1 + 0.9 * 0.5))
+    assert schedule(32) == pytest.approx(0.1)
+    assert schedule(2 * 32 - 1) == pytest.approx(0.1)
+    assert schedule(2 * 32) == pytest.approx(0.01)
+    assert schedule(4 * 32) == pytest.approx(0.001)
+
+
+def test_metric_lines_match_the_built_in_regexes(caplog):
+    log = MetricLog("algo-1")
+    with caplog.at_level("INFO", logger="ssd_detector.metrics"):
+        log.progress(10)
+        log.train_losses(3, 100, 1.25, 0.5)
+        log.throughput(115.2)
+        log.validation_map(3, 0.4123)
+    lines = [r.getMessage() for r in caplog.records]
+    captured = {}
+    for definition in METRIC_DEFINITIONS:
+        values = [m.group(1) for line in lines if (m := re.search(definition["Regex"], line))]
+        assert len(values) == 1, (definition, lines)
+        captured[definition["Name"]] = float(values[0])
+    assert captured == {"train:progress": 10.0, "train:smooth_l1": 0.5, "train:cross_entropy": 1.25,
+                        "train:throughput": 115.2, "validation:mAP": 0.4123}
+    assert "#quality_metric: host=algo-1, epoch=3, validation mAP <score>=(0.412300)" in lines
+
+
+def test_freeze_layer_pattern():
+    net = build_ssd("vgg-16", 2, 96)
+    frozen = freeze_layers(net, "^(conv1_|conv2_).*")
+    assert sorted(frozen) == sorted(f"conv{s}_{i}_{k}" for s in (1, 2) for i in (1, 2) for k in ("weight", "bias"))
+    assert net.features.stages[0][0].weight.grad_req == "null"
+    assert net.features.stages[2][0].weight.grad_req == "write"
+    with pytest.raises(HyperparameterError) as info:
+        freeze_layers(net, "^nothing")
+    assert "matches no parameter" in str(info.value) and "conv1_1_weight" in str(info.value)
+
+
+def test_data_workers_from_environment():
+    import mxnet as mx
+    assert data_workers([mx.cpu()], {}) == 1
+    assert data_workers([mx.cpu()], {"SSD_DATA_WORKERS": "3"}) == 3
+    with pytest.raises(Exception, match="SSD_DATA_WORKERS='x'"):
+        data_workers([mx.cpu()], {"SSD_DATA_WORKERS": "x"})
