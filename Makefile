@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 DEMO_DIR ?= build/demo
 
-.PHONY: install demo test test-unit test-integration bench-data bench-deps lint clean
+.PHONY: install demo test test-unit test-integration bench-data bench-train bench-accuracy bench-deps lint clean
 
 install: $(STAMP)
 
@@ -41,6 +41,12 @@ $(BENCH_STAMP): $(STAMP)
 
 bench-data: bench-deps
 	$(PY) scripts/bench_data.py
+
+bench-train: bench-deps
+	$(PY) scripts/bench_train.py
+
+bench-accuracy: install
+	$(PY) scripts/bench_accuracy.py
 
 lint: install
 	$(PY) -m compileall -q src scripts tests container
