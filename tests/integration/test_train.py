@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -125,7 +126,11 @@ def test_incremental_training_with_more_classes(tmp_path: Path, synth_set: Path)
     first = make_job(tmp_path / "a", two_classes, {**TINY, "epochs": "1", "num_classes": "2"})
     assert train(first).returncode == 0
     second = make_job(tmp_path / "b", synth_set, {**TINY, "epochs": "1", "num_classes": "3"})
-    shutil.copytree(first / "model", second / "input/data/model")
+    # As SageMaker delivers an earlier job's output: one model.tar.gz in the model channel.
+    (second / "input/data/model").mkdir()
+    with tarfile.open(second / "input/data/model/model.tar.gz", "w:gz") as tar:
+        for item in (first / "model").iterdir():
+            tar.add(item, arcname=item.name)
     result = train(second)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "re-initialized the class predictors" in result.stderr

@@ -86,8 +86,11 @@ _WORKER_STATE: dict = {}
 
 def _worker_init(samples: Sequence[Sample], transform: Transform, seed: int, max_objects: int | None,
                  targets: TargetFn | None) -> None:
+    import signal
+
     import cv2
     cv2.setNumThreads(1)  # the workers are the parallelism
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
     _WORKER_STATE.update(samples=samples, transform=transform, seed=seed, max_objects=max_objects, targets=targets)
 
 

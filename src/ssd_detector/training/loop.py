@@ -12,6 +12,7 @@ import math
 import os
 import re
 import signal
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,7 +116,7 @@ def freeze_layers(net: SSD, pattern: str) -> list[str]:
     return frozen
 
 
-def load_earlier_model(net: SSD, detector: SSDDetector, model_dir: Path, hp: Hyperparameters) -> None:
+def load_earlier_model(net: SSD, model_dir: Path, hp: Hyperparameters) -> None:
     """Incremental training: start from an earlier artifact of this algorithm. A different
     num_classes keeps everything but the class predictors, which start afresh."""
     earlier = artifact.read_hyperparameters(model_dir)
@@ -169,8 +170,8 @@ class Training:
         self.detector = SSDDetector(self.net, nms_threshold=hp.nms_threshold, nms_topk=hp.nms_topk)
         model_channel = self.paths.channel_dir("model")
         if model_channel.exists():
-            load_earlier_model(self.net, self.detector, artifact.locate(model_channel, self.paths.base / "tmp-model"),
-                               hp)
+            with tempfile.TemporaryDirectory(prefix="ssd-model-") as extracted:
+                load_earlier_model(self.net, artifact.locate(model_channel, Path(extracted)), hp)
         elif hp.use_pretrained_model:
             load_pretrained(self.net.features, hp.base_network)
         else:
