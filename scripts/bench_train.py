@@ -164,7 +164,8 @@ def main() -> int:
             command = [sys.executable, __file__, "--one", "--impl", impl, "--config", config, "--rec", str(rec),
                        "--workers", str(args.workers), "--batch", str(args.batch), "--warmup", str(args.warmup),
                        "--count", str(args.count), "--work", str(args.work)]
-            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            done = subprocess.run(command, capture_output=True, text=True,
+                                  env={**os.environ, "PYTHONWARNINGS": "ignore"})
             if done.returncode != 0:
                 LOG.error("%s %s failed:\n%s", impl, config, done.stderr[-3000:])
                 return 1

@@ -87,7 +87,8 @@ def _voc_fixture(tmp_path: Path) -> Path:
     (root / "Annotations").mkdir(parents=True)
     (root / "JPEGImages").mkdir()
     (root / "ImageSets" / "Main").mkdir(parents=True)
-    for i, objects in enumerate([[("dog", 11, 21, 50, 60, 0)], [("cat", 1, 1, 100, 80, 1), ("dog", 30, 10, 60, 40, 0)]]):
+    images = [[("dog", 11, 21, 50, 60, 0)], [("cat", 1, 1, 100, 80, 1), ("dog", 30, 10, 60, 40, 0)]]
+    for i, objects in enumerate(images):
         (root / "JPEGImages" / f"{i:06d}.jpg").write_bytes(encode(np.zeros((80, 100, 3), np.uint8)))
         objs = "".join(f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{x0}</xmin>"
                        f"<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
@@ -128,5 +129,6 @@ def test_synthetic_is_deterministic_by_seed(tmp_path: Path):
     generate(tmp_path / "c", SynthSpec(**{**spec.__dict__, "seed": 4}))
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert files and all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
-    assert (tmp_path / "a/recordio/train/train.rec").read_bytes() != (tmp_path / "c/recordio/train/train.rec").read_bytes()
+    rec = "recordio/train/train.rec"
+    assert (tmp_path / "a" / rec).read_bytes() != (tmp_path / "c" / rec).read_bytes()
     assert (tmp_path / "a/json/validation_annotation").is_dir()

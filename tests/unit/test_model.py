@@ -105,7 +105,8 @@ def test_one_training_step_then_export_and_import(base, size, tmp_path: Path):
     before = net.class_heads[0].weight.data().copy()
     with autograd.record():
         cls_pred, box_pred = net(images)
-        cls_loss, box_loss = loss(cls_pred, box_pred, cls_target, box_target, mx.nd.array([float((cls_target > 0).sum().asscalar())]))
+        positives = mx.nd.array([float((cls_target > 0).sum().asscalar())])
+        cls_loss, box_loss = loss(cls_pred, box_pred, cls_target, box_target, positives)
         total = cls_loss + box_loss
     total.backward()
     trainer.step(1)

@@ -20,7 +20,7 @@ def unpack_detection_label(label: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     Rows whose class id is -1 are padding and are dropped. Boxes are returned as found;
     ``check_boxes`` and ``check_class_ids`` judge them.
     """
-    values = np.asarray(label, dtype=np.float32).reshape(-1)
+    values = np.asarray(label, dtype=np.float32).reshape(-1)  # any shape -> (L,)
     if values.size < 2:
         raise LabelError(f"label has {values.size} value(s); a detection label starts with the header width "
                          "and the object width (pack it with im2rec --pack-label)")

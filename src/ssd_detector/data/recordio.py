@@ -101,7 +101,7 @@ def pack_image_record(label: np.ndarray | float, image: bytes, record_id: int = 
     """The payload of an image record: IRHeader, the float32 label values, the encoded image."""
     if isinstance(label, (int, float)):
         return struct.pack(IR_FORMAT, 0, float(label), record_id, 0) + image
-    values = np.asarray(label, dtype="<f4").reshape(-1)
+    values = np.asarray(label, dtype="<f4").reshape(-1)  # any shape -> (L,)
     return struct.pack(IR_FORMAT, values.size, 0.0, record_id, 0) + values.tobytes() + image
 
 

@@ -138,7 +138,8 @@ def make_image(rng: np.random.Generator, spec: SynthSpec) -> tuple[np.ndarray, n
         h = int(np.clip(side / aspect, 8, height))
         x0, y0 = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
         box = np.array([x0, y0, x0 + w, y0 + h], np.float32)
-        if np.any(_iou(box, np.array(boxes, np.float32).reshape(-1, 4)) > 0.2):
+        placed = np.array(boxes, np.float32).reshape(-1, 4)  # (K, 4), also when K = 0
+        if np.any(_iou(box, placed) > 0.2):
             continue
         cls = int(rng.integers(0, spec.classes))
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))

@@ -210,7 +210,7 @@ class TrainTransform:
             return ValTransform(self.size)(image, boxes, rng)
         window, out_boxes, kept, flip = _geometry(rng, boxes, cfg)
         out = warp_window(image, window, self.size, flip, MEAN_RGB)
-        colour = colour_matrix(rng, cfg, out.reshape(-1, 3).mean(axis=0))
+        colour = colour_matrix(rng, cfg, out.reshape(-1, 3).mean(axis=0))  # (S, S, 3) -> (S*S, 3) -> mean RGB
         out = cv2.transform(out, colour)  # saturates to uint8
         return np.ascontiguousarray(out.transpose(2, 0, 1)), out_boxes, kept  # (H, W, 3) -> (3, H, W)
 
@@ -232,5 +232,5 @@ class ValTransform:
 def normalize(batch_uint8: np.ndarray) -> np.ndarray:
     """(B, 3, S, S) uint8 -> float32 (x - mean) / std, as the network does on the device."""
     mean = MEAN_RGB.reshape(1, 3, 1, 1)  # broadcast over (B, 3, S, S)
-    std = STD_RGB.reshape(1, 3, 1, 1)
+    std = STD_RGB.reshape(1, 3, 1, 1)  # (3,) -> (1, 3, 1, 1)
     return (batch_uint8.astype(np.float32) - mean) / std

@@ -80,5 +80,5 @@ def generate_anchors(layout: AnchorLayout) -> np.ndarray:
         cy, cx = np.meshgrid(centres, centres, indexing="ij")  # (F, F) each
         cxy = np.stack([cx, cy], axis=-1).reshape(-1, 1, 2)  # (F*F, 1, 2)
         boxes = np.concatenate([cxy - wh / 2, cxy + wh / 2], axis=-1)  # (F*F, A, 4)
-        out.append(boxes.reshape(-1, 4))
+        out.append(boxes.reshape(-1, 4))  # (F*F, A, 4) -> (F*F*A, 4)
     return np.concatenate(out).astype(np.float32)

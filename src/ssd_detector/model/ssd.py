@@ -44,8 +44,8 @@ class SSD(gluon.HybridBlock):
                     self.class_heads.add(nn.Conv2D(anchors * (num_classes + 1), 3, padding=1))
                 with self.box_heads.name_scope():
                     self.box_heads.add(nn.Conv2D(anchors * 4, 3, padding=1))
-            self.mean = self.params.get_constant("mean", MEAN_RGB.reshape(1, 3, 1, 1))
-            self.std = self.params.get_constant("std", STD_RGB.reshape(1, 3, 1, 1))
+            self.mean = self.params.get_constant("mean", MEAN_RGB.reshape(1, 3, 1, 1))  # (3,) -> NCHW broadcast
+            self.std = self.params.get_constant("std", STD_RGB.reshape(1, 3, 1, 1))  # (3,) -> NCHW broadcast
         self.anchors = generate_anchors(self.layout)  # (N, 4) numpy, for the data workers
 
     def materialize(self, ctx: mx.Context | None = None) -> None:
