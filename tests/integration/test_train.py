@@ -43,6 +43,7 @@ def test_train_end_to_end_then_predict(tmp_path: Path, synth_set: Path):
     result = train(base, workers="1")
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stderr
+    assert "Traceback" not in log and "Exception ignored" not in log
     for definition in METRIC_DEFINITIONS:
         assert metric_values(log, definition["Name"]), definition["Name"]
     assert metric_values(log, "train:progress")[-1] == 100

@@ -135,9 +135,9 @@ def test_pretrained_weights_from_the_zoo_folder(tmp_path: Path):
     net.initialize(mx.init.Xavier())
     net.materialize()
     assert load_pretrained(net.features, "mobilenet-0.25", tmp_path) == path
-    np.testing.assert_array_equal(net.features.stage16[0].weight.data().asnumpy(),
+    np.testing.assert_array_equal(net.features.stages[0][0].weight.data().asnumpy(),
                                   zoo.features[0].weight.data().asnumpy())
-    np.testing.assert_array_equal(net.features.stage32[-2].gamma.data().asnumpy(),
+    np.testing.assert_array_equal(net.features.stages[2][-2].gamma.data().asnumpy(),
                                   zoo.features[79].gamma.data().asnumpy())
 
 

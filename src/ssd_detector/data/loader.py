@@ -189,7 +189,9 @@ class DetectionLoader:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            # Waiting lets the executor's manager thread end now, not in an atexit hook that
+            # would write to an already closed pipe.
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
     def __enter__(self) -> "DetectionLoader":

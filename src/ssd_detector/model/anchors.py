@@ -61,8 +61,8 @@ def make_layout(base_network: str, image_size: int, feature_sizes: Sequence[int]
         sizes = tuple(s / 512 for s in _OTHER_512)
         steps = (16, 32, 64, 128, 256, 512)
     else:
-        # The 300 layout's rule: 0.1 on the first map, evenly from 0.2 to 0.88, then 1.05.
-        sizes = (0.1,) + tuple(np.linspace(0.2, 0.88, layers - 1)) + (1.05,) if layers > 1 else (0.1, 1.05)
+        # GluonCV's rule for MobileNet at 300: 0.07 on the first map, evenly from 0.15 to 0.87, then 1.05.
+        sizes = (0.07,) + tuple(np.linspace(0.15, 0.87, layers - 1)) + (1.05,) if layers > 1 else (0.07, 1.05)
         steps = tuple(image_size / f for f in feature_sizes)
     return AnchorLayout(image_size, feature_sizes, tuple(float(s) for s in sizes), default_ratios(layers),
                         tuple(float(s) for s in steps))

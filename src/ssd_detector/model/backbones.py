@@ -4,8 +4,10 @@ Each base network gives a HybridBlock whose output is the list of feature maps t
 read: the base's own maps plus extra layers that halve the resolution down to 1x1.
   vgg-16        the SSD paper's reduced VGG-16: pool5 3x3/1, fc6 as a 3x3 conv dilated 6, fc7 1x1,
                 conv4_3 L2-normalized with a learned scale (starts at 20)
-  resnet-50     ResNet-50 v1, stage 3 (stride 16) and stage 4 (stride 32)
-  mobilenet-*   MobileNet v1 at width 1.0 or 0.25, after relu22 (stride 16) and relu26 (stride 32)
+  resnet-50     ResNet-50 v1, stage 3 (stride 16) and stage 4 (stride 32); below 448 pixels also
+                stage 2 (stride 8)
+  mobilenet-*   MobileNet v1 at width 1.0 or 0.25, after relu22 (stride 16) and relu26 (stride 32);
+                below 448 pixels also after relu10 (stride 8)
 """
 from __future__ import annotations
 
@@ -29,8 +31,11 @@ EXTRA_FILTERS = {"vgg-16": (512, 256, 256, 256), "resnet-50": (512, 512, 256, 25
                  "mobilenet-1.0": (512, 512, 256, 256), "mobilenet-0.25": (256, 256, 128, 128)}
 # The VGG-16 of SSD512 has one more extra layer.
 VGG_512_EXTRA = 256
-# Indices into the model zoo's `features` where the stride-16 and stride-32 maps end.
-_SPLITS = {"resnet50_v1": (7, 8), "mobilenet1.0": (69, 81), "mobilenet0.25": (69, 81)}
+# Indices into the model zoo's `features` where the stride-8, -16 and -32 maps end.
+_SPLITS = {"resnet50_v1": (6, 7, 8), "mobilenet1.0": (33, 69, 81), "mobilenet0.25": (33, 69, 81)}
+# Below this input size ResNet and MobileNet also predict from their stride-8 map: small inputs
+# need the finer grid for small objects (the published layouts at 512 start at stride 16).
+STRIDE8_BELOW = 448
 
 
 def zoo_weights_file(base_network: str, root: str | os.PathLike | None = None) -> Path:
@@ -79,38 +84,46 @@ def copy_parameters(source: gluon.Block, target: gluon.Block) -> None:
 
 
 class ZooFeatures(gluon.HybridBlock):
-    """ResNet-50 or MobileNet from the model zoo, cut at stride 16 and 32, plus extra layers."""
+    """ResNet-50 or MobileNet from the model zoo, cut at stride 16 and 32 (and 8 for small
+    inputs), plus extra layers."""
 
-    def __init__(self, base_network: str, **kwargs) -> None:
+    def __init__(self, base_network: str, image_size: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.zoo_name = ZOO_NAMES[base_network]
-        first, second = _SPLITS[self.zoo_name]
+        self.use_stride8 = image_size < STRIDE8_BELOW
+        ends = _SPLITS[self.zoo_name]
         with self.name_scope():
             zoo = vision.get_model(self.zoo_name, pretrained=False)
-            self.stage16 = nn.HybridSequential()
-            self.stage32 = nn.HybridSequential()
-            for i, block in enumerate(zoo.features):
-                if i < first:
-                    self.stage16.add(block)
-                elif i < second:
-                    self.stage32.add(block)
+            # Consecutive slices of the zoo's feature blocks; the output of each is a feature map.
+            self.stages = nn.HybridSequential(prefix="")
+            start = 0
+            for end in ends:
+                stage = nn.HybridSequential(prefix="")
+                for block in list(zoo.features)[start:end]:
+                    stage.add(block)
+                self.stages.add(stage)
+                start = end
             self.extras = nn.HybridSequential()
             for filters in EXTRA_FILTERS[base_network]:
                 self.extras.add(_extra_layer(filters, use_bn=True))
 
     def base_blocks(self) -> list[gluon.Block]:
-        return [self.stage16, self.stage32]
+        return [self.stages]
 
     def load_imagenet(self, path: Path) -> None:
         zoo = vision.get_model(self.zoo_name, pretrained=False)
         zoo.load_parameters(str(path), ctx=mx.cpu())
-        ours = [b for stage in (self.stage16, self.stage32) for b in stage]
+        ours = [b for stage in self.stages for b in stage]
         for mine, theirs in zip(ours, zoo.features):
             copy_parameters(theirs, mine)
 
     def hybrid_forward(self, F, x):
-        outputs = [self.stage16(x)]
-        outputs.append(self.stage32(outputs[-1]))
+        outputs = []
+        for stage in self.stages:
+            x = stage(x)
+            outputs.append(x)
+        if not self.use_stride8:
+            outputs = outputs[1:]
         for block in self.extras:
             outputs.append(block(outputs[-1]))
         return outputs
@@ -206,7 +219,7 @@ def build_features(base_network: str, image_size: int) -> gluon.HybridBlock:
     if base_network == "vgg-16":
         return VGGAtrousFeatures(image_size, prefix="features_")
     if base_network in ZOO_NAMES:
-        return ZooFeatures(base_network, prefix="features_")
+        return ZooFeatures(base_network, image_size, prefix="features_")
     raise ValueError(f"unknown base network {base_network!r}")
 
 
