@@ -68,7 +68,8 @@ def test_targets_equal_mxnet_multibox_target():
     np.testing.assert_allclose(loc[0].asnumpy().reshape(-1, 4), box_target, atol=1e-5)
 
 
-def test_loss_on_a_tiny_case():
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_loss_on_a_tiny_case(hybrid):
     # One image, 5 anchors, 2 classes (+ background). Anchor 0 is positive (class 1 -> target 2).
     logits = np.array([[[0.0, 0.0, 2.0], [3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 4.0]]],
                       np.float32)
@@ -76,7 +77,10 @@ def test_loss_on_a_tiny_case():
     box_pred = np.zeros((1, 20), np.float32)
     box_pred[0, :4] = [0.5, -2.0, 0.0, 1.0]
     box_target = np.zeros((1, 5, 4), np.float32)
-    cls_loss, box_loss = SSDLoss()(mx.nd.array(logits), mx.nd.array(box_pred), mx.nd.array(cls_target),
+    loss = SSDLoss()
+    if hybrid:
+        loss.hybridize()
+    cls_loss, box_loss = loss(mx.nd.array(logits), mx.nd.array(box_pred), mx.nd.array(cls_target),
                                    mx.nd.array(box_target), mx.nd.array([1.0]))
     log_softmax = logits[0] - np.log(np.exp(logits[0]).sum(axis=1, keepdims=True))
     ce = -log_softmax[np.arange(5), cls_target[0].astype(int)]

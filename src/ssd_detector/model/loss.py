@@ -21,10 +21,15 @@ class SSDLoss(gluon.HybridBlock):
         log_prob = F.log_softmax(cls_pred, axis=-1)
         ce = -F.pick(log_prob, cls_target, axis=-1)  # (B, N)
         positive = cls_target > 0
-        # Rank negatives by loss; keep ratio x (positives in the image) of the hardest.
-        rank = F.argsort(F.argsort(F.where(positive, F.zeros_like(ce) - 1, ce), axis=1, is_ascend=False), axis=1)
-        per_image = F.sum(positive, axis=1, keepdims=True) * self.ratio  # (B, 1)
-        hard_negative = F.broadcast_lesser(rank, per_image) * (1 - positive)
+        # Keep, per image, the ratio x (its positives) negatives of highest loss: one descending
+        # sort gives the loss of the last one kept, which serves as a threshold.
+        negative_ce = F.where(positive, F.zeros_like(ce) - 1, ce)  # positives sort last
+        ordered = F.sort(negative_ce, axis=1, is_ascend=False)  # (B, N)
+        keep = F.sum(positive, axis=1) * self.ratio  # (B,)
+        last = F.clip(keep - 1, 0, 1e9)  # index of the last negative kept (pick clips past the end)
+        threshold = F.expand_dims(F.pick(ordered, last, axis=1, mode="clip"), -1)  # (B, 1)
+        hard_negative = F.broadcast_mul(F.broadcast_greater_equal(negative_ce, threshold),
+                                        F.expand_dims(keep > 0, -1)) * (1 - positive)
         cls_loss = F.sum(ce * (positive + hard_negative)) / F.maximum(num_positive, 1)
         box_pred = F.reshape(box_pred, (0, -1, 4))  # (B, N * 4) -> (B, N, 4)
         diff = F.smooth_l1(box_pred - box_target, scalar=1.0)

@@ -177,7 +177,7 @@ class Training:
         else:
             LOG.info("use_pretrained_model=0: training %s from scratch", hp.base_network)
         freeze_layers(self.net, hp.freeze_layer_pattern)
-        self.net.hybridize(static_alloc=True)
+        self.net.hybridize(static_alloc=True, static_shape=True)
         self.detector.hybridize(static_alloc=True)
         self.loss = SSDLoss()
         self.loss.hybridize()
