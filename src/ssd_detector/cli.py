@@ -72,9 +72,8 @@ def _cmd_check_job(args: argparse.Namespace) -> int:
         }
         print(json.dumps(summary))
 
-    failure_file = paths.failure_file if args.write_failure else Path("/dev/null")
     if args.write_failure:
-        return run_job(job, failure_file)
+        return run_job(job, paths.failure_file)
     try:
         job()
     except UserError as exc:

@@ -57,12 +57,21 @@ def _format_issues(channel: ChannelData) -> str:
             "Run `ssd-detector check-data` on the channel to see them all.")
 
 
-def _load_channel(paths: Paths, channels: dict[str, ChannelConfig], split: str) -> ChannelData:
+def _load_channel(paths: Paths, channels: dict[str, ChannelConfig], split: str, num_classes: int,
+                  decode_images: bool) -> ChannelData:
+    """Reads and checks one split; every class must occur in train, validation may lack some."""
     spec = channels[split]
     annotation = channels.get(f"{split}_annotation")
-    return read_channel(paths.channel_dir(split),
+    data = read_channel(paths.channel_dir(split),
                         paths.channel_dir(f"{split}_annotation") if annotation is not None else None,
                         content_type=spec.content_type, name=split)
+    validate(data, num_classes, decode=decode_images, require_all_classes=split == "train")
+    if data.issues:
+        raise DataError(_format_issues(data))
+    if not data.samples:
+        hint = "" if split == "train" else "; remove the channel or give it images"
+        raise DataError(f"channel '{split}' holds no images{hint}")
+    return data
 
 
 def read_training_inputs(paths: Paths, decode_images: bool = True) -> TrainingInputs:
@@ -71,23 +80,10 @@ def read_training_inputs(paths: Paths, decode_images: bool = True) -> TrainingIn
     resources = read_resource_config(paths)
     channels = read_input_data_config(paths)
     _check_channel_config(channels)
-    num_classes = hp.num_classes
-
-    train = _load_channel(paths, channels, "train")
-    validate(train, num_classes, decode=decode_images, require_all_classes=True)
-    if train.issues:
-        raise DataError(_format_issues(train))
-    if not train.samples:
-        raise DataError("channel 'train' holds no images")
-
+    train = _load_channel(paths, channels, "train", hp.num_classes, decode_images)
     validation = None
     if "validation" in channels:
-        validation = _load_channel(paths, channels, "validation")
-        validate(validation, num_classes, decode=decode_images, require_all_classes=False)
-        if validation.issues:
-            raise DataError(_format_issues(validation))
-        if not validation.samples:
-            raise DataError("channel 'validation' holds no images; remove the channel or give it images")
+        validation = _load_channel(paths, channels, "validation", hp.num_classes, decode_images)
     else:
         LOG.warning("no validation channel: training without validation mAP; the model saved is the last epoch's")
 
