@@ -11,10 +11,12 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
+from .data.transforms import ValTransform
 from .errors import UserError
 from .model import artifact
 
 LOG = logging.getLogger(__name__)
+NO_BOXES = np.zeros((0, 4), np.float32)
 
 
 class Predictor:
@@ -29,6 +31,7 @@ class Predictor:
         except (KeyError, ValueError):
             raise UserError(f"{self.model_dir / artifact.HYPERPARAMS_FILE} has no usable image_shape") from None
         self.class_names = artifact.read_class_names(self.model_dir)
+        self._transform = ValTransform(self.image_size)
         with warnings.catch_warnings():
             # The input's type is unknown until the first call (uint8 pixels); not a problem.
             warnings.filterwarnings("ignore", message="Cannot decide type")
@@ -39,11 +42,8 @@ class Predictor:
                  len(self.class_names))
 
     def preprocess(self, image_rgb: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 RGB -> (3, S, S) uint8: squashed to the training size, as SSD trains."""
-        h, w = image_rgb.shape[:2]
-        interp = cv2.INTER_AREA if h > self.image_size and w > self.image_size else cv2.INTER_LINEAR
-        resized = cv2.resize(image_rgb, (self.image_size, self.image_size), interpolation=interp)
-        return np.ascontiguousarray(resized.transpose(2, 0, 1))  # (S, S, 3) -> (3, S, S)
+        """(H, W, 3) uint8 RGB -> (3, S, S) uint8: the validation transform of training."""
+        return self._transform(image_rgb, NO_BOXES)[0]
 
     def predict_batch(self, images_rgb: Sequence[np.ndarray], threshold: float = 0.0,
                       max_detections: int | None = None) -> list[np.ndarray]:

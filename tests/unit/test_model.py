@@ -169,3 +169,18 @@ def test_missing_pretrained_weights_say_where_and_what_to_do(tmp_path: Path):
         load_pretrained(net.features, "resnet-50", tmp_path)
     message = str(info.value)
     assert str(zoo_weights_file("resnet-50", tmp_path)) in message and "use_pretrained_model=0" in message
+
+
+def test_model_archive_cannot_write_beside_the_model_folder(tmp_path: Path):
+    import io
+    import tarfile
+
+    from ssd_detector.model import artifact
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("../model-x/evil.txt")  # lands in a sibling whose name starts alike
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    with pytest.raises(UserError, match="outside the model folder"):
+        artifact.locate(archive, tmp_path / "model")
+    assert not (tmp_path / "model-x").exists()

@@ -139,7 +139,7 @@ class DetectionLoader:
         return shard_indices(order, self.part_index, self.num_parts)
 
     def __len__(self) -> int:
-        count = len(self.epoch_indices(0))
+        count = len(range(self.part_index, len(self.samples), self.num_parts))  # this part's share
         return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
 
     def _batches(self) -> list[np.ndarray]:

@@ -40,10 +40,13 @@ def write(model_dir: Path, detector, hyperparameters: Mapping[str, str], class_n
 
 
 def _safe_extract(archive: Path, target: Path) -> None:
+    root = target.resolve()
     with tarfile.open(archive, "r:gz") as tar:
         for member in tar.getmembers():
-            dest = (target / member.name).resolve()
-            if not str(dest).startswith(str(target.resolve())) or member.issym() or member.islnk():
+            if member.issym() or member.islnk():
+                raise UserError(f"{archive}: member {member.name!r} is a link; a model archive holds plain files")
+            # is_relative_to, not a string prefix: "../model-x/f" must not pass for "model".
+            if not (root / member.name).resolve().is_relative_to(root):
                 raise UserError(f"{archive}: member {member.name!r} would be written outside the model folder")
         tar.extractall(target)
 
