@@ -93,7 +93,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .data.images import ImageError, decode_rgb, encode
-    from .inference import Predictor, draw
+    from .drawing import draw
+    from .inference import Predictor
 
     if not 0 <= args.threshold <= 1:
         raise UserError(f"--threshold {args.threshold} must be in [0, 1]")
@@ -116,6 +117,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     else:
         print(text)
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .sagemaker_env import Paths
+    from .serving.server import serve
+    from .serving.settings import ServeSettings
+
+    model_dir = args.model_dir or (Paths(Path(args.base_dir)) if args.base_dir else Paths.from_env()).model_dir
+    settings = ServeSettings.from_env(model_dir, port=args.port, workers=args.workers, host=args.host)
+    return serve(settings)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -202,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.0, help="drop detections scoring below this")
     p.add_argument("--draw", type=Path, help="also write each image with its boxes drawn (PNG) here")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("serve", help="host the model over HTTP with gunicorn (the container's serve)")
+    p.add_argument("--model-dir", type=Path, help="model folder or model.tar.gz (default: $SAGEMAKER_BASE_DIR/model)")
+    p.add_argument("--base-dir", help="instead of $SAGEMAKER_BASE_DIR or /opt/ml")
+    p.add_argument("--port", type=int, help="instead of $SAGEMAKER_BIND_TO_PORT or 8080")
+    p.add_argument("--host", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--workers", type=int, help="instead of $SAGEMAKER_MODEL_SERVER_WORKERS or one per CPU/GPU")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("convert", help="convert between RecordIO, JSON annotations, .lst and Pascal VOC")
     p.add_argument("source", choices=("json", "recordio", "lst", "voc"), help="input format")

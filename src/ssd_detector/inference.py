@@ -6,7 +6,6 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import mxnet as mx
 import numpy as np
 from mxnet import gluon
@@ -65,23 +64,3 @@ class Predictor:
 
     def predict(self, image_rgb: np.ndarray, threshold: float = 0.0, max_detections: int | None = None) -> np.ndarray:
         return self.predict_batch([image_rgb], threshold, max_detections)[0]
-
-
-def draw(image_rgb: np.ndarray, rows: np.ndarray, class_names: dict[int, str] | None = None) -> np.ndarray:
-    """The image with each detection's box and "name score" label drawn (RGB uint8)."""
-    out = np.ascontiguousarray(image_rgb.copy())
-    h, w = out.shape[:2]
-    thickness = max(1, round(min(h, w) / 300))
-    for cls, score, x0, y0, x1, y1 in rows:
-        hue = int(cls) * 47 % 180
-        colour = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2RGB)[0, 0].tolist()
-        p0, p1 = (int(x0 * w), int(y0 * h)), (int(x1 * w), int(y1 * h))
-        cv2.rectangle(out, p0, p1, colour, thickness)
-        name = (class_names or {}).get(int(cls), str(int(cls)))
-        label = f"{name} {score:.2f}"
-        scale = 0.4 * thickness
-        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        top = max(p0[1], th + base)
-        cv2.rectangle(out, (p0[0], top - th - base), (p0[0] + tw, top), colour, -1)
-        cv2.putText(out, label, (p0[0], top - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    return out

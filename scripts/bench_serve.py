@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""Serving speed over real HTTP on loopback, against the bare predictor in the same run.
+
+1. Overhead: median latency of one client's /invocations (JPEG in, JSON out) against the same
+   work done in this process without a server (decode + predict + JSON), the server given one
+   worker with as many threads as this process has, so the ratio is the server's own cost.
+2. Load: the default worker count (one per CPU), 1, 2, 4 and 8 concurrent clients: throughput,
+   p50 and p99 latency, and each worker's resident memory.
+The model is a freshly initialized network (its untrained scores make the NMS work hardest).
+Run with `make bench-serve`.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+LOG = logging.getLogger("bench_serve")
+TARGET_OVERHEAD = 1.10
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def invoke(port: int, body: bytes) -> float:
+    start = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request("POST", "/invocations", body, {"Content-Type": "image/jpeg", "Accept": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"/invocations answered {response.status}")
+    finally:
+        conn.close()
+    return time.perf_counter() - start
+
+
+def start_server(model: Path, workers: int | None, log: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    command = [sys.executable, "-m", "ssd_detector.cli", "serve", "--model-dir", str(model), "--host", "127.0.0.1",
+               "--port", str(port)]
+    env = dict(os.environ)
+    if workers is not None:
+        command += ["--workers", str(workers)]
+    process = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("server exited: " + log.read_text())
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/ping")
+            if conn.getresponse().status == 200:
+                return process, port
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError("server not ready: " + log.read_text())
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+
+
+def worker_rss_mb(master: int) -> list[float]:
+    """Resident memory of each child of the gunicorn master (one per worker)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("PPid", "").strip() == str(master) and "VmRSS" in fields:
+            out.append(int(fields["VmRSS"].split()[0]) / 1024)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-network", default="mobilenet-1.0")
+    parser.add_argument("--image-shape", type=int, default=300)
+    parser.add_argument("--requests", type=int, default=60, help="per measurement")
+    parser.add_argument("--root", type=Path, default=Path("build/bench/serve"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+
+    from ssd_detector.data.images import decode_rgb, encode
+    from ssd_detector.data.synthetic import SynthSpec, make_image
+    from ssd_detector.inference import Predictor
+    from ssd_detector.model.export import export_untrained
+    from ssd_detector.serving import codecs
+
+    args.root.mkdir(parents=True, exist_ok=True)
+    model = export_untrained(args.root / "model", {"num_classes": "5", "base_network": args.base_network,
+                                                   "image_shape": str(args.image_shape)})
+    image, _, _ = make_image(np.random.default_rng(0), SynthSpec(train=1, validation=0, classes=5, width=640,
+                                                                 height=480))
+    jpeg = encode(image, "jpeg")
+    cpus = os.cpu_count() or 1
+    LOG.info("model %s@%d (untrained), 640x480 JPEG of %d bytes, %d CPUs", args.base_network, args.image_shape,
+             len(jpeg), cpus)
+
+    predictor = Predictor(model)
+
+    def bare() -> float:
+        start = time.perf_counter()
+        rows = predictor.predict(decode_rgb(jpeg))
+        codecs.encode_json(codecs.Result(image, rows, {}))
+        return time.perf_counter() - start
+
+    server, port = start_server(model, 1, args.root / "serve-1.log")
+    try:
+        for _ in range(5):  # warm both up
+            bare(), invoke(port, jpeg)
+        bare_times, http_times = [], []
+        for _ in range(args.requests):  # interleaved, so drifts in machine load hit both alike
+            bare_times.append(bare())
+            http_times.append(invoke(port, jpeg))
+    finally:
+        stop(server)
+    bare_ms, http_ms = np.median(bare_times) * 1e3, np.median(http_times) * 1e3
+    ratio = http_ms / bare_ms
+    LOG.info("overhead: bare predictor %.1f ms, /invocations %.1f ms (median of %d): %.3fx (target <= %.2fx: %s)",
+             bare_ms, http_ms, args.requests, ratio, TARGET_OVERHEAD, "met" if ratio <= TARGET_OVERHEAD else "NOT met")
+    del predictor
+
+    server, port = start_server(model, None, args.root / "serve-default.log")
+    rows = []
+    try:
+        rss = worker_rss_mb(server.pid)
+        for clients in (1, 2, 4, 8):
+            with ThreadPoolExecutor(clients) as pool:
+                list(pool.map(lambda _: invoke(port, jpeg), range(clients * 2)))  # warm-up
+                start = time.perf_counter()
+                latencies = list(pool.map(lambda _: invoke(port, jpeg), range(args.requests)))
+                wall = time.perf_counter() - start
+            rows.append({"clients": clients, "throughput": args.requests / wall,
+                         "p50_ms": float(np.percentile(latencies, 50) * 1e3),
+                         "p99_ms": float(np.percentile(latencies, 99) * 1e3)})
+        rss = worker_rss_mb(server.pid) or rss
+    finally:
+        stop(server)
+    LOG.info("load with the default %d worker(s), %d requests each:", len(rss), args.requests)
+    LOG.info("  clients  req/s    p50 ms   p99 ms")
+    for r in rows:
+        LOG.info("  %7d  %6.1f  %7.1f  %7.1f", r["clients"], r["throughput"], r["p50_ms"], r["p99_ms"])
+    LOG.info("resident memory per worker: %s MB", ", ".join(f"{v:.0f}" for v in rss))
+    (args.root / "result.json").write_text(json.dumps({"bare_ms": bare_ms, "http_ms": http_ms, "ratio": ratio,
+                                                       "load": rows, "worker_rss_mb": rss}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The Flask app: /ping, /invocations and /execution-parameters, every error a JSON body."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Protocol
+
+import numpy as np
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from ..data.images import MAX_PIXELS
+from . import codecs
+from .errors import HTTPError, PayloadTooLarge
+from .settings import ServeSettings
+
+LOG = logging.getLogger(__name__)
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+
+
+class Model(Protocol):
+    class_names: dict[int, str]
+
+    def predict(self, image_rgb: np.ndarray, threshold: float = 0.0,
+                max_detections: int | None = None) -> np.ndarray: ...
+
+
+def _json(status: int, body: dict) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+DRAIN_LIMIT = 100 * 1024 * 1024
+
+
+def _drain() -> None:
+    """Reads and drops what is left of a refused body (up to DRAIN_LIMIT), so that a client still
+    sending gets the error response instead of a broken connection."""
+    left = DRAIN_LIMIT
+    try:
+        while left > 0:
+            chunk = request.stream.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            left -= len(chunk)
+    except Exception:  # the client went away; nothing to answer
+        LOG.debug("could not drain the request body", exc_info=True)
+
+
+def _read_body(limit: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"the body is {length} bytes, over the limit of {limit} bytes "
+                              f"({limit // (1024 * 1024)} MB, SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+    # Chunked bodies have no length: read one byte past the limit to tell.
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"the body is over the limit of {limit} bytes "
+                              f"({limit // (1024 * 1024)} MB, SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+    return body
+
+
+def create_app(model: Model, settings: ServeSettings, max_pixels: int = MAX_PIXELS) -> Flask:
+    app = Flask("ssd_detector.serving")
+
+    @app.get("/ping")
+    def ping() -> Response:
+        return Response("", status=200)
+
+    @app.get("/execution-parameters")
+    def execution_parameters() -> Response:
+        return _json(200, {"MaxConcurrentTransforms": settings.workers, "BatchStrategy": "SINGLE_RECORD",
+                           "MaxPayloadInMB": settings.max_payload_mb})
+
+    @app.post("/invocations")
+    def invocations() -> Response:
+        # Checked before reading the body, so a wrong request costs nothing.
+        chosen, content_type, encoder = codecs.negotiate(request.headers.get("Accept"), settings.default_accept)
+        controls = codecs.parse_controls(request.headers.get(CUSTOM_ATTRIBUTES))
+        codecs.check_content_type(request.content_type)
+        image = codecs.decode_image(request.content_type, _read_body(settings.max_payload_bytes), max_pixels)
+        threshold = controls.threshold
+        if threshold is None:
+            threshold = codecs.DRAW_THRESHOLD if chosen.startswith("image/") else 0.0
+        rows = model.predict(image, threshold, controls.max_detections)
+        body = encoder(codecs.Result(image, rows, model.class_names))
+        return Response(body, status=200, mimetype=content_type)
+
+    @app.errorhandler(HTTPError)
+    def http_error(exc: HTTPError) -> Response:
+        LOG.info("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
+        _drain()
+        return _json(exc.status, exc.body())
+
+    @app.errorhandler(HTTPException)
+    def werkzeug_error(exc: HTTPException) -> Response:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        _drain()
+        return _json(exc.code or 500, {"error": code, "message": exc.description or exc.name})
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception) -> Response:
+        # The traceback goes to the log, never to the client.
+        LOG.exception("internal error on %s %s", request.method, request.path)
+        return _json(500, {"error": "internal_error", "message": f"the server failed: {type(exc).__name__}"})
+
+    return app

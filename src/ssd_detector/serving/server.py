@@ -1,0 +1,94 @@
+"""gunicorn serving the app: settings checked and the model located in the master, the model
+loaded in each worker after fork (MXNet is never loaded in the master), threads shared out."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from gunicorn.app.base import BaseApplication
+
+from ..model import artifact
+from .settings import GRACEFUL_SECONDS, ServeSettings
+
+LOG = logging.getLogger(__name__)
+WORKER_AGE_VAR = "SSD_SERVE_WORKER_AGE"  # set in each worker by post_fork: 1, 2, ... (respawns count on)
+
+
+def _post_fork(server, worker) -> None:
+    os.environ[WORKER_AGE_VAR] = str(worker.age)
+
+
+def load_app(settings: ServeSettings):
+    """Runs in a worker: picks its device, loads the model, returns the Flask app."""
+    import cv2
+    import mxnet as mx
+
+    from ..inference import Predictor
+    from .app import create_app
+
+    cv2.setNumThreads(settings.threads_per_worker)
+    age = int(os.environ.get(WORKER_AGE_VAR, "1"))
+    ctx = mx.cpu()
+    if settings.gpus:
+        if mx.context.num_gpus() > 0:
+            ctx = mx.gpu((age - 1) % mx.context.num_gpus())
+        else:
+            LOG.warning("%d GPU(s) found but this MXNet has no GPU support; serving on the CPU", settings.gpus)
+    predictor = Predictor(settings.model_dir, ctx=ctx)
+    LOG.info("worker %d (pid %d) serving on %s", age, os.getpid(), ctx)
+    return create_app(predictor, settings)
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        options = {
+            "bind": f"{s.host}:{s.port}",
+            "workers": s.workers,
+            "worker_class": "sync",
+            "timeout": s.timeout,
+            "graceful_timeout": GRACEFUL_SECONDS,
+            "preload_app": False,
+            "post_fork": _post_fork,
+            "proc_name": "ssd-detector-serve",
+        }
+        if os.path.isdir("/dev/shm"):
+            options["worker_tmp_dir"] = "/dev/shm"  # heartbeat files off the (maybe slow) container disk
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        return load_app(self.settings)
+
+
+def serve(settings: ServeSettings) -> int:
+    """Blocks until gunicorn stops (SIGTERM: requests in flight finish, then exit)."""
+    scratch = Path(tempfile.mkdtemp(prefix="ssd-serve-"))
+    master = os.getpid()
+    try:
+        # A model.tar.gz is unpacked once, here, into scratch space: /opt/ml/model may be read-only.
+        model_dir = artifact.locate(settings.model_dir, extract_to=scratch / "model")
+        image_shape = artifact.read_hyperparameters(model_dir).get("image_shape")
+        settings = dataclasses.replace(settings, model_dir=model_dir)
+        if not settings.gpus:
+            # MXNet reads these when it starts in each worker; a user's own values win.
+            for name in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS"):
+                os.environ.setdefault(name, str(settings.threads_per_worker))
+        LOG.info("serving %s (image_shape %s) on %s:%d: %d worker(s), %s, timeout %d s, payload limit %d MB",
+                 model_dir, image_shape, settings.host, settings.port, settings.workers,
+                 f"{settings.gpus} GPU(s)" if settings.gpus else f"{settings.threads_per_worker} thread(s) each",
+                 settings.timeout, settings.max_payload_mb)
+        _Gunicorn(settings).run()
+        return 0
+    finally:
+        # Workers leave through here too (gunicorn exits them with SystemExit): only the master cleans.
+        if os.getpid() == master:
+            shutil.rmtree(scratch, ignore_errors=True)

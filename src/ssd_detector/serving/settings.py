@@ -1,0 +1,107 @@
+"""Serving settings from the environment SageMaker (and BYOC convention) sets; each bad value
+is named in the error. Variable names live here and nowhere else."""
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from ..errors import UserError
+
+PORT_VARS = ("SAGEMAKER_BIND_TO_PORT",)
+WORKERS_VARS = ("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS")
+TIMEOUT_VARS = ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT")
+PAYLOAD_VAR = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
+DEFAULT_ACCEPT_VAR = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"
+GPUS_VAR = "SSD_NUM_GPUS"  # overrides GPU detection (0 forces CPU)
+DEFAULT_PORT = 8080
+DEFAULT_TIMEOUT = 60
+DEFAULT_PAYLOAD_MB = 6
+MAX_PAYLOAD_MB = 100  # batch transform's ceiling
+# What /invocations can answer with (the Accept values); serving.codecs has one encoder each.
+ACCEPT_TYPES = ("application/json", "application/json;annotation=1", "image/png", "image/jpeg")
+# SageMaker sends SIGKILL 30 s after SIGTERM: workers get this long to finish their request.
+GRACEFUL_SECONDS = 25
+
+
+def _first(environ: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str] | None:
+    for name in names:
+        value = environ.get(name, "").strip()
+        if value:
+            return name, value
+    return None
+
+
+def _int(environ: Mapping[str, str], names: tuple[str, ...], default: int, low: int, high: int) -> int:
+    found = _first(environ, names)
+    if found is None:
+        return default
+    name, text = found
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserError(f"environment variable {name}={text!r} is not an integer") from None
+    if not low <= value <= high:
+        raise UserError(f"environment variable {name}={value} must be from {low} to {high}")
+    return value
+
+
+def count_gpus(environ: Mapping[str, str]) -> int:
+    """GPUs visible to this container, found without loading MXNet (the master must not)."""
+    if environ.get(GPUS_VAR, "").strip():
+        return _int(environ, (GPUS_VAR,), 0, 0, 1024)
+    found = len(glob.glob("/proc/driver/nvidia/gpus/*"))
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        found = min(found, len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"]))
+    return found
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    model_dir: Path
+    port: int = DEFAULT_PORT
+    host: str = "0.0.0.0"
+    workers: int = 1
+    timeout: int = DEFAULT_TIMEOUT
+    max_payload_bytes: int = DEFAULT_PAYLOAD_MB * 1024 * 1024
+    default_accept: str = "application/json"
+    gpus: int = 0
+    threads_per_worker: int = 1
+
+    @property
+    def max_payload_mb(self) -> int:
+        return self.max_payload_bytes // (1024 * 1024)
+
+    @classmethod
+    def from_env(cls, model_dir: Path, environ: Mapping[str, str] | None = None, cpu_count: int | None = None,
+                 *, port: int | None = None, workers: int | None = None, host: str | None = None) -> ServeSettings:
+        """Keyword arguments (command-line options) win over the environment."""
+        environ = os.environ if environ is None else environ
+        cpus = cpu_count or os.cpu_count() or 1
+        gpus = count_gpus(environ)
+        if workers is not None and not 1 <= workers <= 256:
+            raise UserError(f"--workers {workers} must be from 1 to 256")
+        if port is not None and not 1 <= port <= 65535:
+            raise UserError(f"--port {port} must be from 1 to 65535")
+        if workers is None:
+            workers = _int(environ, WORKERS_VARS, gpus if gpus else cpus, 1, 256)
+        payload_mb = _int(environ, (PAYLOAD_VAR,), DEFAULT_PAYLOAD_MB, 1, MAX_PAYLOAD_MB)
+        accept = environ.get(DEFAULT_ACCEPT_VAR, "").replace(" ", "").lower() or "application/json"
+        if accept not in ACCEPT_TYPES:
+            raise UserError(f"environment variable {DEFAULT_ACCEPT_VAR}={accept!r} must be one of "
+                            + ", ".join(ACCEPT_TYPES))
+        return cls(
+            model_dir=Path(model_dir),
+            port=port if port is not None else _int(environ, PORT_VARS, DEFAULT_PORT, 1, 65535),
+            host=host or "0.0.0.0",
+            workers=workers,
+            timeout=_int(environ, TIMEOUT_VARS, DEFAULT_TIMEOUT, 1, 3600),
+            max_payload_bytes=payload_mb * 1024 * 1024,
+            default_accept=accept,
+            gpus=gpus,
+            # CPU workers share the cores instead of each starting one thread per core.
+            threads_per_worker=max(1, cpus // workers),
+        )

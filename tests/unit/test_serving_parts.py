@@ -1,0 +1,85 @@
+"""Serving pieces without a server: Accept negotiation, custom attributes, settings, the 500 path."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssd_detector.data.images import encode
+from ssd_detector.errors import UserError
+from ssd_detector.serving import codecs
+from ssd_detector.serving.app import create_app
+from ssd_detector.serving.errors import BadRequest, NotAcceptable
+from ssd_detector.serving.settings import ServeSettings
+
+
+@pytest.mark.parametrize("accept,chosen", [
+    (None, "application/json"), ("", "application/json"), ("*/*", "application/json"),
+    ("application/json", "application/json"), ("Application/JSON; annotation=1", "application/json;annotation=1"),
+    ("image/*", "image/png"), ("image/jpeg", "image/jpeg"),
+    ("text/html, image/png;q=0.9, application/json;q=0.5", "image/png"),
+    ("application/json;q=0, image/jpeg", "image/jpeg"),
+])
+def test_negotiate(accept, chosen):
+    assert codecs.negotiate(accept, "application/json")[0] == chosen
+
+
+def test_negotiate_uses_the_configured_default_for_star():
+    assert codecs.negotiate("*/*", "application/json;annotation=1")[0] == "application/json;annotation=1"
+
+
+@pytest.mark.parametrize("accept", ["text/csv", "application/json;q=0", "image/gif", "application/json;q=x"])
+def test_negotiate_refuses(accept):
+    with pytest.raises(NotAcceptable, match="Accept"):
+        codecs.negotiate(accept, "application/json")
+
+
+def test_parse_controls():
+    assert codecs.parse_controls(None) == codecs.Controls()
+    assert codecs.parse_controls("threshold=0.3;max_detections=50") == codecs.Controls(0.3, 50)
+    assert codecs.parse_controls(" trace=1 ; threshold = 1 ") == codecs.Controls(1.0, None)
+    for bad in ("threshold=-0.1", "threshold=nan", "max_detections=2.5", "max_detections=-3"):
+        with pytest.raises(BadRequest, match=bad.split("=")[1]):
+            codecs.parse_controls(bad)
+
+
+def test_settings_from_env(tmp_path: Path):
+    s = ServeSettings.from_env(tmp_path, {}, cpu_count=4)
+    assert (s.port, s.workers, s.timeout, s.max_payload_mb, s.threads_per_worker, s.gpus) == (8080, 4, 60, 6, 1, 0)
+    s = ServeSettings.from_env(tmp_path, {"SAGEMAKER_BIND_TO_PORT": "9000", "MODEL_SERVER_WORKERS": "2",
+                                          "MODEL_SERVER_TIMEOUT": "120", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "20"},
+                               cpu_count=8)
+    assert (s.port, s.workers, s.timeout, s.max_payload_mb, s.threads_per_worker) == (9000, 2, 120, 20, 4)
+    s = ServeSettings.from_env(tmp_path, {"SAGEMAKER_MODEL_SERVER_WORKERS": "3", "MODEL_SERVER_WORKERS": "5"},
+                               cpu_count=8)
+    assert s.workers == 3, "the SageMaker name wins"
+    s = ServeSettings.from_env(tmp_path, {"SSD_NUM_GPUS": "4"}, cpu_count=8)
+    assert (s.workers, s.gpus) == (4, 4), "one worker per GPU"
+    s = ServeSettings.from_env(tmp_path, {"MODEL_SERVER_WORKERS": "9"}, cpu_count=8, workers=1, port=1234)
+    assert (s.workers, s.port) == (1, 1234), "command-line options win"
+    for env, words in (({"SAGEMAKER_MODEL_SERVER_TIMEOUT": "0"}, "SAGEMAKER_MODEL_SERVER_TIMEOUT=0"),
+                       ({"SAGEMAKER_BIND_TO_PORT": "70000"}, "SAGEMAKER_BIND_TO_PORT=70000"),
+                       ({"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/csv"}, "text/csv")):
+        with pytest.raises(UserError, match=words):
+            ServeSettings.from_env(tmp_path, env, cpu_count=2)
+
+
+class BrokenModel:
+    class_names: dict[int, str] = {}
+
+    def predict(self, image_rgb, threshold=0.0, max_detections=None):
+        raise RuntimeError("secret internals")
+
+
+def test_internal_error_is_500_without_traceback(tmp_path: Path):
+    """A model that fails stands in for any internal failure."""
+    app = create_app(BrokenModel(), ServeSettings(tmp_path))
+    client = app.test_client()
+    image = np.zeros((20, 30, 3), np.uint8)
+    response = client.post("/invocations", data=encode(image, "png"), content_type="image/png")
+    assert response.status_code == 500
+    body = json.loads(response.data)
+    assert body == {"error": "internal_error", "message": "the server failed: RuntimeError"}
+    assert client.get("/ping").status_code == 200
