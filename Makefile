@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 DEMO_DIR ?= build/demo
 
-.PHONY: install demo test test-unit test-integration bench-data bench-train bench-accuracy bench-serve bench-deps lint clean
+.PHONY: install demo test test-unit test-integration bench-data bench-train bench-accuracy bench-serve bench-scaling bench-deps lint clean
 
 install: $(STAMP)
 
@@ -44,6 +44,9 @@ bench-data: bench-deps
 
 bench-train: bench-deps
 	$(PY) scripts/bench_train.py
+
+bench-scaling: install
+	$(PY) scripts/bench_scaling.py
 
 bench-serve: install
 	$(PY) scripts/bench_serve.py

@@ -85,10 +85,11 @@ def _cmd_check_job(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .failure import run_job
     from .sagemaker_env import Paths
+    from .training.launcher import worker_failure_file
     from .training.loop import train
 
     paths = Paths(Path(args.base_dir)) if args.base_dir else Paths.from_env()
-    return run_job(lambda: train(paths), paths.failure_file)
+    return run_job(lambda: train(paths), worker_failure_file(paths))
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

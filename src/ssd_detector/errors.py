@@ -16,3 +16,13 @@ class HyperparameterError(UserError):
 
 class DataError(UserError):
     """A channel's data cannot be used for training or validation."""
+
+
+class JobFailed(Exception):
+    """A failure already described for the user (e.g. a worker process of a distributed job
+    died): the reason goes to the failure file as it is, with this exit code."""
+
+    def __init__(self, reason: str, exit_code: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_code = exit_code

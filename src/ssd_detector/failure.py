@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from .errors import UserError
+from .errors import JobFailed, UserError
 
 LOG = logging.getLogger(__name__)
 
@@ -46,6 +46,10 @@ def run_job(job: Callable[[], None], failure_file: Path) -> int:
         LOG.error("%s", exc)
         write_failure(failure_file, str(exc))
         return EXIT_USER_ERROR
+    except JobFailed as exc:
+        LOG.error("%s", exc.reason)
+        write_failure(failure_file, exc.reason)
+        return exc.exit_code
     except KeyboardInterrupt:
         write_failure(failure_file, "job interrupted")
         return EXIT_INTERNAL_ERROR

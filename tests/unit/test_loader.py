@@ -34,6 +34,25 @@ def test_shards_are_disjoint_and_complete(n, parts):
     assert max(sizes) - min(sizes) <= 1
 
 
+@pytest.mark.parametrize("n,parts", [(10, 3), (16, 2), (5, 4), (3, 5)])
+def test_equal_shards_cover_everything_with_the_same_length(n, parts):
+    order = np.random.default_rng(0).permutation(n)
+    shards = [shard_indices(order, i, parts, equal=True) for i in range(parts)]
+    assert {len(s) for s in shards} == {-(-n // parts)}
+    assert set(np.concatenate(shards).tolist()) == set(range(n))
+    assert sum(len(s) for s in shards) - n < parts, "only the last round repeats samples"
+
+
+def test_interleaved_shards_batch_like_one_process():
+    """Batch j of each of 2 parts with batch b, together, is batch j of one part with batch 2b."""
+    order = np.random.default_rng(1).permutation(24)
+    b = 3
+    halves = [shard_indices(order, i, 2) for i in range(2)]
+    for j in range(4):
+        together = np.concatenate([h[j * b:(j + 1) * b] for h in halves])
+        assert sorted(together.tolist()) == sorted(order[j * 2 * b:(j + 1) * 2 * b].tolist())
+
+
 def test_loader_parts_cover_the_epoch_once(samples):
     seen = []
     for part in range(3):

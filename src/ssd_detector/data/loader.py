@@ -43,11 +43,18 @@ class Batch:
     box_targets: np.ndarray | None = None  # (B, A, 4) float32
 
 
-def shard_indices(order: np.ndarray, part_index: int, num_parts: int) -> np.ndarray:
+def shard_indices(order: np.ndarray, part_index: int, num_parts: int, equal: bool = False) -> np.ndarray:
     """Part ``part_index`` of ``num_parts`` of an epoch's order: disjoint, together complete,
-    sizes differing by at most one."""
+    sizes differing by at most one. Interleaved, so batch j of every part together is batch j
+    of one process given num_parts times the batch size.
+
+    equal=True makes every part ceil(N / num_parts) long by continuing cyclically from the start
+    of the order (distributed workers must run the same number of steps)."""
     if not 0 <= part_index < num_parts:
         raise ValueError(f"part index {part_index} must be in [0, {num_parts})")
+    if equal and len(order):
+        longest = -(-len(order) // num_parts)
+        order = np.resize(order, longest * num_parts)  # np.resize repeats cyclically
     return order[part_index::num_parts]
 
 
@@ -109,7 +116,7 @@ class DetectionLoader:
     def __init__(self, samples: Sequence[Sample], batch_size: int, transform: Transform, *, shuffle: bool,
                  seed: int = 0, part_index: int = 0, num_parts: int = 1, num_workers: int | None = None,
                  drop_last: bool = False, max_objects: int | None = None, prefetch: int | None = None,
-                 targets: TargetFn | None = None) -> None:
+                 targets: TargetFn | None = None, equal_parts: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size {batch_size} must be >= 1")
         self.samples = list(samples)
@@ -119,6 +126,7 @@ class DetectionLoader:
         self.seed = seed
         self.part_index = part_index
         self.num_parts = num_parts
+        self.equal_parts = equal_parts
         self.num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
         self.drop_last = drop_last
         self.max_objects = max_objects
@@ -136,10 +144,13 @@ class DetectionLoader:
         order = np.arange(len(self.samples))
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch, 2**31 - 1]).permutation(len(self.samples))
-        return shard_indices(order, self.part_index, self.num_parts)
+        return shard_indices(order, self.part_index, self.num_parts, self.equal_parts)
 
     def __len__(self) -> int:
-        count = len(range(self.part_index, len(self.samples), self.num_parts))  # this part's share
+        if self.equal_parts:
+            count = -(-len(self.samples) // self.num_parts)
+        else:
+            count = len(range(self.part_index, len(self.samples), self.num_parts))  # this part's share
         return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
 
     def _batches(self) -> list[np.ndarray]:

@@ -23,7 +23,7 @@ from mxnet import autograd, gluon
 
 from ..config import Hyperparameters
 from ..data.loader import DetectionLoader
-from ..data.transforms import TrainTransform, ValTransform
+from ..data.transforms import AugmentConfig, TrainTransform, ValTransform
 from ..errors import HyperparameterError, UserError
 from ..evaluation.voc_map import VOCMeanAP
 from ..model import artifact
@@ -32,7 +32,7 @@ from ..model.loss import SSDLoss
 from ..model.ssd import SSD, SSDDetector, build_ssd, short_parameter_names
 from ..model.targets import TargetEncoder
 from ..sagemaker_env import Paths
-from . import checkpoint
+from . import checkpoint, distributed, launcher
 from .inputs import TrainingInputs, read_training_inputs
 from .metrics import MetricLog
 from .schedule import StepWithWarmup, batches_per_epoch
@@ -40,6 +40,8 @@ from .schedule import StepWithWarmup, batches_per_epoch
 LOG = logging.getLogger(__name__)
 
 DATA_WORKERS_ENV = "SSD_DATA_WORKERS"
+# SSD_AUGMENT=0 trains on plain resized images (pre-augmented data; exact comparisons in tests).
+AUGMENT_ENV = "SSD_AUGMENT"
 # Metric lines per epoch for the running training losses.
 LOG_LINES_PER_EPOCH = 10
 VALIDATION_BATCH = 16
@@ -68,6 +70,16 @@ def data_workers(contexts: list[mx.Context], environ: dict | None = None) -> int
     if contexts[0].device_type == "gpu":
         return max(1, (os.cpu_count() or 2) - 1)
     return 1
+
+
+def augment_config(environ: dict | None = None) -> AugmentConfig:
+    env = os.environ if environ is None else environ
+    value = env.get(AUGMENT_ENV, "1").strip()
+    if value not in ("0", "1"):
+        raise UserError(f"{AUGMENT_ENV}={value!r} must be 1 (augment, the default) or 0 (plain resize)")
+    if value == "0":
+        LOG.info("%s=0: training without augmentation", AUGMENT_ENV)
+    return AugmentConfig(enabled=value == "1")
 
 
 @dataclass
@@ -155,14 +167,22 @@ def make_optimizer(hp: Hyperparameters, updates_per_epoch: int) -> tuple[str, di
 
 
 class Training:
-    def __init__(self, inputs: TrainingInputs, contexts: list[mx.Context], workers: int) -> None:
+    def __init__(self, inputs: TrainingInputs, contexts: list[mx.Context], workers: int,
+                 world: distributed.World | None = None) -> None:
         self.inputs = inputs
         self.hp = inputs.hyperparameters
         self.paths = inputs.paths
         self.contexts = contexts
-        self.metrics = MetricLog(inputs.resources.current_host)
+        self.world = world or distributed.World()
+        # Only rank 0 logs metric lines and writes model/ and checkpoints.
+        self.metrics = MetricLog(inputs.resources.current_host, enabled=self.world.is_root)
         self.stop = StopRequested()
         hp = self.hp
+        # mini_batch_size is per host (the built-in's meaning), split across the host's workers.
+        self.batch_size = hp.mini_batch_size // self.world.local_size
+        if self.batch_size < 1:
+            raise HyperparameterError(f"mini_batch_size={hp.mini_batch_size} is smaller than the "
+                                      f"{self.world.local_size} workers of a host; use at least {self.world.local_size}")
         mx.random.seed(SEED)
         self.net = build_ssd(hp.base_network, hp.num_classes, hp.image_shape)
         self.net.initialize(mx.init.Xavier(magnitude=2), ctx=contexts)
@@ -182,18 +202,22 @@ class Training:
         self.loss = SSDLoss()
         self.loss.hybridize()
 
+        # Rank r takes every size-th sample of the epoch's order, padded so every worker runs the
+        # same number of steps; batch j of all workers is batch j of one process with the global batch.
         self.train_loader = DetectionLoader(
-            inputs.train.samples, hp.mini_batch_size, TrainTransform(hp.image_shape), shuffle=True, seed=SEED,
+            inputs.train.samples, self.batch_size, TrainTransform(hp.image_shape, augment_config()), shuffle=True,
+            seed=SEED,
+            part_index=self.world.rank, num_parts=self.world.size, equal_parts=self.world.size > 1,
             num_workers=workers, targets=TargetEncoder(self.net.anchors, hp.overlap_threshold))
         self.val_loader = None
         if inputs.validation is not None:
             self.val_loader = DetectionLoader(inputs.validation.samples, VALIDATION_BATCH,
                                               ValTransform(hp.image_shape), shuffle=False, num_workers=workers)
-        self.updates_per_epoch = batches_per_epoch(hp.num_training_samples, hp.mini_batch_size)
+        self.updates_per_epoch = batches_per_epoch(hp.num_training_samples, self.batch_size * self.world.size)
         optimizer, params = make_optimizer(hp, self.updates_per_epoch)
         trainable = {k: v for k, v in self.net.collect_params().items() if v.grad_req != "null"}
-        self.trainer = gluon.Trainer(trainable, optimizer, params,
-                                     kvstore="device" if len(contexts) > 1 else None)
+        self.trainer = self.world.trainer(trainable, optimizer, params,
+                                          kvstore="device" if len(contexts) > 1 else None)
         self.state = checkpoint.LoopState()
 
     # ----------------------------------------------------------------------------------------
@@ -205,9 +229,12 @@ class Training:
                 restored = checkpoint.load(self.paths.checkpoint_dir, self.net, self.trainer)
                 if restored is not None:
                     self.state = restored
-            LOG.info("training %s at %d on %s: %d training images, batch %d, %d epochs",
+            self._agree_on_state()
+            LOG.info("training %s at %d on %s: %d training images, batch %d, %d epochs%s",
                      hp.base_network, hp.image_shape, ", ".join(str(c) for c in self.contexts),
-                     len(self.inputs.train.samples), hp.mini_batch_size, hp.epochs)
+                     len(self.inputs.train.samples), hp.mini_batch_size, hp.epochs,
+                     f", worker {self.world.rank} of {self.world.size} (batch {self.batch_size} each)"
+                     if self.world.size > 1 else "")
             for epoch in range(self.state.next_epoch, hp.epochs):
                 result = self.train_epoch(epoch)
                 if result.stopped:
@@ -216,7 +243,7 @@ class Training:
                     LOG.warning("stopped by SIGTERM during epoch %d; checkpoint saved", epoch)
                     return
                 stop_early = self.end_epoch(epoch, result)
-                if self.stop.flag:
+                if self._agreed_stop(self.stop.flag):
                     LOG.warning("stopped by SIGTERM after epoch %d; checkpoint saved", epoch)
                     return
                 if stop_early:
@@ -236,7 +263,7 @@ class Training:
         seen = batches = 0
         start = time.perf_counter()
         for index, batch in enumerate(self.train_loader):
-            ce, l1 = self.train_step(batch.images, batch.cls_targets, batch.box_targets)
+            ce, l1, stop = self.train_step(batch.images, batch.cls_targets, batch.box_targets)
             if not (math.isfinite(ce) and math.isfinite(l1)):
                 raise UserError(f"training diverged at epoch {epoch}, batch {index}: loss is not finite "
                                 f"(cross_entropy={ce}, smooth_l1={l1}); lower learning_rate (now "
@@ -244,17 +271,25 @@ class Training:
             ce_sum, l1_sum = ce_sum + ce, l1_sum + l1
             seen += len(batch.images)
             batches += 1
-            if (index + 1) % interval == 0 or index + 1 == total_batches:
-                self.metrics.train_losses(epoch, index, ce_sum / batches, l1_sum / batches)
-            if self.stop.flag:
-                return EpochResult(ce_sum / batches, l1_sum / batches, seen, time.perf_counter() - start, True)
-        return EpochResult(ce_sum / max(1, batches), l1_sum / max(1, batches), seen, time.perf_counter() - start,
-                           False)
+            if (index + 1) % interval == 0 or index + 1 == total_batches or stop:
+                # Each worker's loss is its share of the job's loss: the sum is the job's.
+                ce_job, l1_job = self.world.allreduce_sum(np.array([ce_sum, l1_sum])) / batches
+                self.metrics.train_losses(epoch, index, float(ce_job), float(l1_job))
+            if stop:
+                return EpochResult(float(ce_job), float(l1_job), seen * self.world.size, time.perf_counter() - start,
+                                   True)
+        ce_job, l1_job = self.world.allreduce_sum(np.array([ce_sum, l1_sum])) / max(1, batches)
+        return EpochResult(float(ce_job), float(l1_job), seen * self.world.size, time.perf_counter() - start, False)
 
-    def train_step(self, images: np.ndarray, cls_targets: np.ndarray, box_targets: np.ndarray) -> tuple[float, float]:
-        """One update on a host batch split across the devices; returns the two losses."""
-        # Normalize by the positives of the whole batch, so the update does not depend on the split.
-        num_positive = float(max(1, (cls_targets > 0).sum()))
+    def train_step(self, images: np.ndarray, cls_targets: np.ndarray,
+                   box_targets: np.ndarray) -> tuple[float, float, bool]:
+        """One update on a batch split across this process's devices; returns this worker's share
+        of the two losses and whether every worker is to stop (SIGTERM reached one of them)."""
+        # Normalize by the positives of the whole batch of all workers, so the update does not
+        # depend on the split; the stop flag travels in the same allreduce.
+        local = np.array([(cls_targets > 0).sum(), float(self.stop.flag)], np.float64)
+        job_positive, stops = self.world.allreduce_sum(local)
+        num_positive = float(max(1.0, job_positive))
         contexts = self.contexts[:len(images)]
         xs = gluon.utils.split_and_load(images, contexts, even_split=False)
         cts = gluon.utils.split_and_load(cls_targets, contexts, even_split=False)
@@ -266,12 +301,32 @@ class Training:
                 parts.append(self.loss(cls_pred, box_pred, ct, bt, mx.nd.array([num_positive], ctx=x.context)))
             totals = [cls_loss + box_loss for cls_loss, box_loss in parts]
         autograd.backward(totals)
-        self.trainer.step(1)
+        self.trainer.step(self.world.gradient_scale())
         ce = sum(float(c.asscalar()) for c, _ in parts)
         l1 = sum(float(b.asscalar()) for _, b in parts)
-        return ce, l1
+        return ce, l1, stops > 0
+
+    def _agreed_stop(self, flag: bool) -> bool:
+        return bool(self.world.allreduce_sum(np.array([float(flag)]))[0] > 0)
+
+    def _agree_on_state(self) -> None:
+        """Every worker continues from rank 0's parameters and loop state (after a resume too)."""
+        if self.world.size == 1:
+            return
+        self.world.broadcast_parameters(self.net.collect_params())
+        state = self.state
+        state.next_epoch = int(self.world.broadcast_float(state.next_epoch))
+        state.best_map = self.world.broadcast_float(state.best_map)
+        state.best_epoch = int(self.world.broadcast_float(state.best_epoch))
+        state.epochs_without_improvement = int(self.world.broadcast_float(state.epochs_without_improvement))
 
     def validate(self) -> float:
+        """VOC07 mAP over the whole validation set. Every worker runs it (no slower than rank 0
+        alone, and no worker idles in a collective meanwhile); rank 0's figure is everyone's, as
+        batch-norm statistics may differ between workers."""
+        return self.world.broadcast_float(self._validate_here())
+
+    def _validate_here(self) -> float:
         assert self.val_loader is not None
         metric = VOCMeanAP(self.hp.num_classes, self.hp.overlap_threshold, voc07=True)
         for batch in self.val_loader:
@@ -320,11 +375,16 @@ class Training:
         return stop_early
 
     def _save_model(self) -> None:
+        if not self.world.is_root:
+            return
+        if self.val_loader is None:  # export needs one forward of the hybridized detector
+            size = self.hp.image_shape
+            self.detector(mx.nd.zeros((1, 3, size, size), ctx=self.contexts[0], dtype="uint8"))
         artifact.write(self.paths.model_dir, self.detector, self.hp.to_strings(), self.inputs.class_names)
         LOG.info('Saved model to "%s"', self.paths.model_dir / artifact.PARAMS_FILE)
 
     def _checkpoint(self) -> None:
-        if self.paths.checkpoint_dir.is_dir():
+        if self.world.is_root and self.paths.checkpoint_dir.is_dir():
             checkpoint.save(self.paths.checkpoint_dir, self.net, self.trainer, self.state)
 
     def _finish(self) -> None:
@@ -335,8 +395,35 @@ class Training:
         LOG.info("training finished; model in %s", self.paths.model_dir)
 
 
-def train(paths: Paths) -> None:
-    """The ``train`` entry point of one host."""
+def train_single(paths: Paths) -> None:
+    """A job of one worker: this process, every device of the host."""
     inputs = read_training_inputs(paths)
     contexts = host_contexts()
     Training(inputs, contexts, data_workers(contexts)).run()
+
+
+def train_worker(paths: Paths) -> None:
+    """One Horovod worker started by the launcher: one device, one shard of the data."""
+    # Inputs first: every host checks the same data, so a data error is reported by all alike.
+    inputs = read_training_inputs(paths)
+    world = distributed.current_world()
+    launcher.mark_joined()
+    if not world.is_root:
+        logging.getLogger("ssd_detector").setLevel(logging.WARNING)  # rank 0 tells the story
+    try:
+        gpus = mx.context.num_gpus()
+        contexts = [mx.gpu(world.local_rank % gpus)] if gpus else [mx.cpu()]
+        workers = data_workers(contexts)
+        if contexts[0].device_type == "gpu" and not os.environ.get(DATA_WORKERS_ENV):
+            workers = max(1, workers // world.local_size)  # the host's cores, shared by its workers
+        Training(inputs, contexts, workers, world).run()
+    finally:
+        world.shutdown()
+
+
+def train(paths: Paths) -> None:
+    """The ``train`` entry point of a host: a worker of a distributed job, or its launcher."""
+    if distributed.is_worker():
+        train_worker(paths)
+    else:
+        launcher.launch(paths, train_single)

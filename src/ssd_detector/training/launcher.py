@@ -1,0 +1,253 @@
+"""Starting a job's worker processes on this host, without ssh or mpirun.
+
+Every host of a SageMaker job runs the same ``train``. From ``resourceconfig.json`` each host's
+launcher computes the same plan of ranks (one worker per GPU, one per host on a CPU, or
+``SSD_WORKERS_PER_HOST``); hosts[0] also runs Horovod's rendezvous. Each local worker is
+``ssd-detector train`` again, with its HOROVOD_* environment. The launcher forwards SIGTERM,
+watches its workers, and ends the job when one fails or the job cannot form in time, writing
+the failure reason with the host and rank. A job of one worker trains in this process.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from ..errors import JobFailed, UserError
+from ..failure import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR
+from ..sagemaker_env import Paths, ResourceConfig, read_resource_config
+from . import distributed
+
+LOG = logging.getLogger(__name__)
+
+WORKERS_PER_HOST_VAR = "SSD_WORKERS_PER_HOST"
+RENDEZVOUS_PORT_VAR = "SSD_RENDEZVOUS_PORT"
+JOIN_TIMEOUT_VAR = "SSD_JOIN_TIMEOUT"  # seconds for every host to join
+REASON_FILE_VAR = "SSD_WORKER_REASON_FILE"  # where a worker writes why it failed
+JOINED_FILE_VAR = "SSD_WORKER_JOINED_FILE"  # a worker creates it once Horovod is up
+DEFAULT_RENDEZVOUS_PORT = 7777
+DEFAULT_JOIN_TIMEOUT = 300
+POLL_SECONDS = 0.2
+# After one worker fails, the others get this long to stop on SIGTERM before SIGKILL.
+STOP_GRACE_SECONDS = 10
+
+
+def _int_env(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserError(f"environment variable {name}={text!r} is not an integer") from None
+    if not low <= value <= high:
+        raise UserError(f"environment variable {name}={value} must be from {low} to {high}")
+    return value
+
+
+def count_gpus() -> int:
+    """GPUs this host's MXNet can use; asked in a child process so the launcher never loads MXNet
+    (its engine threads must not be inherited by anything we start)."""
+    result = subprocess.run([sys.executable, "-c", "import mxnet; print(mxnet.context.num_gpus())"],
+                            capture_output=True, text=True, timeout=300)
+    try:
+        return int(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        LOG.warning("could not count GPUs (%s); assuming none", result.stderr.strip()[-300:])
+        return 0
+
+
+def workers_per_host(environ: Mapping[str, str]) -> int:
+    if environ.get(WORKERS_PER_HOST_VAR, "").strip():
+        return _int_env(environ, WORKERS_PER_HOST_VAR, 1, 1, 64)
+    return max(1, count_gpus())
+
+
+def worker_failure_file(paths: Paths, environ: Mapping[str, str] | None = None) -> Path:
+    """Where this process reports its failure: its launcher's reason file for a worker, else
+    the job's failure file."""
+    env = os.environ if environ is None else environ
+    return Path(env[REASON_FILE_VAR]) if env.get(REASON_FILE_VAR) else paths.failure_file
+
+
+def mark_joined(environ: Mapping[str, str] | None = None) -> None:
+    env = os.environ if environ is None else environ
+    if env.get(JOINED_FILE_VAR):
+        Path(env[JOINED_FILE_VAR]).touch()
+
+
+def resolve(host: str, deadline: float) -> str:
+    """The host's address; SageMaker's DNS entries may lag behind the start of the container."""
+    while True:
+        try:
+            return socket.gethostbyname(host)
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise JobFailed(f"host {host!r} of resourceconfig.json does not resolve ({exc}); "
+                                "the job could not form", EXIT_INTERNAL_ERROR) from None
+            time.sleep(1)
+
+
+def wait_for_port(host: str, address: str, port: int, deadline: float, timeout: int) -> None:
+    while True:
+        try:
+            with socket.create_connection((address, port), timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise JobFailed(f"the rendezvous on {host} ({address}:{port}) did not come up within {timeout} s; "
+                                f"did {host} start, and is port {port} open between the hosts?",
+                                EXIT_INTERNAL_ERROR) from None
+            time.sleep(0.5)
+
+
+@dataclass
+class Worker:
+    slot: distributed.Slot
+    process: subprocess.Popen
+    reason_file: Path
+    joined_file: Path
+
+    def describe(self) -> str:
+        return f"rank {self.slot.rank} on host {self.slot.hostname}"
+
+
+def _exit_description(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _failure(worker: Worker, code: int) -> JobFailed:
+    reason = worker.reason_file.read_text().strip() if worker.reason_file.exists() else ""
+    if reason:
+        exit_code = EXIT_USER_ERROR if code == EXIT_USER_ERROR else EXIT_INTERNAL_ERROR
+        return JobFailed(f"worker {worker.describe()}: {reason}", exit_code)
+    return JobFailed(f"worker {worker.describe()} {_exit_description(code)}; the job was stopped", EXIT_INTERNAL_ERROR)
+
+
+class Launcher:
+    def __init__(self, paths: Paths, resources: ResourceConfig, per_host: int,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self.paths = paths
+        self.resources = resources
+        self.per_host = per_host
+        self.environ = dict(os.environ if environ is None else environ)
+        self.port = _int_env(self.environ, RENDEZVOUS_PORT_VAR, DEFAULT_RENDEZVOUS_PORT, 1, 65535)
+        self.join_timeout = _int_env(self.environ, JOIN_TIMEOUT_VAR, DEFAULT_JOIN_TIMEOUT, 1, 24 * 3600)
+        self.workers: list[Worker] = []
+        self._terminating = False
+
+    def _forward_sigterm(self, signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+        LOG.warning("SIGTERM: passing it to the %d worker(s) of this host", len(self.workers))
+        self._terminating = True
+        for worker in self.workers:
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+
+    def _stop_all(self) -> None:
+        for worker in self.workers:
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for worker in self.workers:
+            try:
+                worker.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+
+    def run(self) -> None:
+        resources = self.resources
+        deadline = time.monotonic() + self.join_timeout
+        slots = distributed.plan(resources.hosts, self.per_host)
+        mine = [s for s in slots if s.hostname == resources.current_host]
+        master = resources.hosts[0]
+        if len(resources.hosts) == 1:
+            address = "127.0.0.1"  # one host: its name need not resolve (no resourceconfig.json)
+        else:
+            LOG.info("resolving the hosts %s", ", ".join(resources.hosts))
+            address = resolve(master, deadline)
+            for host in resources.hosts[1:]:
+                resolve(host, deadline)
+        LOG.info("distributed job: %d host(s) x %d worker(s); this is %s; rendezvous on %s (%s:%d), interface %s",
+                 len(resources.hosts), self.per_host, resources.current_host, master, address, self.port,
+                 resources.network_interface_name)
+        rendezvous = distributed.Rendezvous(self.port, slots) if resources.is_master else None
+        previous = signal.signal(signal.SIGTERM, self._forward_sigterm)
+        try:
+            if rendezvous is None:
+                wait_for_port(master, address, self.port, deadline, self.join_timeout)
+            with tempfile.TemporaryDirectory(prefix="ssd-workers-") as scratch:
+                self._start(mine, address, Path(scratch))
+                self._watch(deadline)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if any(w.process.poll() is None for w in self.workers):
+                self._stop_all()
+            if rendezvous is not None:
+                rendezvous.stop()
+
+    def _start(self, slots: list[distributed.Slot], address: str, scratch: Path) -> None:
+        cpus = os.cpu_count() or 1
+        for slot in slots:
+            env = {**self.environ,
+                   # Gloo's own timeout comes later than ours, so that the clearer message is ours.
+                   **distributed.worker_environment(slot, address, self.port, self.resources.network_interface_name,
+                                                    self.join_timeout + 30),
+                   REASON_FILE_VAR: str(scratch / f"reason-{slot.rank}"),
+                   JOINED_FILE_VAR: str(scratch / f"joined-{slot.rank}"),
+                   "SAGEMAKER_BASE_DIR": str(self.paths.base)}
+            # CPU workers share the cores (ignored on GPUs, where each worker has its own device).
+            env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // len(slots))))
+            process = subprocess.Popen([sys.executable, "-m", "ssd_detector.cli", "train"], env=env)
+            self.workers.append(Worker(slot, process, Path(env[REASON_FILE_VAR]), Path(env[JOINED_FILE_VAR])))
+            LOG.info("started worker rank %d (local rank %d), pid %d", slot.rank, slot.local_rank, process.pid)
+
+    def _watch(self, join_deadline: float) -> None:
+        joined = False
+        while True:
+            codes = [w.process.poll() for w in self.workers]
+            failed = [(w, c) for w, c in zip(self.workers, codes) if c not in (None, 0)]
+            if failed:
+                # Prefer a worker that failed on its own (a reason of its own, or a signal) over
+                # the others, whose Horovod calls fail because of it.
+                failed.sort(key=lambda wc: (not wc[0].reason_file.exists() and wc[1] > 0, wc[0].slot.rank))
+                error = _failure(*failed[0])
+                self._stop_all()
+                raise error
+            if all(c == 0 for c in codes):
+                LOG.info("all %d worker(s) of this host finished", len(self.workers))
+                return
+            if not joined:
+                joined = all(w.joined_file.exists() for w in self.workers)
+                if not joined and time.monotonic() > join_deadline and not self._terminating:
+                    self._stop_all()
+                    waiting = [w.describe() for w in self.workers if not w.joined_file.exists()]
+                    raise JobFailed(
+                        f"the job did not form within {self.join_timeout} s ({JOIN_TIMEOUT_VAR}): "
+                        f"{', '.join(waiting)} still waiting for the other hosts "
+                        f"({', '.join(self.resources.hosts)}) at the rendezvous on {self.resources.hosts[0]}",
+                        EXIT_INTERNAL_ERROR)
+            time.sleep(POLL_SECONDS)
+
+
+def launch(paths: Paths, train_here) -> None:  # noqa: ANN001 - the in-process training function
+    """The train entry point of a host: one worker in this process, or a distributed job."""
+    resources = read_resource_config(paths)
+    per_host = workers_per_host(os.environ)
+    if per_host * len(resources.hosts) == 1:
+        train_here(paths)
+        return
+    Launcher(paths, resources, per_host).run()
