@@ -130,6 +130,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def _cmd_init_model(args: argparse.Namespace) -> int:
+    from .model.export import export_untrained
+
+    hyperparameters = {"num_classes": str(args.num_classes), "base_network": args.base_network,
+                       "image_shape": str(args.image_shape)}
+    out = export_untrained(args.out, hyperparameters, seed=args.seed)
+    print(json.dumps({"model_dir": str(out), **hyperparameters}))
+    return 0
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .data import convert
     from .data.channel import read_channel, validate
@@ -222,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
     p.add_argument("--workers", type=int, help="instead of $SAGEMAKER_MODEL_SERVER_WORKERS or one per CPU/GPU")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("init-model", help="write an untrained model in the artifact's format (to try serve)")
+    p.add_argument("out", type=Path, help="the model folder to write")
+    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--base-network", default="mobilenet-1.0")
+    p.add_argument("--image-shape", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_init_model)
 
     p = sub.add_parser("convert", help="convert between RecordIO, JSON annotations, .lst and Pascal VOC")
     p.add_argument("source", choices=("json", "recordio", "lst", "voc"), help="input format")

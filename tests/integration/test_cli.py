@@ -88,3 +88,17 @@ def test_convert_refuses_bad_input(tmp_path: Path):
 def test_synth_bad_arguments(tmp_path: Path):
     result = run("synth", str(tmp_path / "s"), "--train", "2", "--classes", "11")
     assert result.returncode == 1 and "--classes 11" in result.stderr
+
+
+def test_init_model_writes_a_servable_untrained_model(tmp_path: Path, made: Path):
+    out = tmp_path / "model"
+    result = run("init-model", str(out), "--num-classes", "3", "--base-network", "mobilenet-0.25",
+                 "--image-shape", "64")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "hyperparams.json").read_text())["num_classes"] == "3"
+    image = next((made / "json/validation").iterdir())
+    result = run("predict", str(image), "--model-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    assert image.name in json.loads(result.stdout)
+    result = run("init-model", str(tmp_path / "bad"), "--num-classes", "0")
+    assert result.returncode == 1 and "num_classes='0'" in result.stderr

@@ -120,7 +120,7 @@ class World:
         """What trainer.step takes so that the update is the sum of the workers' gradients."""
         return 1.0
 
-    def shutdown(self) -> None:
+    def shutdown(self, clean: bool = True) -> None:
         pass
 
 
@@ -169,7 +169,15 @@ class HorovodWorld(World):
         # the positives of all workers, so the sum is wanted: step(1/size) rescales by size.
         return 1.0 / self.size
 
-    def shutdown(self) -> None:
+    def shutdown(self, clean: bool = True) -> None:
+        """clean: the loop ended normally; wait for this worker's last collectives, then for
+        every worker (rank 0 may still be writing), so nobody's pending operation meets a
+        Horovod that is gone. After an error, just leave: the launcher stops the others."""
+        import mxnet as mx
+
+        if clean:
+            mx.nd.waitall()
+            self.allreduce_sum(np.zeros(1))
         self._hvd.shutdown()
 
 

@@ -417,8 +417,10 @@ def train_worker(paths: Paths) -> None:
         if contexts[0].device_type == "gpu" and not os.environ.get(DATA_WORKERS_ENV):
             workers = max(1, workers // world.local_size)  # the host's cores, shared by its workers
         Training(inputs, contexts, workers, world).run()
-    finally:
-        world.shutdown()
+    except BaseException:
+        world.shutdown(clean=False)
+        raise
+    world.shutdown()
 
 
 def train(paths: Paths) -> None:
