@@ -9,7 +9,13 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 DEMO_DIR ?= build/demo
 
-.PHONY: install demo test test-unit test-integration bench-data bench-train bench-accuracy bench-serve bench-scaling bench-deps lint clean
+IMAGE ?= ssd-detector
+# The CPU image's base: made by docker/prepare.sh with debootstrap (no registry needed); any
+# Debian/Ubuntu image with Python 3.10+ also works, e.g. CPU_BASE=debian:bookworm-slim.
+CPU_BASE ?= ssd-base:bookworm
+FETCH_WEIGHTS ?= auto
+
+.PHONY: install demo test test-unit test-integration bench-data bench-train bench-accuracy bench-serve bench-scaling bench-deps lint clean image image-cpu image-test
 
 install: $(STAMP)
 
@@ -25,7 +31,7 @@ demo: install
 	SAGEMAKER_BASE_DIR=$(DEMO_DIR)/opt_ml bash scripts/demo_job.sh $(DEMO_DIR)
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration
 
 test-unit: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
@@ -54,8 +60,24 @@ bench-serve: install
 bench-accuracy: install
 	$(PY) scripts/bench_accuracy.py
 
+# GPU image (the default): needs the NVIDIA CUDA base images from a registry.
+image:
+	docker build -t $(IMAGE):gpu --build-arg FETCH_WEIGHTS=$(FETCH_WEIGHTS) .
+
+image-cpu: install
+	bash docker/prepare.sh
+	docker build -t $(IMAGE):cpu --build-arg VARIANT=cpu --build-arg BASE_IMAGE=$(CPU_BASE) \
+		--build-arg BUILD_IMAGE=$(CPU_BASE) --build-arg FETCH_WEIGHTS=$(FETCH_WEIGHTS) .
+
+# Builds the CPU image (offline: no weights), runs it in a real Docker engine, removes it.
+image-test: install
+	$(MAKE) image-cpu IMAGE=$(IMAGE)-test FETCH_WEIGHTS=0
+	SSD_IMAGE=$(IMAGE)-test:cpu $(PY) -m pytest -q -p no:cacheprovider tests/image; \
+		status=$$?; docker rmi -f $(IMAGE)-test:cpu >/dev/null; exit $$status
+
 lint: install
 	$(PY) -m compileall -q src scripts tests container
+	$(VENV)/bin/hadolint Dockerfile
 
 clean:
 	rm -rf build .pytest_cache

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Everything a CPU image build needs on a fresh Debian machine without a registry:
+#   1. a Docker engine: Debian's docker.io, and dockerd started in the background if none answers;
+#   2. base image ssd-base:bookworm from debootstrap (minbase + Python 3.11) via `docker import`;
+#   3. a wheelhouse (docker/wheelhouse.sh) copied into wheelhouse/, so the build needs no index.
+# Idempotent: each step is skipped when its result is there. Needs root for 1 and 2.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+base_image=${BASE_IMAGE_TAG:-ssd-base:bookworm}
+mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+log=${DOCKERD_LOG:-/var/log/ssd-dockerd.log}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
+    echo "prepare: installing docker.io and debootstrap"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq docker.io debootstrap >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+    echo "prepare: starting dockerd (log: $log)"
+    as_root sh -c "nohup dockerd >'$log' 2>&1 &"
+    for _ in $(seq 1 60); do
+        docker info >/dev/null 2>&1 && break
+        sleep 1
+    done
+    docker info >/dev/null 2>&1 || { echo "prepare: dockerd did not start; see $log" >&2; tail -20 "$log" >&2; exit 1; }
+fi
+
+if ! docker image inspect "$base_image" >/dev/null 2>&1; then
+    echo "prepare: building $base_image with debootstrap"
+    rootfs=$(mktemp -d)
+    trap 'as_root rm -rf "$rootfs"' EXIT
+    as_root debootstrap --variant=minbase --include=python3,python3-venv,libgomp1,libquadmath0,ca-certificates \
+        bookworm "$rootfs" "$mirror" >/dev/null
+    as_root rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    as_root tar -C "$rootfs" -c . | docker import - "$base_image" >/dev/null
+fi
+
+if ! compgen -G "$root/wheelhouse/mxnet-*.whl" >/dev/null; then
+    echo "prepare: filling wheelhouse/"
+    cache="$root/build/wheelhouse-cpu"
+    PYTHON=${PYTHON:-$root/.venv/bin/python} bash "$root/docker/wheelhouse.sh" "$cache" cpu
+    cp "$cache"/* "$root/wheelhouse/"
+fi
+echo "prepare: docker engine up, $base_image present, wheelhouse/ filled"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Fills a wheelhouse for offline (air-gapped) image builds: every wheel the image installs, and
+# Horovod's source, for the Python of the image. Usage: docker/wheelhouse.sh DIR [cpu|gpu] [PYVER]
+# PYVER defaults to this Python's (the CPU image on Debian bookworm has 3.11; the GPU default
+# base, Ubuntu 22.04, has 3.10). Copy DIR's files into wheelhouse/ before `docker build`.
+set -euo pipefail
+out=${1:?usage: docker/wheelhouse.sh DIR [cpu|gpu] [PYVER]}
+variant=${2:-cpu}
+here=$(cd "$(dirname "$0")" && pwd)
+python=${PYTHON:-python3}
+pyver=${3:-$("$python" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')}
+case "$variant" in
+    cpu) mxnet=mxnet ;;
+    gpu) mxnet=mxnet-cu112 ;;
+    *) echo "variant must be cpu or gpu, not $variant" >&2; exit 2 ;;
+esac
+mkdir -p "$out"
+"$python" -m pip download -q -d "$out" -c "$here/constraints.txt" --only-binary=:all: \
+    --python-version "$pyver" --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux_2_28_x86_64 --platform linux_x86_64 --implementation cp \
+    "$mxnet" -r "$here/image-requirements.txt"
+"$python" -m pip download -q -d "$out" -c "$here/constraints.txt" --no-deps --no-binary=horovod horovod
+ls "$out" | wc -l | xargs echo "wheelhouse $out: files:"

@@ -1,0 +1,155 @@
+"""The image in a real Docker engine: `train`, `serve` and a two-container distributed job, as
+SageMaker runs them. `make image-test` builds the CPU image and runs these (SSD_IMAGE names it)."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ssd_detector.data.images import encode
+from ssd_detector.data.synthetic import SynthSpec, generate, make_image
+
+IMAGE = os.environ.get("SSD_IMAGE", "ssd-detector:cpu")
+HYPER = {"num_classes": "3", "base_network": "mobilenet-0.25", "image_shape": "64", "mini_batch_size": "8",
+         "epochs": "2", "learning_rate": "0.02", "use_pretrained_model": "0"}
+
+
+def docker(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)}: {result.stderr[-2000:]}")
+    return result
+
+
+@pytest.fixture(scope="module", autouse=True)
+def engine() -> None:
+    usable = shutil.which("docker") and docker("info", timeout=60).returncode == 0
+    if not usable:
+        if os.environ.get("CI"):
+            pytest.fail("Docker cannot run here, and CI must run the image tests")
+        pytest.skip("Docker cannot run on this machine (no engine answers `docker info`)")
+    if docker("image", "inspect", IMAGE).returncode != 0:
+        pytest.fail(f"image {IMAGE} is not built; run `make image-test`")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("image-data")
+    generate(out, SynthSpec(train=16, validation=4, classes=3, width=128, height=96, seed=4, format="recordio"))
+    return out
+
+
+def opt_ml(root: Path, data: Path, hyperparameters: dict, resources: dict | None = None) -> Path:
+    base = root / "opt_ml"
+    (base / "input/config").mkdir(parents=True)
+    shutil.copytree(data, base / "input/data")
+    (base / "input/config/hyperparameters.json").write_text(json.dumps(hyperparameters))
+    if resources:
+        (base / "input/config/resourceconfig.json").write_text(json.dumps(resources))
+    os.chmod(base, 0o777)  # the container may run as another uid
+    return base
+
+
+def name(prefix: str) -> str:
+    return f"ssd-test-{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_train_writes_the_model_and_metric_lines(tmp_path: Path, data: Path):
+    base = opt_ml(tmp_path, data, HYPER)
+    result = docker("run", "--rm", "-v", f"{base}:/opt/ml", IMAGE, "train")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "#quality_metric: host=algo-1, epoch=1, validation mAP <score>=(" in result.stderr
+    assert "#throughput_metric: host=algo-1, train throughput=" in result.stderr
+    assert sorted(p.name for p in (base / "model").iterdir()) == [
+        "classes.json", "hyperparams.json", "model_algo_1-0000.params", "model_algo_1-symbol.json"]
+    assert not (base / "output/failure").exists()
+
+
+def test_bad_hyperparameters_exit_1_with_a_failure_file(tmp_path: Path, data: Path):
+    base = opt_ml(tmp_path, data, {**HYPER, "mini_batch_size": "zero", "optimizer": "nag"})
+    result = docker("run", "--rm", "--user", "4321:4321", "-v", f"{base}:/opt/ml", IMAGE, "train")
+    assert result.returncode == 1, result.stderr[-2000:]
+    failure = (base / "output/failure").read_text()
+    assert "mini_batch_size='zero'" in failure and "optimizer='nag'" in failure
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None,
+            headers: dict | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_serve_answers_and_stops_within_30_seconds(tmp_path: Path, data: Path):
+    base = opt_ml(tmp_path, data, HYPER)
+    result = docker("run", "--rm", "-v", f"{base}:/opt/ml", IMAGE, "train")
+    assert result.returncode == 0, result.stderr[-3000:]
+    port, container = free_port(), name("serve")
+    docker("run", "-d", "--name", container, "-p", f"127.0.0.1:{port}:8080", "-e", "SAGEMAKER_MODEL_SERVER_WORKERS=2",
+           "-v", f"{base / 'model'}:/opt/ml/model:ro", IMAGE, "serve", check=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if request(port, "GET", "/ping")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, docker("logs", container).stderr[-3000:]
+            time.sleep(0.5)
+        image = make_image(__import__("numpy").random.default_rng(1), SynthSpec(1, 0, 3))[0]
+        status, body = request(port, "POST", "/invocations", encode(image, "jpeg"), {"Content-Type": "image/jpeg"})
+        assert status == 200, body
+        rows = json.loads(body)["prediction"]
+        assert rows and all(len(r) == 6 for r in rows)
+        status, body = request(port, "POST", "/invocations", b"a,b", {"Content-Type": "text/csv"})
+        assert status == 415 and json.loads(body)["error"] == "unsupported_media_type"
+        start = time.monotonic()
+        docker("stop", "-t", "30", container, check=True)
+        assert time.monotonic() - start < 30
+    finally:
+        docker("rm", "-f", container)
+
+
+def test_distributed_across_two_containers(tmp_path: Path, data: Path):
+    network = name("net")
+    hosts = ["algo-1", "algo-2"]
+    bases = [opt_ml(tmp_path / h, data, {**HYPER, "epochs": "2"},
+                    {"current_host": h, "hosts": hosts, "network_interface_name": "eth0"}) for h in hosts]
+    docker("network", "create", network, check=True)
+    containers = []
+    try:
+        for host, base in zip(hosts, bases):
+            container = f"{host}-{network}"
+            docker("run", "-d", "--name", container, "--hostname", host, "--network", network,
+                   "--network-alias", host, "-e", "SSD_JOIN_TIMEOUT=120", "-v", f"{base}:/opt/ml", IMAGE, "train",
+                   check=True)
+            containers.append(container)
+        codes = [int(docker("wait", c, timeout=600, check=True).stdout.strip()) for c in containers]
+        logs = [docker("logs", c).stderr for c in containers]
+        assert codes == [0, 0], "\n".join(log[-3000:] for log in logs)
+        assert "2 host(s) x 1 worker(s)" in logs[0]
+        assert (bases[0] / "model/model_algo_1-0000.params").is_file()
+        assert not (bases[1] / "model").exists() or not any((bases[1] / "model").iterdir())
+    finally:
+        for container in containers:
+            docker("rm", "-f", container)
+        docker("network", "rm", network)
