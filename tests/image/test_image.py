@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import shutil
+import tarfile
 import socket
 import subprocess
 import time
@@ -153,3 +154,41 @@ def test_distributed_across_two_containers(tmp_path: Path, data: Path):
         for container in containers:
             docker("rm", "-f", container)
         docker("network", "rm", network)
+
+
+def test_local_runner_trains_packs_and_serves_the_archive(tmp_path: Path, data: Path):
+    import signal
+    import sys
+
+    runner = Path(__file__).resolve().parents[2] / "scripts/local_run.py"
+    hp = tmp_path / "hp.json"
+    hp.write_text(json.dumps(HYPER))
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(runner), "train", "--image", IMAGE, "--hyperparameters", str(hp),
+                             "--channel", f"train={data / 'train'}", "--channel", f"validation={data / 'validation'}",
+                             "--output", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with tarfile.open(out / "model.tar.gz") as tar:
+        assert "model_algo_1-symbol.json" in tar.getnames()
+    assert (out / "output.tar.gz").is_file() and not (out / "failure").exists()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(runner), "serve", "--image", IMAGE, "--model",
+                               str(out / "model.tar.gz"), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if request(port, "GET", "/ping")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None
+            time.sleep(0.5)
+        image = make_image(__import__("numpy").random.default_rng(2), SynthSpec(1, 0, 3))[0]
+        status, body = request(port, "POST", "/invocations", encode(image, "png"),
+                               {"Content-Type": "image/png", "Accept": "application/json;annotation=1"})
+        assert status == 200 and "annotations" in json.loads(body)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)

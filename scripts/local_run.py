@@ -1,0 +1,189 @@
+#!/usr/bin/env python
+"""Runs the image as SageMaker would, on this machine.
+
+  local_run.py train --image IMG --hyperparameters hp.json --channel train=DIR|s3://... \
+      [--channel validation=...] [--content-type train=application/x-recordio] \
+      [--instance-count N] --output OUT
+    lays out OUT/algo-<i>/ as /opt/ml (config files, channels), runs `IMG train` in one container
+    per instance (a user-defined Docker network, containers named algo-1..N, as SageMaker names
+    hosts), then packs OUT/model.tar.gz from algo-1's model/ and OUT/output.tar.gz from its
+    output/data, as SageMaker does; a failure file is copied to OUT/failure. Exit code: the job's.
+
+  local_run.py serve --image IMG --model OUT/model.tar.gz [--port 8080]
+    serves that model.tar.gz with `IMG serve` on a local port until interrupted.
+
+s3:// channels are downloaded with boto3 (the machine's AWS credentials). Needs Docker.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import uuid
+from pathlib import Path
+
+LOG = logging.getLogger("local_run")
+DEFAULT_CONTENT_TYPES = {".rec": "application/x-recordio", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+                         ".png": "image/png", ".json": "application/json"}
+
+
+def parse_pairs(values: list[str], what: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key or not rest:
+            raise SystemExit(f"--{what} {value!r}: expected NAME=VALUE")
+        pairs[key] = rest
+    return pairs
+
+
+def fetch_s3(uri: str, target: Path) -> None:
+    import boto3
+
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    s3 = boto3.client("s3")
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            key = item["Key"]
+            if key.endswith("/"):
+                continue
+            relative = key[len(prefix):].lstrip("/") or Path(key).name
+            destination = target / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, key, str(destination))
+
+
+def guess_content_type(folder: Path) -> str | None:
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in DEFAULT_CONTENT_TYPES:
+            return DEFAULT_CONTENT_TYPES[path.suffix.lower()]
+    return None
+
+
+def lay_out(root: Path, hyperparameters: dict, channels: dict[str, Path], content_types: dict[str, str],
+            host: str, hosts: list[str]) -> Path:
+    """One host's /opt/ml tree under root, as SageMaker writes it before `train` starts."""
+    base = root / host
+    config = base / "input/config"
+    config.mkdir(parents=True)
+    (config / "hyperparameters.json").write_text(json.dumps({k: str(v) for k, v in hyperparameters.items()}))
+    data_config = {}
+    for name, source in channels.items():
+        shutil.copytree(source, base / "input/data" / name)
+        entry = {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
+        content_type = content_types.get(name) or guess_content_type(source)
+        if content_type:
+            entry["ContentType"] = content_type
+        data_config[name] = entry
+    (config / "inputdataconfig.json").write_text(json.dumps(data_config))
+    (config / "resourceconfig.json").write_text(json.dumps(
+        {"current_host": host, "hosts": hosts, "network_interface_name": "eth0"}))
+    for sub in ("model", "output/data", "checkpoints"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def pack(folder: Path, archive: Path) -> None:
+    """Every file under folder, at the archive's root (SageMaker's model.tar.gz layout)."""
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                tar.add(path, arcname=str(path.relative_to(folder)))
+
+
+def train(args: argparse.Namespace) -> int:
+    out = args.output.resolve()
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"--output {out} is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    hyperparameters = json.loads(args.hyperparameters.read_text())
+    sources = parse_pairs(args.channel, "channel")
+    content_types = parse_pairs(args.content_type, "content-type")
+    channels = {}
+    for name, source in sources.items():
+        if source.startswith("s3://"):
+            local = out / "downloads" / name
+            LOG.info("downloading %s", source)
+            fetch_s3(source, local)
+            channels[name] = local
+        else:
+            channels[name] = Path(source).resolve()
+            if not channels[name].is_dir():
+                raise SystemExit(f"--channel {name}={source}: not a folder")
+    hosts = [f"algo-{i}" for i in range(1, args.instance_count + 1)]
+    bases = [lay_out(out, hyperparameters, channels, content_types, h, hosts) for h in hosts]
+    network = f"ssd-local-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["docker", "network", "create", network], check=True, capture_output=True)
+    containers = [f"{h}-{network}" for h in hosts]
+    try:
+        for host, base, container in zip(hosts, bases, containers):
+            subprocess.run(["docker", "run", "-d", "--name", container, "--hostname", host, "--network", network,
+                            "--network-alias", host, "-v", f"{base}:/opt/ml", args.image, "train"],
+                           check=True, capture_output=True)
+        logs = subprocess.Popen(["docker", "logs", "-f", containers[0]])
+        codes = [int(subprocess.run(["docker", "wait", c], check=True, capture_output=True, text=True).stdout)
+                 for c in containers]
+        logs.wait(timeout=60)
+    finally:
+        subprocess.run(["docker", "rm", "-f", *containers], capture_output=True)
+        subprocess.run(["docker", "network", "rm", network], capture_output=True)
+    primary = bases[0]
+    if (primary / "model").is_dir() and any((primary / "model").iterdir()):
+        pack(primary / "model", out / "model.tar.gz")
+    pack(primary / "output/data", out / "output.tar.gz")
+    for base in bases:
+        if (base / "output/failure").exists():
+            shutil.copy(base / "output/failure", out / "failure")
+            LOG.error("job failed on %s: %s", base.name, (base / "output/failure").read_text().strip()[:1000])
+            break
+    code = next((c for c in codes if c != 0), 0)
+    LOG.info("exit codes %s; model: %s", codes, out / "model.tar.gz" if (out / "model.tar.gz").exists() else "none")
+    return code
+
+
+def serve(args: argparse.Namespace) -> int:
+    model = args.model.resolve()
+    if model.name != "model.tar.gz" or not model.is_file():
+        raise SystemExit(f"--model {model}: expected a model.tar.gz")
+    container = f"ssd-serve-{uuid.uuid4().hex[:8]}"
+    process = subprocess.Popen(["docker", "run", "--rm", "--name", container, "-p", f"{args.port}:8080",
+                                "-v", f"{model.parent}:/opt/ml/model:ro", args.image, "serve"])
+
+    def stop(signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+        subprocess.run(["docker", "stop", "-t", "30", container], capture_output=True)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return process.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train")
+    p.add_argument("--image", required=True)
+    p.add_argument("--hyperparameters", type=Path, required=True, help="JSON file of name -> value")
+    p.add_argument("--channel", action="append", default=[], help="NAME=DIR or NAME=s3://bucket/prefix")
+    p.add_argument("--content-type", action="append", default=[], help="NAME=TYPE (default: from file names)")
+    p.add_argument("--instance-count", type=int, default=1)
+    p.add_argument("--output", type=Path, required=True)
+    p.set_defaults(func=train)
+    p = sub.add_parser("serve")
+    p.add_argument("--image", required=True)
+    p.add_argument("--model", type=Path, required=True, help="a model.tar.gz")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=serve)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "train" and args.instance_count < 1:
+        raise SystemExit(f"--instance-count {args.instance_count} must be >= 1")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
