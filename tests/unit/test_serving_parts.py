@@ -83,3 +83,11 @@ def test_internal_error_is_500_without_traceback(tmp_path: Path):
     body = json.loads(response.data)
     assert body == {"error": "internal_error", "message": "the server failed: RuntimeError"}
     assert client.get("/ping").status_code == 200
+
+
+def test_worker_i_uses_gpu_i_mod_n():
+    """No GPU here: the choice is checked as a function of the worker number and GPU count."""
+    from ssd_detector.serving.server import worker_gpu
+
+    assert [worker_gpu(age, 4) for age in range(1, 7)] == [0, 1, 2, 3, 0, 1]
+    assert worker_gpu(3, 0) is None

@@ -104,3 +104,13 @@ def test_data_workers_from_environment():
     assert data_workers([mx.cpu()], {"SSD_DATA_WORKERS": "3"}) == 3
     with pytest.raises(Exception, match="SSD_DATA_WORKERS='x'"):
         data_workers([mx.cpu()], {"SSD_DATA_WORKERS": "x"})
+
+
+def test_horovod_worker_pins_the_gpu_of_its_local_rank():
+    """No GPU here: the contexts are compared, not used."""
+    import mxnet as mx
+
+    from ssd_detector.training.loop import worker_contexts
+
+    assert worker_contexts(3, 8) == [mx.gpu(3)]
+    assert worker_contexts(0, 0) == [mx.cpu()]

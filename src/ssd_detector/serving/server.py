@@ -22,6 +22,12 @@ def _post_fork(server, worker) -> None:
     os.environ[WORKER_AGE_VAR] = str(worker.age)
 
 
+def worker_gpu(age: int, gpus: int) -> int | None:
+    """The GPU of the worker gunicorn spawned as number ``age`` (1, 2, ...; a respawned worker
+    takes the next number): worker i uses GPU i mod n. None: the CPU."""
+    return (age - 1) % gpus if gpus > 0 else None
+
+
 def load_app(settings: ServeSettings):
     """Runs in a worker: picks its device, loads the model, returns the Flask app."""
     import cv2
@@ -34,8 +40,9 @@ def load_app(settings: ServeSettings):
     age = int(os.environ.get(WORKER_AGE_VAR, "1"))
     ctx = mx.cpu()
     if settings.gpus:
-        if mx.context.num_gpus() > 0:
-            ctx = mx.gpu((age - 1) % mx.context.num_gpus())
+        gpu = worker_gpu(age, mx.context.num_gpus())
+        if gpu is not None:
+            ctx = mx.gpu(gpu)
         else:
             LOG.warning("%d GPU(s) found but this MXNet has no GPU support; serving on the CPU", settings.gpus)
     predictor = Predictor(settings.model_dir, ctx=ctx)

@@ -402,6 +402,11 @@ def train_single(paths: Paths) -> None:
     Training(inputs, contexts, data_workers(contexts)).run()
 
 
+def worker_contexts(local_rank: int, gpus: int) -> list[mx.Context]:
+    """A Horovod worker's device: the GPU of its local rank, else the CPU."""
+    return [mx.gpu(local_rank % gpus)] if gpus else [mx.cpu()]
+
+
 def train_worker(paths: Paths) -> None:
     """One Horovod worker started by the launcher: one device, one shard of the data."""
     # Inputs first: every host checks the same data, so a data error is reported by all alike.
@@ -412,7 +417,7 @@ def train_worker(paths: Paths) -> None:
         logging.getLogger("ssd_detector").setLevel(logging.WARNING)  # rank 0 tells the story
     try:
         gpus = mx.context.num_gpus()
-        contexts = [mx.gpu(world.local_rank % gpus)] if gpus else [mx.cpu()]
+        contexts = worker_contexts(world.local_rank, gpus)
         workers = data_workers(contexts)
         if contexts[0].device_type == "gpu" and not os.environ.get(DATA_WORKERS_ENV):
             workers = max(1, workers // world.local_size)  # the host's cores, shared by its workers
