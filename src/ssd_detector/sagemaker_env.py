@@ -21,6 +21,23 @@ BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
 DEFAULT_BASE_DIR = "/opt/ml"
 
 
+def env_int(environ: Mapping[str, str], names: str | tuple[str, ...], default: int, low: int, high: int) -> int:
+    """The first of names that is set, as an integer in [low, high], else default; a bad value is
+    a UserError naming the variable and the value."""
+    for name in (names,) if isinstance(names, str) else names:
+        text = environ.get(name, "").strip()
+        if not text:
+            continue
+        try:
+            value = int(text)
+        except ValueError:
+            raise UserError(f"environment variable {name}={text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise UserError(f"environment variable {name}={value} must be from {low} to {high}")
+        return value
+    return default
+
+
 @dataclass(frozen=True)
 class Paths:
     """The file layout of a training or hosting container."""

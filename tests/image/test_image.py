@@ -99,6 +99,19 @@ def request(port: int, method: str, path: str, body: bytes | None = None,
         conn.close()
 
 
+def wait_for_ping(port: int, explain, timeout: float = 120) -> None:  # noqa: ANN001 - () -> str
+    """Until /ping answers 200; explain() says why not when the time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if request(port, "GET", "/ping")[0] == 200:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, explain()
+        time.sleep(0.5)
+
+
 def test_serve_answers_and_stops_within_30_seconds(tmp_path: Path, data: Path):
     base = opt_ml(tmp_path, data, HYPER)
     result = docker("run", "--rm", "-v", f"{base}:/opt/ml", IMAGE, "train")
@@ -107,15 +120,7 @@ def test_serve_answers_and_stops_within_30_seconds(tmp_path: Path, data: Path):
     docker("run", "-d", "--name", container, "-p", f"127.0.0.1:{port}:8080", "-e", "SAGEMAKER_MODEL_SERVER_WORKERS=2",
            "-v", f"{base / 'model'}:/opt/ml/model:ro", IMAGE, "serve", check=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if request(port, "GET", "/ping")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, docker("logs", container).stderr[-3000:]
-            time.sleep(0.5)
+        wait_for_ping(port, lambda: docker("logs", container).stderr[-3000:])
         image = make_image(__import__("numpy").random.default_rng(1), SynthSpec(1, 0, 3))[0]
         status, body = request(port, "POST", "/invocations", encode(image, "jpeg"), {"Content-Type": "image/jpeg"})
         assert status == 200, body
@@ -176,15 +181,7 @@ def test_local_runner_trains_packs_and_serves_the_archive(tmp_path: Path, data: 
                                str(out / "model.tar.gz"), "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if request(port, "GET", "/ping")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None
-            time.sleep(0.5)
+        wait_for_ping(port, lambda: f"local_run serve exit code {server.poll()}")
         image = make_image(__import__("numpy").random.default_rng(2), SynthSpec(1, 0, 3))[0]
         status, body = request(port, "POST", "/invocations", encode(image, "png"),
                                {"Content-Type": "image/png", "Accept": "application/json;annotation=1"})

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ..errors import UserError
+from ..sagemaker_env import env_int
 
 PORT_VARS = ("SAGEMAKER_BIND_TO_PORT",)
 WORKERS_VARS = ("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS")
@@ -26,32 +27,10 @@ ACCEPT_TYPES = ("application/json", "application/json;annotation=1", "image/png"
 GRACEFUL_SECONDS = 25
 
 
-def _first(environ: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str] | None:
-    for name in names:
-        value = environ.get(name, "").strip()
-        if value:
-            return name, value
-    return None
-
-
-def _int(environ: Mapping[str, str], names: tuple[str, ...], default: int, low: int, high: int) -> int:
-    found = _first(environ, names)
-    if found is None:
-        return default
-    name, text = found
-    try:
-        value = int(text)
-    except ValueError:
-        raise UserError(f"environment variable {name}={text!r} is not an integer") from None
-    if not low <= value <= high:
-        raise UserError(f"environment variable {name}={value} must be from {low} to {high}")
-    return value
-
-
 def count_gpus(environ: Mapping[str, str]) -> int:
     """GPUs visible to this container, found without loading MXNet (the master must not)."""
     if environ.get(GPUS_VAR, "").strip():
-        return _int(environ, (GPUS_VAR,), 0, 0, 1024)
+        return env_int(environ, (GPUS_VAR,), 0, 0, 1024)
     found = len(glob.glob("/proc/driver/nvidia/gpus/*"))
     visible = environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
@@ -87,18 +66,18 @@ class ServeSettings:
         if port is not None and not 1 <= port <= 65535:
             raise UserError(f"--port {port} must be from 1 to 65535")
         if workers is None:
-            workers = _int(environ, WORKERS_VARS, gpus if gpus else cpus, 1, 256)
-        payload_mb = _int(environ, (PAYLOAD_VAR,), DEFAULT_PAYLOAD_MB, 1, MAX_PAYLOAD_MB)
+            workers = env_int(environ, WORKERS_VARS, gpus if gpus else cpus, 1, 256)
+        payload_mb = env_int(environ, (PAYLOAD_VAR,), DEFAULT_PAYLOAD_MB, 1, MAX_PAYLOAD_MB)
         accept = environ.get(DEFAULT_ACCEPT_VAR, "").replace(" ", "").lower() or "application/json"
         if accept not in ACCEPT_TYPES:
             raise UserError(f"environment variable {DEFAULT_ACCEPT_VAR}={accept!r} must be one of "
                             + ", ".join(ACCEPT_TYPES))
         return cls(
             model_dir=Path(model_dir),
-            port=port if port is not None else _int(environ, PORT_VARS, DEFAULT_PORT, 1, 65535),
+            port=port if port is not None else env_int(environ, PORT_VARS, DEFAULT_PORT, 1, 65535),
             host=host or "0.0.0.0",
             workers=workers,
-            timeout=_int(environ, TIMEOUT_VARS, DEFAULT_TIMEOUT, 1, 3600),
+            timeout=env_int(environ, TIMEOUT_VARS, DEFAULT_TIMEOUT, 1, 3600),
             max_payload_bytes=payload_mb * 1024 * 1024,
             default_accept=accept,
             gpus=gpus,

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from ..errors import JobFailed, UserError
+from ..errors import JobFailed
 from ..failure import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR
-from ..sagemaker_env import Paths, ResourceConfig, read_resource_config
+from ..sagemaker_env import Paths, ResourceConfig, env_int, read_resource_config
 from . import distributed
 
 LOG = logging.getLogger(__name__)
@@ -40,19 +40,6 @@ POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 10
 
 
-def _int_env(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    text = environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise UserError(f"environment variable {name}={text!r} is not an integer") from None
-    if not low <= value <= high:
-        raise UserError(f"environment variable {name}={value} must be from {low} to {high}")
-    return value
-
-
 def count_gpus() -> int:
     """GPUs this host's MXNet can use; asked in a child process so the launcher never loads MXNet
     (its engine threads must not be inherited by anything we start)."""
@@ -67,7 +54,7 @@ def count_gpus() -> int:
 
 def workers_per_host(environ: Mapping[str, str]) -> int:
     if environ.get(WORKERS_PER_HOST_VAR, "").strip():
-        return _int_env(environ, WORKERS_PER_HOST_VAR, 1, 1, 64)
+        return env_int(environ, WORKERS_PER_HOST_VAR, 1, 1, 64)
     return max(1, count_gpus())
 
 
@@ -144,8 +131,8 @@ class Launcher:
         self.resources = resources
         self.per_host = per_host
         self.environ = dict(os.environ if environ is None else environ)
-        self.port = _int_env(self.environ, RENDEZVOUS_PORT_VAR, DEFAULT_RENDEZVOUS_PORT, 1, 65535)
-        self.join_timeout = _int_env(self.environ, JOIN_TIMEOUT_VAR, DEFAULT_JOIN_TIMEOUT, 1, 24 * 3600)
+        self.port = env_int(self.environ, RENDEZVOUS_PORT_VAR, DEFAULT_RENDEZVOUS_PORT, 1, 65535)
+        self.join_timeout = env_int(self.environ, JOIN_TIMEOUT_VAR, DEFAULT_JOIN_TIMEOUT, 1, 24 * 3600)
         self.workers: list[Worker] = []
         self._terminating = False
 
@@ -219,6 +206,9 @@ class Launcher:
         joined = False
         while True:
             codes = [w.process.poll() for w in self.workers]
+            if self._terminating:
+                # A worker SIGTERM caught before its loop began ends by the signal: a stop, not a failure.
+                codes = [0 if c == -signal.SIGTERM else c for c in codes]
             failed = [(w, c) for w, c in zip(self.workers, codes) if c not in (None, 0)]
             if failed:
                 # Prefer a worker that failed on its own (a reason of its own, or a signal) over
