@@ -10,7 +10,7 @@ rm -rf "$base/input/data/train" "$base/input/data/validation"
 cp -r "$demo/data/recordio/train" "$demo/data/recordio/validation" "$base/input/data/"
 cat > "$base/input/config/hyperparameters.json" <<'JSON'
 {"num_classes": "4", "base_network": "\"mobilenet-0.25\"", "image_shape": "192", "mini_batch_size": "16",
- "epochs": "12", "learning_rate": "0.04", "lr_scheduler_step": "10", "use_pretrained_model": "0"}
+ "epochs": "50", "optimizer": "adam", "learning_rate": "0.002", "lr_scheduler_step": "40", "use_pretrained_model": "0"}
 JSON
 cat > "$base/input/config/inputdataconfig.json" <<'JSON'
 {"train": {"ContentType": "application/x-recordio", "TrainingInputMode": "File", "RecordWrapperType": "None"},
@@ -25,7 +25,25 @@ rm -rf "$base/model" "$base/output"
 echo "== model files"
 ls -l "$base/model"
 echo "== predicting on 4 validation images; pictures with boxes in $demo/predictions"
-"$cli" predict --model-dir "$base/model" --threshold 0.3 --draw "$demo/predictions" \
+"$cli" predict --model-dir "$base/model" --threshold 0.15 --draw "$demo/predictions" \
     --output "$demo/predictions.json" "$demo"/data/json/validation/validation_00000[0-3].jpg
 cat "$demo/predictions.json"; echo
 ls "$demo/predictions"
+echo "== serving the model over HTTP (gunicorn on 127.0.0.1:${DEMO_PORT:-18080}) and asking it about one image"
+"$cli" serve --model-dir "$base/model" --host 127.0.0.1 --port "${DEMO_PORT:-18080}" --workers 1 &
+server=$!
+trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null' EXIT
+"$(dirname "$0")/../.venv/bin/python" - "$demo/data/json/validation/validation_000000.jpg" "${DEMO_PORT:-18080}" <<'PY'
+import json, sys, time, urllib.request
+image, port = sys.argv[1], sys.argv[2]
+for _ in range(120):
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+        break
+    except OSError:
+        time.sleep(0.5)
+request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=open(image, "rb").read(),
+                                 headers={"Content-Type": "image/jpeg", "Accept": "application/json;annotation=1",
+                                          "X-Amzn-SageMaker-Custom-Attributes": "threshold=0.15"})
+print(json.dumps(json.load(urllib.request.urlopen(request, timeout=60)), indent=1))
+PY
