@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) scripts/install.sh
 
 demo: install
 	rm -rf $(DEMO_DIR)
-	$(VENV)/bin/ssd-detector synth $(DEMO_DIR)/data --train 400 --validation 40 --classes 4 --image-size 320x240 --seed 1 --format both
+	$(VENV)/bin/ssd-detector synth $(DEMO_DIR)/data --train 1500 --validation 100 --classes 4 --image-size 320x240 --seed 1 --format both
 	$(VENV)/bin/ssd-detector check-data $(DEMO_DIR)/data/json/train --annotations $(DEMO_DIR)/data/json/train_annotation --num-classes 4 --label-width 350
 	$(VENV)/bin/ssd-detector check-data $(DEMO_DIR)/data/recordio/train --num-classes 4 --label-width 350
 	SAGEMAKER_BASE_DIR=$(DEMO_DIR)/opt_ml bash scripts/demo_job.sh $(DEMO_DIR)

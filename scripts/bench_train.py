@@ -58,7 +58,7 @@ def run_ours(rec: Path, base: str, size: int, batch: int, workers: int, warmup: 
     import mxnet as mx
     from ssd_detector.sagemaker_env import Paths
     from ssd_detector.training.inputs import read_training_inputs
-    from ssd_detector.training.loop import Training
+    from ssd_detector.training.loop import Training, host_contexts
 
     job = work / f"job-{base}-{size}"
     (job / "input/config").mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ def run_ours(rec: Path, base: str, size: int, batch: int, workers: int, warmup: 
         "num_classes": str(NUM_CLASSES), "base_network": base, "image_shape": str(size),
         "mini_batch_size": str(batch), "use_pretrained_model": "0", "learning_rate": "0.001"}))
     inputs = read_training_inputs(Paths(job), decode_images=False)
-    training = Training(inputs, [mx.cpu()], workers)
+    training = Training(inputs, host_contexts(), workers)
     loader = training.train_loader
 
     def step(b) -> int:
@@ -94,11 +94,14 @@ def run_gluoncv(rec: Path, model: str, size: int, batch: int, workers: int, warm
     from gluoncv.loss import SSDMultiBoxLoss
     from mxnet import autograd, gluon
 
+    # Every GPU of the host, else the CPU: the same devices as ours (host_contexts).
+    contexts = [mx.gpu(i) for i in range(mx.context.num_gpus())] or [mx.cpu()]
     net = model_zoo.get_model(model, classes=[str(i) for i in range(NUM_CLASSES)], pretrained_base=False,
                               transfer=None)
     net.initialize()  # GluonCV's layers carry their own initializers
     with autograd.train_mode():
         _, _, anchors = net(mx.nd.zeros((1, 3, size, size)))
+    net.collect_params().reset_ctx(contexts)
     num_anchors = int(anchors.shape[1])
     dataset = RecordFileDetection(str(rec), coord_normalized=True)
     loader = gluon.data.DataLoader(dataset.transform(SSDDefaultTrainTransform(size, size, anchors)), batch,
@@ -109,15 +112,16 @@ def run_gluoncv(rec: Path, model: str, size: int, batch: int, workers: int, warm
     net.hybridize(static_alloc=True, static_shape=True)
 
     def step(b) -> int:
-        # As GluonCV's train_ssd.py does with split_and_load: off the loader's shared memory.
-        data, cls_t, box_t = (a.as_in_context(mx.cpu()) for a in b)
+        # As GluonCV's train_ssd.py does: split_and_load over the devices (on the CPU, off the
+        # loader's shared memory).
+        data, cls_t, box_t = (gluon.utils.split_and_load(a, contexts, even_split=False) for a in b)
         with autograd.record():
-            cls_pred, box_pred, _ = net(data)
-            total, _, _ = loss_fn([cls_pred], [box_pred], [cls_t], [box_t])
+            outputs = [net(x) for x in data]
+            total, _, _ = loss_fn([o[0] for o in outputs], [o[1] for o in outputs], cls_t, box_t)
             autograd.backward(total)
         trainer.step(1)
         mx.nd.waitall()
-        return data.shape[0]
+        return b[0].shape[0]
 
     seconds, images = time_batches(step, endless(loader), warmup, count)
     return {"images_per_second": images / seconds, "peak_rss_mb": peak_rss_mb(), "anchors": num_anchors}

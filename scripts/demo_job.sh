@@ -9,8 +9,8 @@ mkdir -p "$base/input/config" "$base/input/data"
 rm -rf "$base/input/data/train" "$base/input/data/validation"
 cp -r "$demo/data/recordio/train" "$demo/data/recordio/validation" "$base/input/data/"
 cat > "$base/input/config/hyperparameters.json" <<'JSON'
-{"num_classes": "4", "base_network": "\"mobilenet-0.25\"", "image_shape": "192", "mini_batch_size": "16",
- "epochs": "50", "optimizer": "adam", "learning_rate": "0.002", "lr_scheduler_step": "40", "use_pretrained_model": "0"}
+{"num_classes": "4", "base_network": "\"mobilenet-0.25\"", "image_shape": "256", "mini_batch_size": "16",
+ "epochs": "8", "optimizer": "adam", "learning_rate": "0.01", "lr_scheduler_step": "7", "use_pretrained_model": "0"}
 JSON
 cat > "$base/input/config/inputdataconfig.json" <<'JSON'
 {"train": {"ContentType": "application/x-recordio", "TrainingInputMode": "File", "RecordWrapperType": "None"},
@@ -19,13 +19,13 @@ JSON
 cli="$(dirname "$0")/../.venv/bin/ssd-detector"
 echo "== checking the job's inputs"
 "$cli" check-job
-echo "== training (metric lines as SageMaker's built-in algorithm prints them)"
+echo "== training from scratch with light augmentation (metric lines as SageMaker's built-in algorithm prints them)"
 rm -rf "$base/model" "$base/output"
-"$cli" train
+SSD_AUGMENT=light "$cli" train
 echo "== model files"
 ls -l "$base/model"
 echo "== predicting on 4 validation images; pictures with boxes in $demo/predictions"
-"$cli" predict --model-dir "$base/model" --threshold 0.15 --draw "$demo/predictions" \
+"$cli" predict --model-dir "$base/model" --threshold 0.3 --draw "$demo/predictions" \
     --output "$demo/predictions.json" "$demo"/data/json/validation/validation_00000[0-3].jpg
 cat "$demo/predictions.json"; echo
 ls "$demo/predictions"
@@ -44,6 +44,6 @@ for _ in range(120):
         time.sleep(0.5)
 request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=open(image, "rb").read(),
                                  headers={"Content-Type": "image/jpeg", "Accept": "application/json;annotation=1",
-                                          "X-Amzn-SageMaker-Custom-Attributes": "threshold=0.15"})
+                                          "X-Amzn-SageMaker-Custom-Attributes": "threshold=0.3"})
 print(json.dumps(json.load(urllib.request.urlopen(request, timeout=60)), indent=1))
 PY
