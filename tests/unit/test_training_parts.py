@@ -136,3 +136,28 @@ def test_horovod_worker_pins_the_gpu_of_its_local_rank():
 
     assert worker_contexts(3, 8) == [mx.gpu(3)]
     assert worker_contexts(0, 0) == [mx.cpu()]
+
+
+def test_launcher_names_the_worker_that_caused_the_failure(tmp_path):
+    """A killed worker is named before a survivor whose collectives then failed, whatever the
+    ranks; a worker's own error before such consequences."""
+    import signal
+
+    from ssd_detector.training.distributed import plan
+    from ssd_detector.training.launcher import Worker, _first_cause
+
+    def worker(rank: int, reason: str | None) -> Worker:
+        reason_file = tmp_path / f"reason-{rank}"
+        if reason is not None:
+            reason_file.write_text(reason)
+        return Worker(plan(["algo-1"], 4)[rank], None, reason_file, tmp_path / f"joined-{rank}")
+
+    lost = worker(0, "internal error: MXNetError: Horovod has been shut down. This was caused by ...")
+    killed = worker(1, None)
+    own = worker(2, "data error: train/x.rec: bad record")
+    silent = worker(3, None)
+    failed = [(lost, 2), (silent, 2), (own, 1), (killed, -signal.SIGKILL)]
+    assert _first_cause(failed)[0] is killed
+    assert _first_cause(failed[:3])[0] is own
+    assert _first_cause([(silent, 2), (lost, 2)])[0] is lost
+    assert _first_cause([(silent, 2), (worker(0, None), 2)])[0].slot.rank == 0

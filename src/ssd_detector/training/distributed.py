@@ -16,6 +16,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 LOG = logging.getLogger(__name__)
+# What Horovod's collectives raise on the surviving workers once another worker has gone: the
+# launcher reads it as a consequence, not the cause, of a failed job.
+PEER_LOST_TEXT = "Horovod has been shut down"
 
 RANK_VARS = ("HOROVOD_RANK", "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK", "HOROVOD_LOCAL_SIZE", "HOROVOD_CROSS_RANK",
              "HOROVOD_CROSS_SIZE")

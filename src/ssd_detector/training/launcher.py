@@ -116,6 +116,22 @@ def _exit_description(code: int) -> str:
     return f"exited with code {code}"
 
 
+def _first_cause(failed: list[tuple[Worker, int]]) -> tuple[Worker, int]:
+    """The failed worker (and its exit code) to name: one killed by a signal, then one with a reason
+    of its own, then one whose collectives failed because another worker had gone, then one with no
+    reason; the lowest rank among equals."""
+    return min(failed, key=lambda wc: (_blame_order(*wc), wc[0].slot.rank))
+
+
+def _blame_order(worker: Worker, code: int) -> int:
+    if code < 0:
+        return 0
+    reason = worker.reason_file.read_text() if worker.reason_file.exists() else ""
+    if not reason.strip():
+        return 3
+    return 2 if distributed.PEER_LOST_TEXT in reason else 1
+
+
 def _failure(worker: Worker, code: int) -> JobFailed:
     reason = worker.reason_file.read_text().strip() if worker.reason_file.exists() else ""
     if reason:
@@ -211,10 +227,7 @@ class Launcher:
                 codes = [0 if c == -signal.SIGTERM else c for c in codes]
             failed = [(w, c) for w, c in zip(self.workers, codes) if c not in (None, 0)]
             if failed:
-                # Prefer a worker that failed on its own (a reason of its own, or a signal) over
-                # the others, whose Horovod calls fail because of it.
-                failed.sort(key=lambda wc: (not wc[0].reason_file.exists() and wc[1] > 0, wc[0].slot.rank))
-                error = _failure(*failed[0])
+                error = _failure(*_first_cause(failed))
                 self._stop_all()
                 raise error
             if all(c == 0 for c in codes):

@@ -83,7 +83,7 @@ def augment_config(environ: dict | None = None) -> AugmentConfig:
     if mode is None:
         raise UserError(f"{AUGMENT_ENV}={value!r} must be full (or 1, the default), light, or none (or 0)")
     if mode != "full":
-        LOG.info("%s=%s: training with %s augmentation", AUGMENT_ENV, value, mode)
+        LOG.info("%s=%s: augmentation %s", AUGMENT_ENV, value, mode)
     if mode == "light":
         return AugmentConfig(expand_prob=0.0, crop_prob=0.0)
     return AugmentConfig(enabled=mode == "full")
