@@ -93,9 +93,9 @@ def run_gluoncv(rec: Path, model: str, size: int, batch: int, workers: int, warm
     from gluoncv.data.transforms.presets.ssd import SSDDefaultTrainTransform
     from gluoncv.loss import SSDMultiBoxLoss
     from mxnet import autograd, gluon
+    from ssd_detector.training.loop import host_contexts
 
-    # Every GPU of the host, else the CPU: the same devices as ours (host_contexts).
-    contexts = [mx.gpu(i) for i in range(mx.context.num_gpus())] or [mx.cpu()]
+    contexts = host_contexts()  # every GPU of the host, else the CPU: the same devices as ours
     net = model_zoo.get_model(model, classes=[str(i) for i in range(NUM_CLASSES)], pretrained_base=False,
                               transfer=None)
     net.initialize()  # GluonCV's layers carry their own initializers

@@ -4,10 +4,10 @@ import re
 import numpy as np
 import pytest
 
+from ssd_detector.data.transforms import TrainTransform
 from ssd_detector.errors import HyperparameterError
 from ssd_detector.evaluation.voc_map import VOCMeanAP
 from ssd_detector.model.ssd import build_ssd
-from ssd_detector.data.transforms import TrainTransform
 from ssd_detector.training.loop import augment_config, data_workers, freeze_layers
 from ssd_detector.training.metrics import METRIC_DEFINITIONS, MetricLog
 from ssd_detector.training.schedule import StepWithWarmup, batches_per_epoch
@@ -107,7 +107,6 @@ def test_data_workers_from_environment():
         data_workers([mx.cpu()], {"SSD_DATA_WORKERS": "x"})
 
 
-
 def test_augmentation_modes_from_environment():
     full = augment_config({})
     assert full.enabled and full.expand_prob > 0 and full.crop_prob > 0
@@ -127,6 +126,7 @@ def test_augmentation_modes_from_environment():
         assert out.shape == (3, 32, 32) and kept.all()
         mirrored = boxes[:, [2, 1, 0, 3]] * np.array([-1, 1, -1, 1], np.float32) + np.array([1, 0, 1, 0], np.float32)
         assert np.allclose(out_boxes, boxes, atol=1e-6) or np.allclose(out_boxes, mirrored, atol=1e-6)
+
 
 def test_horovod_worker_pins_the_gpu_of_its_local_rank():
     """No GPU here: the contexts are compared, not used."""
