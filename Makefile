@@ -8,6 +8,11 @@ CONSTRAINTS := docker/constraints.txt
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 DEMO_DIR ?= build/demo
+# The SageMaker Python SDK majors the launch script and the local-mode image tests are checked
+# with, each in its own virtualenv (they need numpy 2, which MXNet cannot import).
+SDK3_VERSION ?= 3.27.0
+SDK2_VERSION ?= 2.257.7
+SDK_STAMPS := .venv-sdk3/.installed-$(SDK3_VERSION) .venv-sdk2/.installed-$(SDK2_VERSION)
 
 IMAGE ?= ssd-detector
 # The CPU image's base: made by docker/prepare.sh with debootstrap (no registry needed); any
@@ -15,12 +20,22 @@ IMAGE ?= ssd-detector
 CPU_BASE ?= ssd-base:bookworm
 FETCH_WEIGHTS ?= auto
 
-.PHONY: install demo test test-unit test-integration bench-data bench-train bench-accuracy bench-serve bench-scaling bench-deps lint clean image image-cpu image-test
+.PHONY: install sdk-venvs demo test test-unit test-integration bench-data bench-train bench-accuracy bench-serve bench-scaling bench-deps lint clean image image-cpu image-test
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml $(CONSTRAINTS) scripts/install.sh
 	bash scripts/install.sh $(VENV) $(CONSTRAINTS)
+	touch $@
+
+sdk-venvs: $(SDK_STAMPS)
+
+.venv-sdk3/.installed-$(SDK3_VERSION): | install
+	bash scripts/install_sdk.sh .venv-sdk3 sagemaker==$(SDK3_VERSION)
+	touch $@
+
+.venv-sdk2/.installed-$(SDK2_VERSION): | install
+	bash scripts/install_sdk.sh .venv-sdk2 sagemaker==$(SDK2_VERSION)
 	touch $@
 
 demo: install
@@ -30,13 +45,13 @@ demo: install
 	$(VENV)/bin/ssd-detector check-data $(DEMO_DIR)/data/recordio/train --num-classes 4 --label-width 350
 	SAGEMAKER_BASE_DIR=$(DEMO_DIR)/opt_ml bash scripts/demo_job.sh $(DEMO_DIR)
 
-test: install
+test: install sdk-venvs
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration
 
 test-unit: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
-test-integration: install
+test-integration: install sdk-venvs
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
 bench-deps: $(BENCH_STAMP)

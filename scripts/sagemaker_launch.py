@@ -1,25 +1,73 @@
 #!/usr/bin/env python
-"""Launches a real SageMaker training job with this image, and optionally deploys the model.
+"""Trains with this image as a SageMaker training job, and optionally deploys the model to an
+endpoint and sends it one image.
 
-  sagemaker_launch.py --image-uri ACCOUNT.dkr.ecr.REGION.amazonaws.com/ssd-detector:gpu \
-      --role arn:aws:iam::ACCOUNT:role/SageMakerRole --instance-type ml.p3.2xlarge \
-      [--instance-count 2] --hyperparameters hp.json --channel train=s3://b/train \
-      --channel validation=s3://b/validation [--content-type train=application/x-recordio] \
-      --output-path s3://b/output [--checkpoint-s3-uri s3://b/ckpt] [--spot] \
-      [--deploy --endpoint-instance-type ml.m5.xlarge]
+  sagemaker_launch.py --image-uri ACCOUNT.dkr.ecr.REGION.amazonaws.com/ssd-detector:gpu \\
+      --role arn:aws:iam::ACCOUNT:role/SageMakerRole --instance-type ml.p3.2xlarge \\
+      [--instance-count 2] --hyperparameters hp.json --channel train=s3://b/train \\
+      --channel validation=s3://b/validation [--content-type train=application/x-recordio] \\
+      --output-path s3://b/output [--checkpoint-s3-uri s3://b/ckpt] [--spot] \\
+      [--deploy --endpoint-instance-type ml.m5.xlarge [--predict picture.jpg]]
 
-Needs the SageMaker Python SDK (`pip install sagemaker`, not part of the image) and AWS
-credentials. The metric definitions are the project's, matching the log lines of `train`.
+  sagemaker_launch.py --image-uri ... --role ... --model-data s3://b/output/job/output/model.tar.gz \\
+      --deploy [--predict picture.jpg]          (deploy a model trained before; no training)
+
+Works with the SageMaker Python SDK a user has installed (`pip install sagemaker`, not part of
+the image): v3 (`ModelTrainer`; the model deployed through `sagemaker.core.resources`) or v2
+(`Estimator`, `Model.deploy`). Needs AWS credentials. The metric definitions are the project's,
+matching the log lines of `train`.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 LOG = logging.getLogger("sagemaker_launch")
+CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
+ENDPOINT_VARIANT = "AllTraffic"
+
+
+@dataclass(frozen=True)
+class Channel:
+    name: str
+    s3_uri: str
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What the user asked for, checked before any call to AWS."""
+
+    image_uri: str
+    role: str
+    instance_type: str
+    instance_count: int
+    volume_size: int
+    max_run: int
+    hyperparameters: dict[str, str]
+    channels: tuple[Channel, ...]
+    output_path: str | None
+    checkpoint_s3_uri: str | None = None
+    spot: bool = False
+    network_isolation: bool = False
+    base_job_name: str | None = None
+    model_data: str | None = None  # deploy this instead of training
+    deploy: bool = False
+    endpoint_instance_type: str = "ml.m5.xlarge"
+    predict: Path | None = None
+    logs: bool = True
+    metric_definitions: tuple[dict[str, str], ...] = field(default_factory=tuple)
+
+    @property
+    def max_wait(self) -> int | None:
+        return self.max_run * 2 if self.spot else None
 
 
 def parse_pairs(values: list[str], what: str) -> dict[str, str]:
@@ -32,55 +80,218 @@ def parse_pairs(values: list[str], what: str) -> dict[str, str]:
     return pairs
 
 
-def estimator_arguments(args: argparse.Namespace) -> dict:
-    """Keyword arguments of sagemaker.estimator.Estimator, checked."""
+def _s3(uri: str | None, what: str) -> None:
+    if uri is not None and not uri.startswith("s3://"):
+        raise ValueError(f"{what} {uri!r} must be an s3:// URI")
+
+
+def launch_spec(args: argparse.Namespace) -> LaunchSpec:
+    """The parsed command line, checked: every problem is a ValueError naming the bad value."""
     from ssd_detector.config import parse_hyperparameters
     from ssd_detector.training.metrics import METRIC_DEFINITIONS
 
     if args.instance_count < 1:
         raise ValueError(f"--instance-count {args.instance_count} must be >= 1")
-    if not args.output_path.startswith("s3://"):
-        raise ValueError(f"--output-path {args.output_path!r} must be an s3:// URI")
-    if not args.instance_type.startswith("ml."):
-        raise ValueError(f"--instance-type {args.instance_type!r} must be a SageMaker type such as ml.p3.2xlarge")
-    hyperparameters = json.loads(Path(args.hyperparameters).read_text())
+    for option, value in (("--instance-type", args.instance_type),
+                          ("--endpoint-instance-type", args.endpoint_instance_type)):
+        if not value.startswith("ml."):
+            raise ValueError(f"{option} {value!r} must be a SageMaker type such as ml.p3.2xlarge")
+    if args.predict and not args.deploy:
+        raise ValueError("--predict needs --deploy (the image is sent to the new endpoint)")
+    if args.predict and not Path(args.predict).is_file():
+        raise ValueError(f"--predict {args.predict!r} is not a file")
+    if args.model_data:
+        _s3(args.model_data, "--model-data")
+        if not args.deploy:
+            raise ValueError("--model-data deploys a trained model: add --deploy")
+        return LaunchSpec(image_uri=args.image_uri, role=args.role, instance_type=args.instance_type,
+                          instance_count=args.instance_count, volume_size=args.volume_size, max_run=args.max_run,
+                          hyperparameters={}, channels=(), output_path=None, model_data=args.model_data,
+                          deploy=True, endpoint_instance_type=args.endpoint_instance_type,
+                          predict=Path(args.predict) if args.predict else None, logs=not args.no_logs)
+    if not args.hyperparameters:
+        raise ValueError("--hyperparameters FILE is required to train (or give --model-data to deploy only)")
+    if not args.output_path:
+        raise ValueError("--output-path s3://... is required to train")
+    _s3(args.output_path, "--output-path")
+    _s3(args.checkpoint_s3_uri, "--checkpoint-s3-uri")
+    try:
+        hyperparameters = json.loads(Path(args.hyperparameters).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--hyperparameters {args.hyperparameters!r}: {exc}") from None
+    if not isinstance(hyperparameters, dict):
+        raise ValueError(f"--hyperparameters {args.hyperparameters!r} must hold a JSON object of name -> value")
     parse_hyperparameters(hyperparameters)  # the job would fail the same way; fail here first
-    kwargs = {
-        "image_uri": args.image_uri,
-        "role": args.role,
-        "instance_count": args.instance_count,
-        "instance_type": args.instance_type,
-        "volume_size": args.volume_size,
-        "max_run": args.max_run,
-        "input_mode": "File",
-        "output_path": args.output_path,
-        "hyperparameters": {k: str(v) for k, v in hyperparameters.items()},
-        "metric_definitions": [dict(d) for d in METRIC_DEFINITIONS],
-        "enable_network_isolation": args.network_isolation,
+    return LaunchSpec(
+        image_uri=args.image_uri, role=args.role, instance_type=args.instance_type,
+        instance_count=args.instance_count, volume_size=args.volume_size, max_run=args.max_run,
+        # SageMaker takes strings; other values are written as JSON, as SDK v3 does (the container reads both).
+        hyperparameters={k: v if isinstance(v, str) else json.dumps(v) for k, v in hyperparameters.items()},
+        channels=channels(args), output_path=args.output_path, checkpoint_s3_uri=args.checkpoint_s3_uri,
+        spot=args.spot, network_isolation=args.network_isolation, base_job_name=args.base_job_name,
+        deploy=args.deploy, endpoint_instance_type=args.endpoint_instance_type,
+        predict=Path(args.predict) if args.predict else None, logs=not args.no_logs,
+        metric_definitions=tuple(dict(d) for d in METRIC_DEFINITIONS))
+
+
+def channels(args: argparse.Namespace) -> tuple[Channel, ...]:
+    uris = parse_pairs(args.channel, "channel")
+    if "train" not in uris:
+        raise ValueError("--channel train=s3://... is required")
+    content_types = parse_pairs(args.content_type, "content-type")
+    unknown = set(content_types) - set(uris)
+    if unknown:
+        raise ValueError(f"--content-type for channels that are not given: {', '.join(sorted(unknown))}")
+    for name, uri in uris.items():
+        _s3(uri, f"--channel {name}=")
+    return tuple(Channel(name, uri, content_types.get(name)) for name, uri in uris.items())
+
+
+def sdk_major() -> int:
+    try:
+        version = importlib.metadata.version("sagemaker")
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeError("the SageMaker Python SDK is not installed: pip install sagemaker") from None
+    return int(version.split(".")[0])
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"[:63]
+
+
+class SdkV3:
+    """SDK 3.x: ModelTrainer for training; Model, EndpointConfig and Endpoint from sagemaker.core."""
+
+    def __init__(self, boto_session: Any) -> None:
+        from sagemaker.core.helper.session_helper import Session
+
+        self.boto_session = boto_session
+        self.session = Session(boto_session=boto_session)
+
+    def train(self, spec: LaunchSpec) -> str:
+        from sagemaker.core.shapes import MetricDefinition
+        from sagemaker.core.training.configs import (CheckpointConfig, Compute, InputData, Networking,
+                                                     OutputDataConfig, StoppingCondition)
+        from sagemaker.train import ModelTrainer
+
+        trainer = ModelTrainer(
+            training_image=spec.image_uri, role=spec.role, sagemaker_session=self.session,
+            base_job_name=spec.base_job_name or "ssd-detector",
+            compute=Compute(instance_type=spec.instance_type, instance_count=spec.instance_count,
+                            volume_size_in_gb=spec.volume_size, enable_managed_spot_training=spec.spot or None),
+            stopping_condition=StoppingCondition(max_runtime_in_seconds=spec.max_run,
+                                                 max_wait_time_in_seconds=spec.max_wait),
+            output_data_config=OutputDataConfig(s3_output_path=spec.output_path),
+            checkpoint_config=(CheckpointConfig(s3_uri=spec.checkpoint_s3_uri, local_path=CHECKPOINT_LOCAL_PATH)
+                               if spec.checkpoint_s3_uri else None),
+            networking=Networking(enable_network_isolation=True) if spec.network_isolation else None,
+            hyperparameters=dict(spec.hyperparameters),
+        ).with_metric_definitions([MetricDefinition(name=d["Name"], regex=d["Regex"])
+                                   for d in spec.metric_definitions])
+        inputs = [InputData(channel_name=c.name, data_source=c.s3_uri,
+                            **({"content_type": c.content_type} if c.content_type else {})) for c in spec.channels]
+        trainer.train(input_data_config=inputs, wait=True, logs=spec.logs)
+        job = trainer._latest_training_job  # the SDK's own handle on the job it created
+        job.refresh()
+        if job.training_job_status != "Completed":
+            raise RuntimeError(f"training job {job.training_job_name} ended {job.training_job_status}: "
+                               f"{getattr(job, 'failure_reason', '')}")
+        return job.model_artifacts.s3_model_artifacts
+
+    def deploy(self, spec: LaunchSpec, model_data: str) -> str:
+        from sagemaker.core.resources import Endpoint, EndpointConfig, Model
+        from sagemaker.core.shapes import ContainerDefinition, ProductionVariant
+
+        name = _name(spec.base_job_name or "ssd-detector")
+        region = self.boto_session.region_name
+        Model.create(model_name=name, execution_role_arn=spec.role,
+                     primary_container=ContainerDefinition(image=spec.image_uri, model_data_url=model_data),
+                     session=self.boto_session, region=region)
+        EndpointConfig.create(endpoint_config_name=name, production_variants=[ProductionVariant(
+            variant_name=ENDPOINT_VARIANT, model_name=name, initial_instance_count=1,
+            instance_type=spec.endpoint_instance_type)], session=self.boto_session, region=region)
+        endpoint = Endpoint.create(endpoint_name=name, endpoint_config_name=name, session=self.boto_session,
+                                   region=region)
+        endpoint.wait_for_status("InService")
+        return name
+
+    def predict(self, endpoint_name: str, body: bytes) -> Any:
+        from sagemaker.core.resources import Endpoint
+
+        endpoint = Endpoint.get(endpoint_name=endpoint_name, session=self.boto_session,
+                                region=self.boto_session.region_name)
+        answer = endpoint.invoke(body=body, content_type="image/jpeg", accept="application/json")
+        return json.loads(answer.body.read())
+
+
+class SdkV2:
+    """SDK 2.x: Estimator for training; Model.deploy and Predictor for hosting."""
+
+    def __init__(self, boto_session: Any) -> None:
+        import sagemaker
+
+        self.boto_session = boto_session
+        self.session = sagemaker.session.Session(boto_session=boto_session)
+
+    def estimator_arguments(self, spec: LaunchSpec) -> dict[str, Any]:
+        return estimator_arguments(spec) | {"sagemaker_session": self.session}
+
+    def train(self, spec: LaunchSpec) -> str:
+        from sagemaker.estimator import Estimator
+        from sagemaker.inputs import TrainingInput
+
+        estimator = Estimator(**self.estimator_arguments(spec))
+        estimator.fit({c.name: TrainingInput(**training_input_arguments(c)) for c in spec.channels},
+                      wait=True, logs="All" if spec.logs else "None")
+        return estimator.model_data
+
+    def deploy(self, spec: LaunchSpec, model_data: str) -> str:
+        from sagemaker.model import Model
+        from sagemaker.predictor import Predictor
+
+        name = _name(spec.base_job_name or "ssd-detector")
+        model = Model(image_uri=spec.image_uri, model_data=model_data, role=spec.role, name=name,
+                      sagemaker_session=self.session, predictor_cls=Predictor)
+        predictor = model.deploy(initial_instance_count=1, instance_type=spec.endpoint_instance_type,
+                                 endpoint_name=name)
+        return predictor.endpoint_name
+
+    def predict(self, endpoint_name: str, body: bytes) -> Any:
+        from sagemaker.deserializers import JSONDeserializer
+        from sagemaker.predictor import Predictor
+        from sagemaker.serializers import IdentitySerializer
+
+        predictor = Predictor(endpoint_name, sagemaker_session=self.session,
+                              serializer=IdentitySerializer("image/jpeg"), deserializer=JSONDeserializer())
+        return predictor.predict(body)
+
+
+def estimator_arguments(spec: LaunchSpec) -> dict[str, Any]:
+    """Keyword arguments of SDK v2's sagemaker.estimator.Estimator."""
+    kwargs: dict[str, Any] = {
+        "image_uri": spec.image_uri, "role": spec.role, "instance_count": spec.instance_count,
+        "instance_type": spec.instance_type, "volume_size": spec.volume_size, "max_run": spec.max_run,
+        "input_mode": "File", "output_path": spec.output_path, "hyperparameters": dict(spec.hyperparameters),
+        "metric_definitions": [dict(d) for d in spec.metric_definitions],
+        "enable_network_isolation": spec.network_isolation,
+        "base_job_name": spec.base_job_name or "ssd-detector",
+        # SageMaker Debugger hooks and profiling need the smdebug library in the container; this
+        # image has none (v3 sends neither).
+        "debugger_hook_config": False,
+        "disable_profiler": True,
     }
-    if args.checkpoint_s3_uri:
-        kwargs["checkpoint_s3_uri"] = args.checkpoint_s3_uri
-    if args.spot:
-        kwargs.update(use_spot_instances=True, max_wait=args.max_run * 2)
+    if spec.checkpoint_s3_uri:
+        kwargs.update(checkpoint_s3_uri=spec.checkpoint_s3_uri, checkpoint_local_path=CHECKPOINT_LOCAL_PATH)
+    if spec.spot:
+        kwargs.update(use_spot_instances=True, max_wait=spec.max_wait)
     return kwargs
 
 
-def channel_arguments(args: argparse.Namespace) -> dict[str, dict]:
-    """name -> keyword arguments of sagemaker.inputs.TrainingInput."""
-    channels = parse_pairs(args.channel, "channel")
-    if "train" not in channels:
-        raise ValueError("--channel train=s3://... is required")
-    content_types = parse_pairs(args.content_type, "content-type")
-    out = {}
-    for name, uri in channels.items():
-        if not uri.startswith("s3://"):
-            raise ValueError(f"--channel {name}={uri!r} must be an s3:// URI")
-        out[name] = {"s3_data": uri, "distribution": "FullyReplicated", "input_mode": "File"}
-        if name in content_types:
-            out[name]["content_type"] = content_types[name]
-    unknown = set(content_types) - set(channels)
-    if unknown:
-        raise ValueError(f"--content-type for channels that are not given: {', '.join(sorted(unknown))}")
+def training_input_arguments(channel: Channel) -> dict[str, Any]:
+    """Keyword arguments of SDK v2's sagemaker.inputs.TrainingInput."""
+    out: dict[str, Any] = {"s3_data": channel.s3_uri, "distribution": "FullyReplicated", "input_mode": "File"}
+    if channel.content_type:
+        out["content_type"] = channel.content_type
     return out
 
 
@@ -88,42 +299,67 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image-uri", required=True)
     p.add_argument("--role", required=True)
+    p.add_argument("--region", help="AWS region (default: the AWS configuration's)")
     p.add_argument("--instance-type", default="ml.p3.2xlarge")
     p.add_argument("--instance-count", type=int, default=1)
     p.add_argument("--volume-size", type=int, default=50)
     p.add_argument("--max-run", type=int, default=24 * 3600)
-    p.add_argument("--hyperparameters", required=True, help="JSON file of name -> value")
+    p.add_argument("--hyperparameters", help="JSON file of name -> value")
     p.add_argument("--channel", action="append", default=[], help="NAME=s3://bucket/prefix")
     p.add_argument("--content-type", action="append", default=[], help="NAME=TYPE")
-    p.add_argument("--output-path", required=True)
+    p.add_argument("--output-path")
+    p.add_argument("--base-job-name")
     p.add_argument("--checkpoint-s3-uri")
     p.add_argument("--spot", action="store_true", help="managed spot training (resumes from checkpoints)")
     p.add_argument("--network-isolation", action="store_true")
-    p.add_argument("--deploy", action="store_true", help="deploy the trained model to an endpoint")
+    p.add_argument("--no-logs", action="store_true", help="do not stream the job's logs while waiting")
+    p.add_argument("--model-data", help="s3://.../model.tar.gz: deploy this model instead of training")
+    p.add_argument("--deploy", action="store_true", help="deploy the model to an endpoint")
     p.add_argument("--endpoint-instance-type", default="ml.m5.xlarge")
+    p.add_argument("--predict", help="a JPEG to send to the new endpoint; its detections are printed")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(spec: LaunchSpec, sdk: SdkV3 | SdkV2) -> dict[str, Any]:
+    """Train (unless given a model), deploy and predict as asked; -> what was made."""
+    made: dict[str, Any] = {}
+    made["model_data"] = spec.model_data or sdk.train(spec)
+    LOG.info("model: %s", made["model_data"])
+    if spec.deploy:
+        made["endpoint"] = sdk.deploy(spec, made["model_data"])
+        LOG.info("endpoint: %s", made["endpoint"])
+    if spec.predict:
+        made["prediction"] = sdk.predict(made["endpoint"], spec.predict.read_bytes())
+    return made
+
+
+def main(argv: list[str] | None = None, boto_session: Any = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from ssd_detector.errors import UserError
 
     try:
-        kwargs = estimator_arguments(args)
-        channels = channel_arguments(args)
-    except (ValueError, UserError) as exc:
+        spec = launch_spec(args)
+        major = sdk_major()
+    except (ValueError, UserError, RuntimeError) as exc:
         LOG.error("%s", exc)
         return 2
-    from sagemaker.estimator import Estimator
-    from sagemaker.inputs import TrainingInput
+    if boto_session is None:
+        import boto3
 
-    estimator = Estimator(**kwargs)
-    estimator.fit({name: TrainingInput(**c) for name, c in channels.items()})
-    LOG.info("model: %s", estimator.model_data)
-    if args.deploy:
-        predictor = estimator.deploy(initial_instance_count=1, instance_type=args.endpoint_instance_type)
-        LOG.info("endpoint: %s", predictor.endpoint_name)
+        boto_session = boto3.Session(region_name=args.region)
+    if major >= 3:
+        sdk: SdkV3 | SdkV2 = SdkV3(boto_session)
+    elif major == 2:
+        sdk = SdkV2(boto_session)
+    else:
+        LOG.error("SageMaker Python SDK %s is too old: install 2.x or 3.x", importlib.metadata.version("sagemaker"))
+        return 2
+    LOG.info("SageMaker Python SDK %s", importlib.metadata.version("sagemaker"))
+    made = run(spec, sdk)
+    if major == 2:
+        print()  # v2 leaves its progress dots without a newline
+    print(json.dumps(made))
     return 0
 
 

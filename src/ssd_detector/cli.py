@@ -1,4 +1,5 @@
-"""The ``ssd-detector`` command: data tools now, training and serving as they land."""
+"""The ``ssd-detector`` command: SageMaker's `train` and `serve`, and the tools around them (data
+checks and conversion, synthetic data, prediction, a fresh model)."""
 from __future__ import annotations
 
 import argparse

@@ -1,7 +1,8 @@
 """Hyperparameters of the built-in Object Detection algorithm: names, defaults, ranges.
 
 SageMaker hands every value over as a string (``"0.001"``, ``"True"``, ``"3,6"``); newer SDKs
-JSON-encode them first (``"\\"resnet-50\\""``). Both forms, and plain JSON numbers and booleans
+JSON-encode them first (``"\\"resnet-50\\""``), and SDK v3 writes Python values as JSON (``False`` ->
+``"false"``, ``[10, 20]`` -> ``"[10, 20]"``). Both forms, and plain JSON numbers and booleans
 from hand-written files, parse to the same typed value here. Every error names the key, the
 value and what would be accepted.
 """
@@ -82,6 +83,16 @@ def _parse_bool(value: Any) -> bool:
     raise ValueError("not a boolean")
 
 
+def _parse_flag(value: Any) -> int:
+    """A 0/1 switch: ``1``, ``"0"``, and also ``True`` / ``"false"`` (any case), which is how
+    SDK v3 serializes a Python bool."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return int(value.strip().lower() == "true")
+    return _parse_int(value)
+
+
 def _parse_str(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -137,7 +148,7 @@ SCHEMA: tuple[Param, ...] = (
     Param("num_training_samples", _parse_int, None, "an integer >= 1", lambda v: v >= 1),
     Param("base_network", _parse_str, "vgg-16", "one of " + ", ".join(BASE_NETWORKS),
           lambda v: v in BASE_NETWORKS),
-    Param("use_pretrained_model", _parse_int, 1, "0 or 1", lambda v: v in (0, 1)),
+    Param("use_pretrained_model", _parse_flag, 1, "0 or 1 (or true/false)", lambda v: v in (0, 1)),
     Param("image_shape", _parse_int, 300, f"an integer from {MIN_IMAGE_SHAPE} to {MAX_IMAGE_SHAPE}",
           _between(MIN_IMAGE_SHAPE, MAX_IMAGE_SHAPE)),
     Param("epochs", _parse_int, 30, "an integer >= 1", lambda v: v >= 1),

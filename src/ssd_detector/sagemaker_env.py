@@ -134,6 +134,17 @@ def _read_json(path: Path, what: str) -> Any:
         raise UserError(f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
 
 
+def require_job_config(paths: Paths) -> None:
+    """A training job always has its config folder (SageMaker writes it before starting the
+    container); without it this is not a job, and training defaults would hide that."""
+    if not paths.config_dir.is_dir():
+        raise UserError(
+            f"no training job configuration: {paths.config_dir} does not exist. `train` reads "
+            f"hyperparameters.json (and inputdataconfig.json, resourceconfig.json) there and the "
+            f"channels under {paths.data_dir}: mount a SageMaker /opt/ml tree (docker run -v "
+            f"JOB:/opt/ml IMAGE train) or set SAGEMAKER_BASE_DIR")
+
+
 def read_hyperparameters(paths: Paths) -> dict[str, str]:
     """The raw hyperparameter map; a missing file means none were given."""
     if not paths.hyperparameters_file.exists():

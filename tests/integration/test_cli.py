@@ -66,6 +66,22 @@ def test_check_job_writes_failure_file_for_bad_hyperparameters(made: Path, tmp_p
     assert json.loads(result.stdout)["train"]["images"] == 12
 
 
+def test_train_without_a_job_configuration_fails_with_a_reason(tmp_path: Path):
+    base = tmp_path / "opt_ml"
+    base.mkdir()
+    result = run("train", env={"SAGEMAKER_BASE_DIR": str(base)})
+    assert result.returncode == 1, result.stderr
+    failure = (base / "output/failure").read_text()
+    assert f"no training job configuration: {base / 'input/config'} does not exist" in failure
+    assert not (base / "model").exists() or not any((base / "model").iterdir())
+
+
+def test_help_describes_the_commands():
+    result = run("--help")
+    assert result.returncode == 0 and "as they land" not in result.stdout
+    assert "train" in result.stdout and "serve" in result.stdout
+
+
 def test_convert_round_trip(made: Path, tmp_path: Path):
     result = run("convert", "recordio", str(made / "recordio/train"), "--to", "json", "--output",
                  str(tmp_path / "train"))

@@ -113,10 +113,11 @@ def test_ping_and_execution_parameters(server: Server):
     assert time.monotonic() - start < 2
     status, headers, body = server.request("GET", "/execution-parameters")
     assert status == 200
-    assert json.loads(body) == {"MaxConcurrentTransforms": 2, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 1}
+    assert json.loads(body) == {"MaxConcurrentTransforms": 2, "BatchStrategy": "SingleRecord", "MaxPayloadInMB": 1}
 
 
-@pytest.mark.parametrize("accept", [None, "application/json", "*/*", "text/html, application/json;q=0.5"])
+@pytest.mark.parametrize("accept", [None, "application/json", "*/*", "text/html, application/json;q=0.5",
+                                    "application/json; charset=utf-8"])
 def test_json_response(server: Server, image: np.ndarray, accept: str | None):
     headers = {"Accept": accept} if accept else {}
     status, got, body = server.invoke(encode(image, "jpeg"), **headers)
@@ -135,7 +136,9 @@ def test_content_types_and_image_modes(server: Server, image: np.ndarray):
     ok2, png_rgba = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
     assert ok and ok2
     for body, content_type in ((encode(image, "png"), "image/png"), (encode(image, "jpeg"), "application/x-image"),
-                               (png_grey.tobytes(), "image/png"), (png_rgba.tobytes(), "image/png; charset=binary")):
+                               (png_grey.tobytes(), "image/png"), (png_rgba.tobytes(), "image/png; charset=binary"),
+                               (encode(image, "jpeg"), "image/jpg"), (encode(image, "jpeg"), "application/octet-stream"),
+                               (encode(image, "png"), "application/octet-stream")):
         status, _, out = server.invoke(body, content_type)
         assert status == 200, out
         assert "prediction" in json.loads(out)
@@ -148,6 +151,14 @@ def exif_rotated_jpeg(image: np.ndarray) -> bytes:
         + struct.pack("<I", 0)
     app1 = b"Exif\x00\x00" + tiff
     return data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:]
+
+
+def test_jsonlines_response(server: Server, image: np.ndarray):
+    jpeg = encode(image, "jpeg")
+    status, got, body = server.invoke(jpeg, Accept="application/jsonlines")
+    assert status == 200 and got["content-type"] == "application/jsonlines"
+    assert body.endswith(b"\n") and body.count(b"\n") == 1
+    assert json.loads(body) == json.loads(server.invoke(jpeg)[2])
 
 
 def test_annotation_response_honours_exif(server: Server, image: np.ndarray):
@@ -211,6 +222,7 @@ def test_errors_are_json_and_the_worker_keeps_serving(server: Server, image: np.
         (server.invoke(jpeg, "text/csv"), 415, "text/csv"),
         (server.invoke(b"\0" * 900_000, "text/csv"), 415, "text/csv"),
         (server.invoke(jpeg, ""), 415, "(none)"),
+        (server.invoke(b"GIF89a" + b"\0" * 100, "application/octet-stream"), 415, "neither a JPEG nor a PNG"),
         (server.invoke(jpeg, Accept="text/csv"), 406, "text/csv"),
         (server.request("GET", "/nowhere"), 404, ""),
         (server.request("GET", "/invocations"), 405, ""),

@@ -42,6 +42,28 @@ def test_values_as_strings_json_quoted_and_plain_json():
     assert parse_hyperparameters({"num_classes": "\"2\"", "early_stopping": "\"true\""}).early_stopping is True
 
 
+@pytest.mark.parametrize("flag", ["false", "False", "FALSE", "0", False, 0, "\"false\""])
+def test_switches_take_true_and_false_in_any_case(flag):
+    """SDK v3 serializes a Python bool as json.dumps does ("false"), v2 as str() does ("False")."""
+    hp = parse_hyperparameters({"num_classes": "2", "use_pretrained_model": flag, "early_stopping": flag})
+    assert hp.use_pretrained_model == 0 and hp.early_stopping is False
+    on = {"true": 1, "TRUE": 1, "True": 1, "1": 1}
+    for text in on:
+        hp = parse_hyperparameters({"num_classes": "2", "use_pretrained_model": text, "early_stopping": text})
+        assert hp.use_pretrained_model == 1 and hp.early_stopping is True
+
+
+def test_values_as_sdk_v3_serializes_them():
+    """v3's safe_serialize: strings as they are, everything else through json.dumps."""
+    given = {"num_classes": 3, "use_pretrained_model": False, "lr_scheduler_step": [10, 20], "learning_rate": 0.004,
+             "early_stopping": True, "base_network": "mobilenet-0.25", "epochs": 30}
+    raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in given.items()}
+    assert raw["lr_scheduler_step"] == "[10, 20]" and raw["use_pretrained_model"] == "false"
+    hp = parse_hyperparameters(raw)
+    assert (hp.num_classes, hp.use_pretrained_model, hp.lr_scheduler_step) == (3, 0, (10, 20))
+    assert hp.learning_rate == pytest.approx(0.004) and hp.early_stopping is True and hp.epochs == 30
+
+
 def test_small_networks_are_accepted():
     for net in ("mobilenet-1.0", "mobilenet-0.25"):
         assert parse_hyperparameters({"num_classes": "1", "base_network": net}).base_network == net

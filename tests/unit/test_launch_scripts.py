@@ -34,7 +34,7 @@ def hp_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_sagemaker_estimator_arguments(hp_file: Path):
+def test_sagemaker_launch_spec_and_v2_arguments(hp_file: Path):
     launch = load("sagemaker_launch")
     args = launch.build_parser().parse_args([
         "--image-uri", "123.dkr.ecr.us-east-1.amazonaws.com/ssd-detector:gpu", "--role", "arn:aws:iam::1:role/R",
@@ -42,29 +42,34 @@ def test_sagemaker_estimator_arguments(hp_file: Path):
         "--channel", "train=s3://b/train", "--channel", "validation=s3://b/val",
         "--content-type", "train=application/x-recordio", "--output-path", "s3://b/out",
         "--checkpoint-s3-uri", "s3://b/ckpt", "--spot"])
-    kwargs = launch.estimator_arguments(args)
+    spec = launch.launch_spec(args)
+    kwargs = launch.estimator_arguments(spec)
     assert kwargs["instance_count"] == 2 and kwargs["instance_type"] == "ml.p3.16xlarge"
     assert kwargs["hyperparameters"] == {"num_classes": "20", "base_network": "resnet-50", "epochs": "30"}
     assert kwargs["metric_definitions"] == [dict(d) for d in METRIC_DEFINITIONS]
     assert kwargs["use_spot_instances"] and kwargs["max_wait"] > kwargs["max_run"]
     assert kwargs["checkpoint_s3_uri"] == "s3://b/ckpt"
-    channels = launch.channel_arguments(args)
-    assert channels["train"] == {"s3_data": "s3://b/train", "distribution": "FullyReplicated", "input_mode": "File",
-                                 "content_type": "application/x-recordio"}
-    assert "content_type" not in channels["validation"]
+    train, validation = spec.channels
+    assert launch.training_input_arguments(train) == {
+        "s3_data": "s3://b/train", "distribution": "FullyReplicated", "input_mode": "File",
+        "content_type": "application/x-recordio"}
+    assert "content_type" not in launch.training_input_arguments(validation)
 
 
 @pytest.mark.parametrize("extra,words", [
     (["--instance-count", "0"], "--instance-count 0"),
     (["--output-path", "/local"], "'/local' must be an s3:// URI"),
     (["--instance-type", "p3.2xlarge"], "'p3.2xlarge' must be a SageMaker type"),
+    (["--predict", "x.jpg"], "--predict needs --deploy"),
+    (["--model-data", "s3://b/m.tar.gz"], "--model-data deploys a trained model: add --deploy"),
+    (["--checkpoint-s3-uri", "ckpt/"], "'ckpt/' must be an s3:// URI"),
 ])
 def test_sagemaker_arguments_are_checked(hp_file: Path, extra: list[str], words: str):
     launch = load("sagemaker_launch")
     base = ["--image-uri", "i", "--role", "r", "--hyperparameters", str(hp_file), "--channel", "train=s3://b/t",
             "--output-path", "s3://b/o"]
     with pytest.raises(ValueError, match=words.replace("(", r"\(")):
-        launch.estimator_arguments(launch.build_parser().parse_args(base + extra))
+        launch.launch_spec(launch.build_parser().parse_args(base + extra))
 
 
 def test_sagemaker_bad_hyperparameters_and_channels_fail_before_any_call(tmp_path: Path, hp_file: Path):
@@ -75,6 +80,7 @@ def test_sagemaker_bad_hyperparameters_and_channels_fail_before_any_call(tmp_pat
     assert launch.main(base + ["--hyperparameters", str(bad), "--channel", "train=s3://b/t"]) == 2
     assert launch.main(base + ["--hyperparameters", str(hp_file), "--channel", "train=/data"]) == 2
     assert launch.main(base + ["--hyperparameters", str(hp_file), "--channel", "validation=s3://b/v"]) == 2
+    assert launch.main(base + ["--channel", "train=s3://b/t"]) == 2, "no hyperparameters file"
 
 
 def test_local_runner_lays_out_opt_ml_and_packs_like_sagemaker(tmp_path: Path):

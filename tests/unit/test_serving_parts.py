@@ -21,6 +21,12 @@ from ssd_detector.serving.settings import ServeSettings
     ("image/*", "image/png"), ("image/jpeg", "image/jpeg"),
     ("text/html, image/png;q=0.9, application/json;q=0.5", "image/png"),
     ("application/json;q=0, image/jpeg", "image/jpeg"),
+    # Parameters other than annotation do not change the type (the SDK sends charset=utf-8).
+    ("application/json; charset=utf-8", "application/json"),
+    ("application/json; charset=utf-8; annotation=1", "application/json;annotation=1"),
+    ("image/png;q=0.2, application/json; charset=UTF-8; q=0.8", "application/json"),
+    ("application/jsonlines", "application/jsonlines"),
+    ("application/jsonlines;q=1, application/json;q=0.9", "application/jsonlines"),
 ])
 def test_negotiate(accept, chosen):
     assert codecs.negotiate(accept, "application/json")[0] == chosen
@@ -30,7 +36,8 @@ def test_negotiate_uses_the_configured_default_for_star():
     assert codecs.negotiate("*/*", "application/json;annotation=1")[0] == "application/json;annotation=1"
 
 
-@pytest.mark.parametrize("accept", ["text/csv", "application/json;q=0", "image/gif", "application/json;q=x"])
+@pytest.mark.parametrize("accept", ["text/csv", "application/json;q=0", "image/gif", "application/json;q=x",
+                                    "application/json;q=2"])
 def test_negotiate_refuses(accept):
     with pytest.raises(NotAcceptable, match="Accept"):
         codecs.negotiate(accept, "application/json")
@@ -64,6 +71,35 @@ def test_settings_from_env(tmp_path: Path):
                        ({"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/csv"}, "text/csv")):
         with pytest.raises(UserError, match=words):
             ServeSettings.from_env(tmp_path, env, cpu_count=2)
+
+
+def test_jsonlines_is_one_line_holding_the_json_answer():
+    result = codecs.Result(np.zeros((4, 4, 3), np.uint8), np.array([[1, 0.5, 0.1, 0.2, 0.3, 0.4]]), {})
+    _, content_type, encoder = codecs.negotiate("application/jsonlines", "application/json")
+    body = encoder(result)
+    assert content_type == "application/jsonlines" and body.endswith(b"\n") and body.count(b"\n") == 1
+    assert json.loads(body) == json.loads(codecs.encode_json(result)) == {"prediction": [[1, 0.5, 0.1, 0.2, 0.3, 0.4]]}
+
+
+@pytest.mark.parametrize("workers,payload_mb,concurrency", [(2, 6, 2), (32, 6, 16), (4, 100, 1), (8, 20, 5)])
+def test_execution_parameters_keep_concurrency_times_payload_within_100(tmp_path: Path, workers, payload_mb,
+                                                                         concurrency):
+    settings = ServeSettings.from_env(tmp_path, {"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(payload_mb)}, cpu_count=2,
+                                      workers=workers)
+    body = create_app(BrokenModel(), settings).test_client().get("/execution-parameters").get_json()
+    assert body == {"MaxConcurrentTransforms": concurrency, "BatchStrategy": "SingleRecord",
+                    "MaxPayloadInMB": payload_mb}
+    assert body["MaxConcurrentTransforms"] * body["MaxPayloadInMB"] <= 100
+
+
+def test_octet_stream_is_sniffed(tmp_path: Path):
+    image = np.zeros((8, 8, 3), np.uint8)
+    for body in (encode(image, "jpeg"), encode(image, "png")):
+        assert codecs.decode_image("application/octet-stream", body, 10_000).shape == (8, 8, 3)
+        assert codecs.decode_image("image/jpg", body, 10_000).shape == (8, 8, 3)
+    from ssd_detector.serving.errors import UnsupportedMediaType
+    with pytest.raises(UnsupportedMediaType, match="neither a JPEG nor a PNG"):
+        codecs.decode_image("application/octet-stream", b"GIF89a....", 10_000)
 
 
 class BrokenModel:

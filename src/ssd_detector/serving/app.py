@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 from ..data.images import MAX_PIXELS
 from . import codecs
 from .errors import HTTPError, PayloadTooLarge
-from .settings import ServeSettings
+from .settings import BATCH_STRATEGY, ServeSettings
 
 LOG = logging.getLogger(__name__)
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
@@ -68,8 +68,8 @@ def create_app(model: Model, settings: ServeSettings, max_pixels: int = MAX_PIXE
 
     @app.get("/execution-parameters")
     def execution_parameters() -> Response:
-        return _json(200, {"MaxConcurrentTransforms": settings.workers, "BatchStrategy": "SINGLE_RECORD",
-                           "MaxPayloadInMB": settings.max_payload_mb})
+        return _json(200, {"MaxConcurrentTransforms": settings.max_concurrent_transforms,
+                           "BatchStrategy": BATCH_STRATEGY, "MaxPayloadInMB": settings.max_payload_mb})
 
     @app.post("/invocations")
     def invocations() -> Response:

@@ -8,12 +8,17 @@ from typing import Callable
 
 import numpy as np
 
-from ..data.images import ImageError, decode_rgb, encode
+from ..data.images import ImageError, decode_rgb, encode, image_kind
 from ..drawing import draw
 from .errors import BadRequest, NotAcceptable, UnsupportedMediaType
 from .settings import ACCEPT_TYPES
 
-IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
+IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "image/jpg")
+# Clients that send bytes without saying what they are (the SDK's default Predictor sends
+# application/octet-stream): the body is taken when it is a JPEG or PNG, refused with 415 otherwise.
+SNIFFED_CONTENT_TYPES = ("application/octet-stream",)
+# The only Accept parameter that selects an encoder; others (charset=utf-8, ...) are ignored.
+SELECTING_PARAMETERS = ("annotation",)
 # Drawn images show only confident boxes unless the request sets a threshold.
 DRAW_THRESHOLD = 0.5
 
@@ -43,15 +48,18 @@ def media_type(header: str | None) -> str:
 def check_content_type(content_type: str | None) -> str:
     """-> the media type, or UnsupportedMediaType naming what was sent."""
     kind = media_type(content_type)
-    if kind not in IMAGE_CONTENT_TYPES:
+    if kind not in IMAGE_CONTENT_TYPES + SNIFFED_CONTENT_TYPES:
         shown = content_type if content_type else "(none)"
         raise UnsupportedMediaType(f"Content-Type {shown!r} is not supported; send the image bytes as "
-                                   + ", ".join(IMAGE_CONTENT_TYPES))
+                                   + ", ".join(IMAGE_CONTENT_TYPES + SNIFFED_CONTENT_TYPES))
     return kind
 
 
 def decode_image(content_type: str | None, body: bytes, max_pixels: int) -> np.ndarray:
     kind = check_content_type(content_type)
+    if kind in SNIFFED_CONTENT_TYPES and image_kind(body) is None:
+        raise UnsupportedMediaType(f"the {kind} body ({len(body)} bytes, starting {body[:8].hex() or 'empty'}) "
+                                   "is neither a JPEG nor a PNG image")
     try:
         return decode_rgb(body, max_pixels)
     except ImageError as exc:
@@ -64,6 +72,11 @@ def _rows(result: Result) -> list[list[float]]:
 
 def encode_json(result: Result) -> bytes:
     return json.dumps({"prediction": _rows(result)}).encode()
+
+
+def encode_jsonlines(result: Result) -> bytes:
+    """One JSON line per image, for batch transform's `AssembleWith: Line` output."""
+    return encode_json(result) + b"\n"
 
 
 def encode_annotation(result: Result) -> bytes:
@@ -89,6 +102,7 @@ ENCODERS: dict[str, tuple[str, Encoder]] = dict(zip(ACCEPT_TYPES, (
     ("application/json", encode_annotation),
     ("image/png", _drawn("png")),
     ("image/jpeg", _drawn("jpeg")),
+    ("application/jsonlines", encode_jsonlines),
 )))
 WILDCARDS = {"*/*": "application/json", "application/*": "application/json", "image/*": "image/png"}
 
@@ -103,8 +117,10 @@ def _parse_range(item: str) -> tuple[str, float]:
             try:
                 quality = float(value)
             except ValueError:
-                raise NotAcceptable(f"Accept has a bad quality value {value!r} in {item.strip()!r}") from None
-        else:
+                quality = float("nan")
+            if not 0.0 <= quality <= 1.0:
+                raise NotAcceptable(f"Accept has a bad quality value {value!r} in {item.strip()!r}")
+        elif key in SELECTING_PARAMETERS:
             params.append(f"{key}={value}")
     return ";".join([kind] + params), quality
 

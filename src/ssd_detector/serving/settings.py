@@ -21,8 +21,13 @@ DEFAULT_PORT = 8080
 DEFAULT_TIMEOUT = 60
 DEFAULT_PAYLOAD_MB = 6
 MAX_PAYLOAD_MB = 100  # batch transform's ceiling
+# CreateTransformJob requires MaxConcurrentTransforms x MaxPayloadInMB <= 100.
+MAX_CONCURRENCY_X_PAYLOAD_MB = 100
+# The CreateTransformJob spelling (the SDK's local mode accepts no other); one image per request.
+BATCH_STRATEGY = "SingleRecord"
 # What /invocations can answer with (the Accept values); serving.codecs has one encoder each.
-ACCEPT_TYPES = ("application/json", "application/json;annotation=1", "image/png", "image/jpeg")
+ACCEPT_TYPES = ("application/json", "application/json;annotation=1", "image/png", "image/jpeg",
+                "application/jsonlines")
 # SageMaker sends SIGKILL 30 s after SIGTERM: workers get this long to finish their request.
 GRACEFUL_SECONDS = 25
 
@@ -53,6 +58,11 @@ class ServeSettings:
     @property
     def max_payload_mb(self) -> int:
         return self.max_payload_bytes // (1024 * 1024)
+
+    @property
+    def max_concurrent_transforms(self) -> int:
+        """One request per worker, within CreateTransformJob's concurrency x payload limit."""
+        return max(1, min(self.workers, MAX_CONCURRENCY_X_PAYLOAD_MB // max(1, self.max_payload_mb)))
 
     @classmethod
     def from_env(cls, model_dir: Path, environ: Mapping[str, str] | None = None, cpu_count: int | None = None,

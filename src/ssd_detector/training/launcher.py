@@ -24,7 +24,7 @@ from typing import Mapping
 from ..errors import JobFailed
 from ..failure import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR
 from ..sagemaker_env import Paths, ResourceConfig, env_int, read_resource_config
-from . import distributed
+from . import distributed, network
 
 LOG = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ class Launcher:
         self.port = env_int(self.environ, RENDEZVOUS_PORT_VAR, DEFAULT_RENDEZVOUS_PORT, 1, 65535)
         self.join_timeout = env_int(self.environ, JOIN_TIMEOUT_VAR, DEFAULT_JOIN_TIMEOUT, 1, 24 * 3600)
         self.workers: list[Worker] = []
+        self.interface = resources.network_interface_name  # checked against this host's in run()
         self._terminating = False
 
     def _forward_sigterm(self, signum, frame) -> None:  # noqa: ANN001 - signal handler signature
@@ -184,9 +185,10 @@ class Launcher:
             address = resolve(master, deadline)
             for host in resources.hosts[1:]:
                 resolve(host, deadline)
+        self.interface = network.choose_interface(resources.network_interface_name, address)
         LOG.info("distributed job: %d host(s) x %d worker(s); this is %s; rendezvous on %s (%s:%d), interface %s",
                  len(resources.hosts), self.per_host, resources.current_host, master, address, self.port,
-                 resources.network_interface_name)
+                 self.interface)
         rendezvous = distributed.Rendezvous(self.port, slots) if resources.is_master else None
         previous = signal.signal(signal.SIGTERM, self._forward_sigterm)
         try:
@@ -207,7 +209,7 @@ class Launcher:
         for slot in slots:
             env = {**self.environ,
                    # Gloo's own timeout comes later than ours, so that the clearer message is ours.
-                   **distributed.worker_environment(slot, address, self.port, self.resources.network_interface_name,
+                   **distributed.worker_environment(slot, address, self.port, self.interface,
                                                     self.join_timeout + 30),
                    REASON_FILE_VAR: str(scratch / f"reason-{slot.rank}"),
                    JOINED_FILE_VAR: str(scratch / f"joined-{slot.rank}"),

@@ -31,7 +31,7 @@ from ..model.backbones import load_pretrained
 from ..model.loss import SSDLoss
 from ..model.ssd import SSD, SSDDetector, build_ssd, short_parameter_names
 from ..model.targets import TargetEncoder
-from ..sagemaker_env import Paths
+from ..sagemaker_env import Paths, require_job_config
 from . import checkpoint, distributed, launcher
 from .inputs import TrainingInputs, read_training_inputs
 from .metrics import MetricLog
@@ -437,6 +437,7 @@ def train_worker(paths: Paths) -> None:
 
 def train(paths: Paths) -> None:
     """The ``train`` entry point of a host: a worker of a distributed job, or its launcher."""
+    require_job_config(paths)
     if distributed.is_worker():
         train_worker(paths)
     else:
