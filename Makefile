@@ -85,7 +85,7 @@ image-cpu: install
 		--build-arg BUILD_IMAGE=$(CPU_BASE) --build-arg FETCH_WEIGHTS=$(FETCH_WEIGHTS) .
 
 # Builds the CPU image (offline: no weights), runs it in a real Docker engine, removes it.
-image-test: install
+image-test: install sdk-venvs
 	$(MAKE) image-cpu IMAGE=$(IMAGE)-test FETCH_WEIGHTS=0
 	SSD_IMAGE=$(IMAGE)-test:cpu $(PY) -m pytest -q -p no:cacheprovider tests/image; \
 		status=$$?; docker rmi -f $(IMAGE)-test:cpu >/dev/null; exit $$status

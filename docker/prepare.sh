@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything a CPU image build needs on a fresh Debian machine without a registry:
 #   1. a Docker engine: Debian's docker.io, and dockerd started in the background if none answers;
+#      Debian's docker-compose, which the SageMaker SDK's local mode runs;
 #   2. base image ssd-base:bookworm from debootstrap (minbase + Python 3.11) via `docker import`;
 #   3. a wheelhouse (docker/wheelhouse.sh) copied into wheelhouse/, so the build needs no index.
 # Idempotent: each step is skipped when its result is there. Needs root for 1 and 2.
@@ -12,10 +13,11 @@ log=${DOCKERD_LOG:-/var/log/ssd-dockerd.log}
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
-    echo "prepare: installing docker.io and debootstrap"
+if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1 \
+        || ! command -v docker-compose >/dev/null 2>&1; then
+    echo "prepare: installing docker.io, docker-compose and debootstrap"
     as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq docker.io debootstrap >/dev/null
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq docker.io docker-compose debootstrap >/dev/null
 fi
 
 if ! docker info >/dev/null 2>&1; then

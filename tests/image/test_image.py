@@ -82,6 +82,22 @@ def test_bad_hyperparameters_exit_1_with_a_failure_file(tmp_path: Path, data: Pa
     assert "mini_batch_size='zero'" in failure and "optimizer='nag'" in failure
 
 
+def test_no_command_trains_and_never_succeeds_without_a_job(tmp_path: Path, data: Path):
+    """SageMaker (and SDK v3's local mode) start the training container with no command."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    os.chmod(empty, 0o777)
+    result = docker("run", "--rm", "-v", f"{empty}:/opt/ml", IMAGE)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "no training job configuration: /opt/ml/input/config does not exist" in (empty / "output/failure").read_text()
+    base = opt_ml(tmp_path, data, HYPER)
+    result = docker("run", "--rm", "-v", f"{base}:/opt/ml", IMAGE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (base / "model/model_algo_1-symbol.json").exists()
+    help_text = docker("run", "--rm", IMAGE, "--help")
+    assert help_text.returncode == 0 and "serve" in help_text.stdout
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

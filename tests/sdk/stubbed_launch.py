@@ -6,7 +6,7 @@ against botocore Stubbers instead of AWS, and prints every request the SDK sent 
 PLAN.json: {"argv": [...launch arguments...], "responses": {service: [[operation, response], ...]}}.
 Each service's client is created once (the SDK asks for clients several times) and stubbed with
 its list of responses, in order; a request beyond the plan fails the run. Nothing reaches the
-network: credentials are fake and any client made outside this session points at a closed port.
+network (offline.py): credentials are fake, and any other client or request goes to a closed port.
 """
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ import contextlib
 import importlib.util
 import io
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
+from offline import REGION, offline_environment
+
 ROOT = Path(__file__).resolve().parents[2]
-REGION = "us-east-1"
 
 
 def _plain(value: Any) -> Any:
@@ -81,9 +81,7 @@ def stubbed_session(plan: dict[str, list], calls: list) -> Any:
 
 def main() -> int:
     plan = json.loads(Path(sys.argv[1]).read_text())
-    os.environ.update({"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "AKIATESTTESTTESTTEST",
-                       "AWS_SECRET_ACCESS_KEY": "secret", "AWS_DEFAULT_REGION": REGION,
-                       "AWS_EC2_METADATA_DISABLED": "true"})
+    offline_environment()
     sys.path[:0] = [str(ROOT / "src")]
     spec = importlib.util.spec_from_file_location("sagemaker_launch", ROOT / "scripts/sagemaker_launch.py")
     launch = importlib.util.module_from_spec(spec)
