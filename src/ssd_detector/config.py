@@ -29,6 +29,16 @@ MIN_IMAGE_SHAPE = 64
 MAX_IMAGE_SHAPE = 2048
 # MXNet's detection label parser needs at least 2 header values and one 5-value object.
 MIN_LABEL_WIDTH = 7
+# Upper bounds: far beyond any real job, low enough that a typo (num_classes=10**18) is an error
+# with a message instead of an allocation that never returns.
+# Far above any detection set (COCO 80, Open Images 600, LVIS 1,203); keeps class ids int32.
+MAX_NUM_CLASSES = 10_000  # also the data readers' class id bound (data.labels)
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 4_096
+MAX_LABEL_WIDTH = 100_000  # 20,000 objects of 5 values
+MAX_NMS_TOPK = 100_000
+MAX_SAMPLES = 1_000_000_000
+MAX_SCHEDULE_STEPS = 100
 
 
 def _unquote(value: Any) -> Any:
@@ -54,6 +64,8 @@ def _parse_int(value: Any) -> int:
             return int(value)
         raise ValueError("not a whole number")
     text = str(value).strip()
+    if len(text) > 30:
+        raise ValueError(f"{len(text)} characters is too long for a number")
     try:
         return int(text)
     except ValueError:
@@ -66,6 +78,8 @@ def _parse_int(value: Any) -> int:
 def _parse_float(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("a boolean is not a number")
+    if isinstance(value, str) and len(value.strip()) > 40:
+        raise ValueError(f"{len(value.strip())} characters is too long for a number")
     number = float(value if not isinstance(value, str) else value.strip())
     if not math.isfinite(number):
         raise ValueError("not a finite number")
@@ -106,9 +120,11 @@ def _parse_epoch_list(value: Any) -> tuple[int, ...]:
         if text.startswith("[") and text.endswith("]"):
             text = text[1:-1]
         items = [part for part in (p.strip() for p in text.split(",")) if part != ""]
+    if len(items) > MAX_SCHEDULE_STEPS:
+        raise ValueError(f"{len(items)} steps; at most {MAX_SCHEDULE_STEPS}")
     epochs = tuple(_parse_int(item) for item in items)
-    if any(e < 1 for e in epochs):
-        raise ValueError("epochs must be positive")
+    if any(e < 1 or e > MAX_EPOCHS for e in epochs):
+        raise ValueError(f"epochs must be from 1 to {MAX_EPOCHS}")
     if any(b <= a for a, b in zip(epochs, epochs[1:])):
         raise ValueError("epochs must be strictly increasing")
     return epochs
@@ -143,16 +159,17 @@ def _regex_ok(pattern: str) -> bool:
 
 
 SCHEMA: tuple[Param, ...] = (
-    Param("num_classes", _parse_int, None, "an integer >= 1", lambda v: v >= 1, required=True),
+    Param("num_classes", _parse_int, None, f"an integer from 1 to {MAX_NUM_CLASSES}",
+          _between(1, MAX_NUM_CLASSES), required=True),
     # Required by the built-in; counted from the training data here when absent.
-    Param("num_training_samples", _parse_int, None, "an integer >= 1", lambda v: v >= 1),
+    Param("num_training_samples", _parse_int, None, f"an integer from 1 to {MAX_SAMPLES}", _between(1, MAX_SAMPLES)),
     Param("base_network", _parse_str, "vgg-16", "one of " + ", ".join(BASE_NETWORKS),
           lambda v: v in BASE_NETWORKS),
     Param("use_pretrained_model", _parse_flag, 1, "0 or 1 (or true/false)", lambda v: v in (0, 1)),
     Param("image_shape", _parse_int, 300, f"an integer from {MIN_IMAGE_SHAPE} to {MAX_IMAGE_SHAPE}",
           _between(MIN_IMAGE_SHAPE, MAX_IMAGE_SHAPE)),
-    Param("epochs", _parse_int, 30, "an integer >= 1", lambda v: v >= 1),
-    Param("mini_batch_size", _parse_int, 32, "an integer >= 1", lambda v: v >= 1),
+    Param("epochs", _parse_int, 30, f"an integer from 1 to {MAX_EPOCHS}", _between(1, MAX_EPOCHS)),
+    Param("mini_batch_size", _parse_int, 32, f"an integer from 1 to {MAX_BATCH_SIZE}", _between(1, MAX_BATCH_SIZE)),
     Param("learning_rate", _parse_float, 0.001, "a number in (0, 1]", _between(0, 1, low_open=True)),
     Param("lr_scheduler_step", _parse_epoch_list, (), "comma-separated increasing epochs, e.g. \"10,20\""),
     Param("lr_scheduler_factor", _parse_float, 0.1, "a number in (0, 1)",
@@ -161,13 +178,15 @@ SCHEMA: tuple[Param, ...] = (
     Param("momentum", _parse_float, 0.9, "a number in [0, 1]", _between(0, 1)),
     Param("weight_decay", _parse_float, 0.0005, "a number in [0, 1)", _between(0, 1, high_open=True)),
     Param("early_stopping", _parse_bool, False, "True or False"),
-    Param("early_stopping_min_epochs", _parse_int, 10, "an integer >= 1", lambda v: v >= 1),
-    Param("early_stopping_patience", _parse_int, 5, "an integer >= 1", lambda v: v >= 1),
+    Param("early_stopping_min_epochs", _parse_int, 10, f"an integer from 1 to {MAX_EPOCHS}", _between(1, MAX_EPOCHS)),
+    Param("early_stopping_patience", _parse_int, 5, f"an integer from 1 to {MAX_EPOCHS}", _between(1, MAX_EPOCHS)),
     Param("early_stopping_tolerance", _parse_float, 0.0, "a number in [0, 1]", _between(0, 1)),
     Param("freeze_layer_pattern", _parse_str, "", "a Python regular expression", _regex_ok),
-    Param("label_width", _parse_int, 350, f"an integer >= {MIN_LABEL_WIDTH}", lambda v: v >= MIN_LABEL_WIDTH),
+    Param("label_width", _parse_int, 350, f"an integer from {MIN_LABEL_WIDTH} to {MAX_LABEL_WIDTH}",
+          _between(MIN_LABEL_WIDTH, MAX_LABEL_WIDTH)),
     Param("nms_threshold", _parse_float, 0.45, "a number in (0, 1]", _between(0, 1, low_open=True)),
-    Param("nms_topk", _parse_int, 400, "an integer >= 1, or -1 for no limit", lambda v: v >= 1 or v == -1),
+    Param("nms_topk", _parse_int, 400, f"an integer from 1 to {MAX_NMS_TOPK}, or -1 for no limit",
+          lambda v: 1 <= v <= MAX_NMS_TOPK or v == -1),
     Param("overlap_threshold", _parse_float, 0.5, "a number in (0, 1]", _between(0, 1, low_open=True)),
     Param("kv_store", _parse_str, "device", "one of " + ", ".join(KV_STORES), lambda v: v in KV_STORES),
     # Hidden keys of the built-in, kept so its hyperparams.json round-trips.
@@ -210,6 +229,12 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """repr(value) for an error message, shortened when long."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _is_reserved(name: str) -> bool:
     return any(name.startswith(prefix) for prefix in RESERVED_PREFIXES)
 
@@ -223,7 +248,7 @@ def parse_hyperparameters(raw: Mapping[str, Any]) -> Hyperparameters:
             continue
         close = difflib.get_close_matches(name, SCHEMA_BY_NAME, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        LOG.warning("ignoring unknown hyperparameter %r=%r%s", name, value, hint)
+        LOG.warning("ignoring unknown hyperparameter %s=%s%s", _shown(name), _shown(value), hint)
     for param in SCHEMA:
         if param.name not in raw:
             if param.required:
@@ -237,10 +262,10 @@ def parse_hyperparameters(raw: Mapping[str, Any]) -> Hyperparameters:
         try:
             parsed = param.parse(value)
         except (TypeError, ValueError) as exc:
-            problems.append(f"{param.name}={raw[param.name]!r} is not valid: {exc}; expected {param.accepts}")
+            problems.append(f"{param.name}={_shown(raw[param.name])} is not valid: {exc}; expected {param.accepts}")
             continue
         if not param.check(parsed):
-            problems.append(f"{param.name}={raw[param.name]!r} is out of range; expected {param.accepts}")
+            problems.append(f"{param.name}={_shown(raw[param.name])} is out of range; expected {param.accepts}")
             continue
         values[param.name] = parsed
     if not problems:

@@ -128,10 +128,16 @@ def _read_json(path: Path, what: str) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UserError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError:
+        raise UserError(f"{what} {path} is nested too deeply to be a SageMaker configuration file") from None
+    except ValueError as exc:  # e.g. an integer over Python's digit limit
+        raise UserError(f"{what} {path} is not usable JSON: {exc}") from None
 
 
 def require_job_config(paths: Paths) -> None:
@@ -169,12 +175,18 @@ def read_input_data_config(paths: Paths) -> dict[str, ChannelConfig]:
         for name, spec in raw.items():
             if not isinstance(spec, dict):
                 raise UserError(f"input data config: channel {name!r} must map to an object, not {spec!r}")
+            fields = {key: spec.get(key, default) for key, default in (
+                ("ContentType", None), ("TrainingInputMode", "File"), ("RecordWrapperType", "None"),
+                ("S3DistributionType", "FullyReplicated"))}
+            for key, value in fields.items():
+                if value is not None and not isinstance(value, str):
+                    raise UserError(f"input data config: channel {name!r} {key} must be a string, not {value!r}")
             channels[name] = ChannelConfig(
                 name=name,
-                content_type=spec.get("ContentType"),
-                input_mode=spec.get("TrainingInputMode", "File"),
-                record_wrapper_type=spec.get("RecordWrapperType", "None"),
-                s3_distribution_type=spec.get("S3DistributionType", "FullyReplicated"),
+                content_type=fields["ContentType"],
+                input_mode=fields["TrainingInputMode"],
+                record_wrapper_type=fields["RecordWrapperType"],
+                s3_distribution_type=fields["S3DistributionType"],
             )
         return channels
     if not paths.data_dir.is_dir():
@@ -198,12 +210,15 @@ def read_resource_config(paths: Paths) -> ResourceConfig:
         raise UserError(f"resource config: 'hosts' lists a host twice: {hosts!r}")
     if current not in hosts:
         raise UserError(f"resource config: current_host {current!r} is not one of hosts {hosts!r}")
+    interface = raw.get("network_interface_name")
+    if interface is not None and not isinstance(interface, str):
+        raise UserError(f"resource config: network_interface_name must be a string, not {interface!r}")
     known = {"current_host", "hosts", "network_interface_name", "current_instance_type"}
     return ResourceConfig(
         current_host=current,
         hosts=tuple(sorted(hosts)),
-        network_interface_name=raw.get("network_interface_name") or "eth0",
-        current_instance_type=raw.get("current_instance_type") or "unknown",
+        network_interface_name=interface or "eth0",
+        current_instance_type=str(raw.get("current_instance_type") or "unknown"),
         extra={k: v for k, v in raw.items() if k not in known},
     )
 

@@ -70,15 +70,15 @@ def test_small_networks_are_accepted():
 
 
 @pytest.mark.parametrize("key,value,accepted", [
-    ("num_classes", "0", "an integer >= 1"),
-    ("num_classes", "two", "an integer >= 1"),
-    ("num_training_samples", "-5", "an integer >= 1"),
+    ("num_classes", "0", "an integer from 1 to 10000"),
+    ("num_classes", "two", "an integer from 1 to 10000"),
+    ("num_training_samples", "-5", "an integer from 1 to 1000000000"),
     ("base_network", "vgg-19", "one of vgg-16, resnet-50, mobilenet-1.0, mobilenet-0.25"),
     ("use_pretrained_model", "2", "0 or 1"),
     ("image_shape", "32", "an integer from 64 to 2048"),
     ("image_shape", "300.5", "an integer from 64 to 2048"),
-    ("epochs", "0", "an integer >= 1"),
-    ("mini_batch_size", "-1", "an integer >= 1"),
+    ("epochs", "0", "an integer from 1 to 10000"),
+    ("mini_batch_size", "-1", "an integer from 1 to 4096"),
     ("learning_rate", "0", "a number in (0, 1]"),
     ("learning_rate", "1.5", "a number in (0, 1]"),
     ("learning_rate", "nan", "a number in (0, 1]"),
@@ -89,13 +89,13 @@ def test_small_networks_are_accepted():
     ("momentum", "1.1", "a number in [0, 1]"),
     ("weight_decay", "1", "a number in [0, 1)"),
     ("early_stopping", "maybe", "True or False"),
-    ("early_stopping_min_epochs", "0", "an integer >= 1"),
-    ("early_stopping_patience", "0", "an integer >= 1"),
+    ("early_stopping_min_epochs", "0", "an integer from 1 to 10000"),
+    ("early_stopping_patience", "0", "an integer from 1 to 10000"),
     ("early_stopping_tolerance", "1.5", "a number in [0, 1]"),
     ("freeze_layer_pattern", "^(conv1_", "a Python regular expression"),
-    ("label_width", "6", "an integer >= 7"),
+    ("label_width", "6", "an integer from 7 to 100000"),
     ("nms_threshold", "0", "a number in (0, 1]"),
-    ("nms_topk", "0", "an integer >= 1, or -1 for no limit"),
+    ("nms_topk", "0", "an integer from 1 to 100000, or -1 for no limit"),
     ("overlap_threshold", "1.01", "a number in (0, 1]"),
     ("kv_store", "nccl", "one of device, local, dist_sync"),
 ])
@@ -107,6 +107,24 @@ def test_bad_value_names_key_value_and_range(key, value, accepted):
     assert key in message
     assert repr(value) in message
     assert accepted in message
+
+
+@pytest.mark.parametrize("key,value,accepted", [
+    ("num_classes", str(10 ** 18), "an integer from 1 to 10000"),
+    ("num_classes", "1" * 5000, "an integer from 1 to 10000"),
+    ("epochs", "1000000", "an integer from 1 to 10000"),
+    ("mini_batch_size", "100000", "an integer from 1 to 4096"),
+    ("nms_topk", "10000000", "an integer from 1 to 100000, or -1"),
+    ("label_width", "1000000000", "an integer from 7 to 100000"),
+    ("num_training_samples", str(10 ** 12), "an integer from 1 to 1000000000"),
+    ("lr_scheduler_step", ",".join(str(i) for i in range(1, 200)), "comma-separated increasing epochs"),
+    ("lr_scheduler_step", "5,20000", "comma-separated increasing epochs"),
+])
+def test_upper_bounds_name_key_value_and_range(key, value, accepted):
+    with pytest.raises(HyperparameterError) as info:
+        parse_hyperparameters({"num_classes": "3", key: value})
+    message = str(info.value)
+    assert key in message and accepted in message and len(message) < 2000
 
 
 def test_num_classes_required_and_all_problems_listed():

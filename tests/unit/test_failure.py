@@ -1,5 +1,7 @@
 from pathlib import Path
 
+import pytest
+
 from ssd_detector.errors import DataError
 from ssd_detector.failure import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, run_job, write_failure
 from ssd_detector.sagemaker_env import Paths, read_input_data_config, read_resource_config
@@ -79,3 +81,25 @@ def test_channels_from_folders_when_no_input_data_config(tmp_path: Path):
     channels = read_input_data_config(paths)
     assert sorted(channels) == ["train", "validation"]
     assert channels["train"].content_type is None
+
+
+@pytest.mark.parametrize("name,content,words", [
+    ("hyperparameters.json", b"\xff\xfe{}", "is not UTF-8 text"),
+    ("hyperparameters.json", b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    ("hyperparameters.json", b'{"num_classes": ' + b"1" * 5000 + b"}", "not usable JSON"),
+    ("inputdataconfig.json", b'{"train": {"ContentType": 5}}', "ContentType must be a string, not 5"),
+    ("inputdataconfig.json", b'{"train": {"TrainingInputMode": ["File"]}}', "TrainingInputMode must be a string"),
+    ("resourceconfig.json", b'{"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": 0}',
+     "network_interface_name must be a string, not 0"),
+])
+def test_hostile_config_files_are_user_errors(tmp_path: Path, name: str, content: bytes, words: str):
+    from ssd_detector.errors import UserError
+    from ssd_detector.sagemaker_env import read_hyperparameters
+
+    paths = Paths(tmp_path)
+    paths.config_dir.mkdir(parents=True)
+    (paths.config_dir / name).write_bytes(content)
+    reader = {"hyperparameters.json": read_hyperparameters, "inputdataconfig.json": read_input_data_config,
+              "resourceconfig.json": read_resource_config}[name]
+    with pytest.raises(UserError, match=words):
+        reader(paths)

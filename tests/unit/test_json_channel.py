@@ -127,3 +127,39 @@ def test_synthetic_json_and_recordio_read_the_same(synth_set: Path):
         assert a.class_ids.tolist() == b.class_ids.tolist()
         # JSON stores whole pixels; RecordIO keeps the exact normalized corners.
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1 / 120)
+
+
+@pytest.mark.parametrize("text,what", [
+    ('{"file": "a.jpg", "annotations": [{"class_id": 0, "left": NaN, "top": 1, "width": 5, "height": 5}]}',
+     "left=nan is not a finite number"),
+    ('{"file": "a.jpg", "annotations": [{"class_id": 0, "left": 1, "top": 1, "width": Infinity, "height": 5}]}',
+     "width=inf is not a finite number"),
+    ('{"file": "a.jpg", "annotations": [{"class_id": Infinity, "left": 1, "top": 1, "width": 5, "height": 5}]}',
+     "class_id=inf is not a finite number"),
+    ('{"file": "a.jpg", "annotations": [{"class_id": 1e300, "left": 1, "top": 1, "width": 5, "height": 5}]}',
+     "beyond the largest supported class id 9999"),
+    ('{"file": "a.jpg", "annotations": [{"class_id": 4294967296, "left": 1, "top": 1, "width": 5, "height": 5}]}',
+     "class_id 4294967296 is beyond the largest supported class id 9999"),
+    ('{"file": "a.jpg", "annotations": [{"class_id": ' + "9" * 5000 + ', "left": 1, "top": 1, "width": 5, "height": 5}]}',
+     "not a usable JSON file"),
+    ("[" * 200_000 + "]" * 200_000, "nested too deeply"),
+    ('{"file": "a.jpg", "annotations": [], "categories": [{"class_id": [0], "name": "dog"}]}',
+     "category class_id=[0] is not a number"),
+    ('{"file": "a.jpg", "annotations": [], "categories": {"class_id": 0}}', "'categories' must be a list"),
+])
+def test_hostile_json_values_are_listed_problems(tmp_path: Path, text: str, what: str):
+    image_dir, ann_dir = make_channel(tmp_path, {"a.json": text}, {"a.jpg": picture()})
+    data = read_json_channel(image_dir, ann_dir)
+    assert any(what in issue.what and issue.where == "a.json" for issue in data.issues), data.issues
+    assert not data.samples
+
+
+def test_category_ids_as_strings_and_numbers_are_one_kind(tmp_path: Path):
+    image_dir, ann_dir = make_channel(tmp_path, {
+        "a.json": ann("a.jpg", [(0, 10, 10, 20, 20)], categories=[{"class_id": "0", "name": "dog"}]),
+        "b.json": ann("b.jpg", [(1, 10, 10, 20, 20)], categories=[{"class_id": 1, "name": "cat"}]),
+    }, {"a.jpg": picture(), "b.jpg": picture()})
+    data = read_json_channel(image_dir, ann_dir)
+    assert data.issues == []
+    assert data.class_names == {0: "dog", 1: "cat"}
+    assert sorted(data.class_names.items()) == [(0, "dog"), (1, "cat")], "sortable: the model save sorts them"

@@ -134,6 +134,13 @@ def test_wrong_magic(tmp_path: Path):
     ([2, 5, 0, 0.5, 0.5, 0.5, 0.9], "zero area"),
     ([2, 5, 0, -0.2, 0.1, 0.5, 0.9], "outside the image"),
     ([2, 5, 1.5, 0.1, 0.1, 0.5, 0.9], "class id 1.5 is not a whole number"),
+    # Not finite: NaN passes every comparison, so each needs its own check.
+    ([2, 5, 0, float("nan"), 0.1, 0.5, 0.9], "not a finite number"),
+    ([2, 5, 0, 0.1, 0.1, float("inf"), 0.9], "not a finite number"),
+    ([float("nan"), 5, 0, 0.1, 0.1, 0.5, 0.9], "must be finite numbers"),
+    ([2, float("inf"), 0, 0.1, 0.1, 0.5, 0.9], "must be finite numbers"),
+    ([2, 5, float("nan"), 0.1, 0.1, 0.5, 0.9], "class id is not a finite number"),
+    ([2, 5, 4294967296, 0.1, 0.1, 0.5, 0.9], "beyond the largest supported class id 9999"),
 ])
 def test_bad_labels(tmp_path: Path, label, message):
     path = tmp_path / "x.rec"

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -17,8 +19,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import recordio
-from .images import ImageError, decode_rgb, image_size
-from .labels import LabelError, check_boxes, check_class_ids, clip_boxes, unpack_detection_label
+from .images import ImageError, decode_rgb, image_size_of_file
+from .labels import MAX_NUM_CLASSES, LabelError, check_boxes, check_class_ids, clip_boxes, unpack_detection_label
 from .sample import ImageRef, Issue, Sample, empty_objects
 
 LOG = logging.getLogger(__name__)
@@ -110,8 +112,39 @@ def _read_rec_file(rec_path: Path, data: ChannelData) -> None:
 
 def _number(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{key}={value!r} is not a number")
-    return float(value)
+        raise ValueError(f"{key}={_shown(value)} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        raise ValueError(f"{key}={_shown(value)} is not a finite number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{key}={_shown(value)} is not a finite number")
+    return number
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """repr(value), shortened: a 5,000-digit number is named by its start and length."""
+    try:
+        text = repr(value)
+    except ValueError:  # int too large for repr under Python's digit limit
+        return f"<integer of more than {sys.get_int_max_str_digits()} digits>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _class_id(value: Any, where: str) -> int:
+    """A category's or an object's class id: a whole number (JSON number or decimal string) from 0
+    to MAX_NUM_CLASSES - 1."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value.strip()) < 12:
+        value = int(value.strip())
+    name = f"{where} class_id" if where else "class_id"
+    number = _number(value, name)
+    if number != int(number):
+        raise ValueError(f"{name} {_shown(value)} is not a whole number")
+    if number < 0:
+        raise ValueError(f"{name} {_shown(value)} is negative")
+    if number >= MAX_NUM_CLASSES:
+        raise ValueError(f"{name} {_shown(value)} is beyond the largest supported class id {MAX_NUM_CLASSES - 1}")
+    return int(number)
 
 
 def _image_relpath(file_field: Any) -> PurePosixPath:
@@ -150,6 +183,12 @@ def read_json_channel(image_dir: Path | str, annotation_dir: Path | str, name: s
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             data.issues.append(Issue(where, f"not a readable JSON file: {exc}"))
             continue
+        except ValueError as exc:  # e.g. an integer over Python's digit limit
+            data.issues.append(Issue(where, f"not a usable JSON file: {exc}"))
+            continue
+        except RecursionError:
+            data.issues.append(Issue(where, "not a usable JSON file: nested too deeply"))
+            continue
         try:
             sample = _parse_annotation(doc, where, image_dir, images, by_basename, claimed, data)
         except ValueError as exc:
@@ -177,10 +216,8 @@ def _parse_annotation(doc: Any, where: str, image_dir: Path, images: dict[str, P
         raise ValueError(f"names image {rel!r}, which annotation {claimed[rel]!r} already describes")
     claimed[rel] = where
     path = images[rel]
-    with open(path, "rb") as handle:
-        head = handle.read(1 << 16)
     try:
-        width, height = image_size(head)
+        width, height = image_size_of_file(path)
     except ImageError as exc:
         raise ValueError(f"image {rel!r}: {exc}") from None
     size = doc.get("image_size")
@@ -191,10 +228,15 @@ def _parse_annotation(doc: Any, where: str, image_dir: Path, images: dict[str, P
         given = (entry.get("width"), entry.get("height"))
         if given != (width, height):
             raise ValueError(f"image_size says {given[0]}x{given[1]} but image {rel!r} is {width}x{height}")
-    for cat in doc.get("categories") or []:
+    categories = doc.get("categories") or []
+    if not isinstance(categories, list):
+        raise ValueError(f"'categories' must be a list, not {type(categories).__name__}")
+    for cat in categories:
         if not isinstance(cat, dict) or "class_id" not in cat or "name" not in cat:
-            raise ValueError(f"categories entry {cat!r} needs 'class_id' and 'name'")
-        cid, cname = cat["class_id"], str(cat["name"])
+            raise ValueError(f"categories entry {_shown(cat)} needs 'class_id' and 'name'")
+        if not isinstance(cat["name"], (str, int, float)) or isinstance(cat["name"], bool):
+            raise ValueError(f"categories entry {_shown(cat)}: 'name' must be a string")
+        cid, cname = _class_id(cat["class_id"], "category"), str(cat["name"])
         if data.class_names.setdefault(cid, cname) != cname:
             raise ValueError(f"category {cid} is named {cname!r} here but {data.class_names[cid]!r} elsewhere")
     objects = doc.get("annotations", [])
@@ -232,13 +274,11 @@ def _check_json_object(obj: Any, i: int, width: int, height: int) -> str | None:
     try:
         left, top = _number(obj["left"], "left"), _number(obj["top"], "top")
         w, h = _number(obj["width"], "width"), _number(obj["height"], "height")
-        cls = _number(obj["class_id"], "class_id")
+        if isinstance(obj["class_id"], str):
+            raise ValueError(f"class_id={_shown(obj['class_id'])} is not a number")
+        _class_id(obj["class_id"], "")
     except ValueError as exc:
         return f"annotation {i}: {exc}"
-    if cls != int(cls):
-        return f"annotation {i}: class_id {obj['class_id']!r} is not a whole number"
-    if cls < 0:
-        return f"annotation {i}: class_id {obj['class_id']!r} is negative"
     if w <= 0 or h <= 0:
         return f"annotation {i}: box width {w:g} x height {h:g} has zero area"
     # Half a pixel of overshoot is rounding; more is a box outside the image.

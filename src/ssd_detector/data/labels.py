@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import MAX_NUM_CLASSES  # class ids run below num_classes' upper bound
 from .sample import empty_objects
 
 # Normalized coordinates may overshoot [0, 1] by float rounding; more than this is an error.
@@ -24,6 +25,8 @@ def unpack_detection_label(label: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     if values.size < 2:
         raise LabelError(f"label has {values.size} value(s); a detection label starts with the header width "
                          "and the object width (pack it with im2rec --pack-label)")
+    if not np.all(np.isfinite(values[:2])):
+        raise LabelError(f"label header width {values[0]:g} and object width {values[1]:g} must be finite numbers")
     header_width, object_width = float(values[0]), float(values[1])
     if header_width != int(header_width) or int(header_width) < 2 or int(header_width) > values.size:
         raise LabelError(f"label header width {values[0]:g} must be a whole number from 2 to the label length "
@@ -37,6 +40,8 @@ def unpack_detection_label(label: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
         raise LabelError(f"label has {body.size} object values after its {hw}-value header, not a multiple of the "
                          f"object width {ow}: each object needs {ow} numbers [class_id, xmin, ymin, xmax, ymax...]")
     rows = body.reshape(-1, ow)  # (N, object_width)
+    if not np.all(np.isfinite(rows[:, 0])):
+        raise LabelError("a class id is not a finite number (NaN or infinite)")
     rows = rows[rows[:, 0] != -1]
     if rows.shape[0] == 0:
         return (*empty_objects(), int(values.size))
@@ -45,6 +50,9 @@ def unpack_detection_label(label: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     if np.any(class_ids != np.round(class_ids)):
         bad = class_ids[class_ids != np.round(class_ids)][0]
         raise LabelError(f"class id {bad:g} is not a whole number")
+    if np.any(np.abs(class_ids) >= MAX_NUM_CLASSES):
+        bad = class_ids[np.abs(class_ids) >= MAX_NUM_CLASSES][0]
+        raise LabelError(f"class id {bad:g} is beyond the largest supported class id {MAX_NUM_CLASSES - 1}")
     return rows[:, 1:5].astype(np.float32), class_ids.astype(np.int32), difficult, int(values.size)
 
 
@@ -53,7 +61,10 @@ def check_boxes(boxes: np.ndarray) -> list[str]:
     problems = []
     for i, box in enumerate(boxes):
         x0, y0, x1, y1 = (float(v) for v in box)
-        if max(x0, y0, x1, y1) > 2:
+        if not np.all(np.isfinite(box)):
+            problems.append(f"object {i}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) has a coordinate that is not a "
+                            "finite number")
+        elif max(x0, y0, x1, y1) > 2:
             problems.append(f"object {i}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) looks like pixels; RecordIO "
                             "coordinates must be normalized to [0, 1] by the image width and height")
         elif min(x0, y0) < -COORD_TOLERANCE or max(x1, y1) > 1 + COORD_TOLERANCE:

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from .channel import ChannelData
-from .images import ImageError, image_size
+from .images import ImageError, image_size_of_file
 from .sample import ImageRef, Issue, Sample, empty_objects
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -69,8 +69,7 @@ def read_voc(root: Path | str, split: str | None = None, classes: Sequence[str] 
             continue
         image_path = img_dir / filename
         try:
-            with open(image_path, "rb") as handle:
-                actual = image_size(handle.read(1 << 16))
+            actual = image_size_of_file(image_path)
         except (OSError, ImageError) as exc:
             data.issues.append(Issue(where, f"image {filename}: {exc}"))
             continue
