@@ -232,6 +232,15 @@ def test_errors_are_json_and_the_worker_keeps_serving(server: Server, image: np.
         ok_after(server, jpeg)
 
 
+def test_a_picture_too_wide_for_jpeg_is_a_406_not_a_500(server: Server):
+    ok, wide = cv2.imencode(".png", np.zeros((10, 70_000, 3), np.uint8))
+    assert ok
+    message = error_of(server.invoke(wide.tobytes(), "image/png", Accept="image/jpeg"), 406)
+    assert "70000x10" in message and "image/png" in message
+    status, headers, _ = server.invoke(wide.tobytes(), "image/png", Accept="image/png")
+    assert status == 200 and headers["content-type"] == "image/png"
+
+
 def test_chunked_body_over_the_limit_is_413(server: Server, image: np.ndarray):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     try:

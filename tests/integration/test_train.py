@@ -109,7 +109,8 @@ def test_sigterm_saves_a_checkpoint_and_a_restart_resumes(tmp_path: Path, synth_
     assert time.monotonic() - start < 30
     assert process.returncode == 0, "".join(seen) + rest
     assert "stopped by SIGTERM during epoch 1" in rest
-    state = json.loads((base / "checkpoints/ssd-checkpoint.json").read_text())
+    [saved] = sorted((base / "checkpoints").glob("ssd-checkpoint-*"))[-1:]
+    state = json.loads((saved / "ssd-checkpoint.json").read_text())
     assert state["next_epoch"] == 1
     # A restart (as spot training does) resumes at the interrupted epoch.
     (base / "input/config/hyperparameters.json").write_text(json.dumps({**TINY, "epochs": "2",
@@ -118,7 +119,10 @@ def test_sigterm_saves_a_checkpoint_and_a_restart_resumes(tmp_path: Path, synth_
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from checkpoint" in result.stderr and "at epoch 1" in result.stderr
     assert "epoch=0," not in result.stderr.split("resuming from checkpoint")[1]
-    assert json.loads((base / "checkpoints/ssd-checkpoint.json").read_text())["next_epoch"] == 2
+    newest = sorted((base / "checkpoints").glob("ssd-checkpoint-*"))
+    assert len(newest) == 2, "the newest checkpoint and the one before it"
+    assert json.loads((newest[-1] / "ssd-checkpoint.json").read_text())["next_epoch"] == 2
+    assert not list((base / "checkpoints").glob(".*")), "no temporary folders left"
 
 
 def test_incremental_training_with_more_classes(tmp_path: Path, synth_set: Path):

@@ -184,3 +184,67 @@ def test_model_archive_cannot_write_beside_the_model_folder(tmp_path: Path):
     with pytest.raises(UserError, match="outside the model folder"):
         artifact.locate(archive, tmp_path / "model")
     assert not (tmp_path / "model-x").exists()
+
+
+def _archive_with(tmp_path: Path, *members) -> Path:  # noqa: ANN002 - (TarInfo, bytes | None)
+    import io
+    import tarfile
+
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return archive
+
+
+def _member(name: str, kind: bytes = b"0", size: int = 0, mode: int = 0o644):  # noqa: ANN202 - TarInfo
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.mode = kind, size, mode
+    return info
+
+
+@pytest.mark.parametrize("member,words", [
+    (_member("fifo", b"6"), "'fifo' is a device, FIFO or other special file"),
+    (_member("dev", b"3"), "'dev' is a device, FIFO or other special file"),
+    (_member("link", b"2"), "'link' is a link"),
+])
+def test_model_archive_holds_plain_files_only(tmp_path: Path, member, words: str):
+    from ssd_detector.model import artifact
+
+    archive = _archive_with(tmp_path, (member, None))
+    with pytest.raises(UserError, match=words):
+        artifact.locate(archive, tmp_path / "model")
+
+
+def test_model_archive_modes_are_normalized_and_size_is_capped(tmp_path: Path, monkeypatch):
+    import stat
+
+    from ssd_detector.model import artifact
+
+    archive = _archive_with(tmp_path, (_member(artifact.SYMBOL_FILE, size=2, mode=0o4777), b"{}"))
+    folder = artifact.locate(archive, tmp_path / "model")
+    mode = stat.S_IMODE((folder / artifact.SYMBOL_FILE).stat().st_mode)
+    assert mode == 0o644, oct(mode)
+    monkeypatch.setattr(artifact, "MAX_ARCHIVE_BYTES", 1)
+    with pytest.raises(UserError, match="add up to more than"):
+        artifact.locate(archive, tmp_path / "again")
+    (tmp_path / "broken.tar.gz").write_bytes(b"\x1f\x8b not really")
+    with pytest.raises(UserError, match="not a readable gzip tar archive"):
+        artifact.locate(tmp_path / "broken.tar.gz", tmp_path / "third")
+
+
+def test_a_failed_model_write_leaves_no_staging_folder(tmp_path: Path):
+    from ssd_detector.model import artifact
+
+    class Broken:
+        def export(self, prefix: str, epoch: int) -> None:
+            Path(prefix + "-symbol.json").write_text("{}")
+            raise RuntimeError("disk full")
+
+    (tmp_path / artifact.STAGING).mkdir()  # left by an earlier crash
+    (tmp_path / artifact.STAGING / "old").write_text("x")
+    with pytest.raises(RuntimeError):
+        artifact.write(tmp_path, Broken(), {}, {})
+    assert list(tmp_path.iterdir()) == []

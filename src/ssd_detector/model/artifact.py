@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tarfile
 from pathlib import Path
 from typing import Mapping
@@ -24,31 +25,65 @@ PARAMS_FILE = f"{PREFIX}-0000.params"
 HYPERPARAMS_FILE = "hyperparams.json"
 CLASSES_FILE = "classes.json"
 ARCHIVE = "model.tar.gz"
+STAGING = ".staging"
+# A model archive is a few files of at most a few hundred MB (VGG-16 SSD: about 100 MB).
+MAX_ARCHIVE_MEMBERS = 1_000
+MAX_ARCHIVE_BYTES = 8 * 1024 ** 3
 
 
 def write(model_dir: Path, detector, hyperparameters: Mapping[str, str], class_names: Mapping[int, str]) -> None:
     """Exports the detector and writes the side files; each file is replaced atomically."""
     model_dir.mkdir(parents=True, exist_ok=True)
-    staging = model_dir / ".staging"
-    staging.mkdir(exist_ok=True)
-    detector.export(str(staging / PREFIX), 0)
-    (staging / HYPERPARAMS_FILE).write_text(json.dumps(dict(hyperparameters), indent=1, sort_keys=True))
-    (staging / CLASSES_FILE).write_text(json.dumps({str(k): v for k, v in sorted(class_names.items())}))
-    for name in (PARAMS_FILE, SYMBOL_FILE, HYPERPARAMS_FILE, CLASSES_FILE):
-        os.replace(staging / name, model_dir / name)
-    staging.rmdir()
+    # Staged inside model_dir (os.replace needs one file system); never left behind, since
+    # SageMaker packs whatever model_dir holds into model.tar.gz.
+    staging = model_dir / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        detector.export(str(staging / PREFIX), 0)
+        (staging / HYPERPARAMS_FILE).write_text(json.dumps(dict(hyperparameters), indent=1, sort_keys=True))
+        (staging / CLASSES_FILE).write_text(json.dumps({str(k): v for k, v in sorted(class_names.items())}))
+        for name in (PARAMS_FILE, SYMBOL_FILE, HYPERPARAMS_FILE, CLASSES_FILE):
+            os.replace(staging / name, model_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _safe_extract(archive: Path, target: Path) -> None:
+    """Extracts regular files and folders only, with plain modes (0644 / 0755), within size
+    limits; anything else in the archive is refused, naming the member."""
     root = target.resolve()
-    with tarfile.open(archive, "r:gz") as tar:
-        for member in tar.getmembers():
-            if member.issym() or member.islnk():
-                raise UserError(f"{archive}: member {member.name!r} is a link; a model archive holds plain files")
-            # is_relative_to, not a string prefix: "../model-x/f" must not pass for "model".
-            if not (root / member.name).resolve().is_relative_to(root):
-                raise UserError(f"{archive}: member {member.name!r} would be written outside the model folder")
-        tar.extractall(target)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members, total = [], 0
+            for member in tar:
+                if len(members) >= MAX_ARCHIVE_MEMBERS:
+                    raise UserError(f"{archive}: more than {MAX_ARCHIVE_MEMBERS} members; a model archive holds "
+                                    "a few files")
+                if not (member.isfile() or member.isdir()):
+                    kind = "a link" if member.issym() or member.islnk() else "a device, FIFO or other special file"
+                    raise UserError(f"{archive}: member {member.name!r} is {kind}; a model archive holds plain "
+                                    "files and folders")
+                # is_relative_to, not a string prefix: "../model-x/f" must not pass for "model".
+                if not (root / member.name).resolve().is_relative_to(root):
+                    raise UserError(f"{archive}: member {member.name!r} would be written outside the model folder")
+                total += member.size
+                if total > MAX_ARCHIVE_BYTES:
+                    raise UserError(f"{archive}: members add up to more than {MAX_ARCHIVE_BYTES // 1024 ** 3} GiB")
+                members.append(member)
+            for member in members:
+                path = root / member.name
+                if member.isdir():
+                    path.mkdir(mode=0o755, parents=True, exist_ok=True)
+                    continue
+                path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                assert source is not None  # a regular file always has content
+                with source, open(path, "wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+                os.chmod(path, 0o644)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise UserError(f"{archive} is not a readable gzip tar archive: {exc}") from None
 
 
 def locate(path: Path | str, extract_to: Path | None = None) -> Path:

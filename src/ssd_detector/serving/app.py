@@ -78,6 +78,7 @@ def create_app(model: Model, settings: ServeSettings, max_pixels: int = MAX_PIXE
         controls = codecs.parse_controls(request.headers.get(CUSTOM_ATTRIBUTES))
         codecs.check_content_type(request.content_type)
         image = codecs.decode_image(request.content_type, _read_body(settings.max_payload_bytes), max_pixels)
+        codecs.check_drawable(chosen, image)
         threshold = controls.threshold
         if threshold is None:
             threshold = codecs.DRAW_THRESHOLD if chosen.startswith("image/") else 0.0

@@ -90,6 +90,17 @@ def encode_annotation(result: Result) -> bytes:
     return json.dumps({"image_size": [{"width": w, "height": h, "depth": 3}], "annotations": annotations}).encode()
 
 
+JPEG_MAX_SIDE = 65_535  # JPEG stores each side in 16 bits
+
+
+def check_drawable(chosen: str, image: np.ndarray) -> None:
+    """A drawn JPEG answer must fit JPEG's size limit; the client learns so before any work."""
+    h, w = image.shape[:2]
+    if chosen == "image/jpeg" and max(h, w) > JPEG_MAX_SIDE:
+        raise NotAcceptable(f"a {w}x{h} image cannot be drawn as image/jpeg (at most {JPEG_MAX_SIDE} pixels a "
+                            "side); ask for image/png or application/json")
+
+
 def _drawn(kind: str) -> Encoder:
     def encoder(result: Result) -> bytes:
         return encode(draw(result.image, result.rows, result.class_names), kind)

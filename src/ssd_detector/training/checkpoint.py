@@ -1,14 +1,21 @@
 """Checkpoints for resuming (SageMaker managed spot training syncs ``checkpoints/`` with S3).
 
-A checkpoint is the network's parameters, the optimizer state and a small JSON of loop state.
-The JSON is written last, after the other two are in place, so it marks a complete checkpoint.
+Each checkpoint is one folder ``ssd-checkpoint-NNNNNN`` holding the network's parameters, the
+optimizer state and a small JSON of loop state. It is written whole into a hidden temporary
+folder, every file and the folder synced to disk, then renamed into place, so a folder with the
+final name is complete. The previous checkpoint is kept until a newer one exists. A restart
+resumes from the newest checkpoint that loads, saying which were skipped and why: a truncated or
+mismatched checkpoint costs one checkpoint, never every restart.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from mxnet import gluon
@@ -18,6 +25,9 @@ LOG = logging.getLogger(__name__)
 PARAMS = "ssd-checkpoint.params"
 STATES = "ssd-checkpoint.states"
 STATE = "ssd-checkpoint.json"
+FOLDER_PREFIX = "ssd-checkpoint-"
+FOLDER_PATTERN = re.compile(r"^ssd-checkpoint-(\d{6})$")
+KEEP = 2  # the newest and the one before it
 
 
 @dataclass
@@ -29,25 +39,82 @@ class LoopState:
     num_update: int = 0
 
 
-def save(directory: Path, net: gluon.Block, trainer: gluon.Trainer, state: LoopState) -> None:
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoint folders, newest first; a flat checkpoint of an earlier release last."""
+    if not directory.is_dir():
+        return []
+    found = sorted((p for p in directory.iterdir() if FOLDER_PATTERN.match(p.name) and p.is_dir()),
+                   key=lambda p: p.name, reverse=True)
+    if (directory / STATE).is_file():
+        found.append(directory)
+    return found
+
+
+def save(directory: Path, net: gluon.Block, trainer: gluon.Trainer, state: LoopState) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    for name, write in ((PARAMS, net.save_parameters), (STATES, trainer.save_states)):
-        tmp = directory / (name + ".tmp")
-        write(str(tmp))
-        os.replace(tmp, directory / name)
-    tmp = directory / (STATE + ".tmp")
-    tmp.write_text(json.dumps(asdict(state)))
-    os.replace(tmp, directory / STATE)
-    LOG.info("saved checkpoint to %s (next epoch %d)", directory, state.next_epoch)
+    for stale in directory.glob(".ssd-checkpoint-tmp-*"):  # left by a process killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)
+    numbered = [int(m.group(1)) for p in directory.iterdir() if (m := FOLDER_PATTERN.match(p.name))]
+    final = directory / f"{FOLDER_PREFIX}{max(numbered, default=0) + 1:06d}"
+    scratch = Path(tempfile.mkdtemp(prefix=".ssd-checkpoint-tmp-", dir=directory))
+    try:
+        net.save_parameters(str(scratch / PARAMS))
+        trainer.save_states(str(scratch / STATES))
+        (scratch / STATE).write_text(json.dumps(asdict(state)))
+        for name in (PARAMS, STATES, STATE):
+            _fsync(scratch / name)
+        os.chmod(scratch, 0o755)
+        os.rename(scratch, final)
+        _fsync(directory)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    for old in checkpoints(directory)[KEEP:]:
+        if old != directory:
+            shutil.rmtree(old, ignore_errors=True)
+    LOG.info("saved checkpoint %s (next epoch %d)", final, state.next_epoch)
+    return final
+
+
+def _read_state(folder: Path) -> LoopState:
+    raw = json.loads((folder / STATE).read_text())
+    names = {f.name for f in fields(LoopState)}
+    if not isinstance(raw, dict) or set(raw) != names:
+        raise ValueError(f"{STATE} holds {sorted(raw) if isinstance(raw, dict) else raw!r}, not the fields "
+                         f"{sorted(names)}")
+    return LoopState(**raw)
 
 
 def load(directory: Path, net: gluon.Block, trainer: gluon.Trainer) -> LoopState | None:
-    """Restores a complete checkpoint; None when there is none."""
-    if not (directory / STATE).is_file():
+    """Restores the newest checkpoint that loads; None when there is none (then net and trainer
+    are as they were)."""
+    candidates = checkpoints(directory)
+    if not candidates:
         return None
-    state = LoopState(**json.loads((directory / STATE).read_text()))
-    net.load_parameters(str(directory / PARAMS), ctx=net.collect_params().list_ctx())
-    trainer.load_states(str(directory / STATES))
-    LOG.info("resuming from checkpoint in %s at epoch %d (best mAP %.4f)", directory, state.next_epoch,
-             state.best_map)
-    return state
+    with tempfile.TemporaryDirectory(prefix="ssd-initial-") as keep:
+        initial = Path(keep) / "initial.params"
+        net.save_parameters(str(initial))
+        for folder in candidates:
+            try:
+                state = _read_state(folder)
+                net.load_parameters(str(folder / PARAMS), ctx=net.collect_params().list_ctx())
+                trainer.load_states(str(folder / STATES))
+            except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is skipped, and said
+                LOG.warning("skipping checkpoint %s: it does not load (%s: %s)", folder, type(exc).__name__,
+                            str(exc).splitlines()[0][:300] if str(exc) else "")
+                continue
+            LOG.info("resuming from checkpoint %s at epoch %d (best mAP %.4f)", folder, state.next_epoch,
+                     state.best_map)
+            return state
+        net.load_parameters(str(initial), ctx=net.collect_params().list_ctx())
+    LOG.warning("no checkpoint in %s loads (%d tried); training starts from the beginning", directory,
+                len(candidates))
+    return None
