@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -84,6 +85,7 @@ def _cmd_check_job(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    _stop_on_sigterm()
     from .failure import run_job
     from .sagemaker_env import Paths
     from .training.launcher import worker_failure_file
@@ -91,6 +93,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     paths = Paths(Path(args.base_dir)) if args.base_dir else Paths.from_env()
     return run_job(lambda: train(paths), worker_failure_file(paths))
+
+
+def _stop_on_sigterm() -> None:
+    """From the first line of `train`: as PID 1 of a container the process would otherwise ignore
+    SIGTERM until the training loop installs its own handler (reading inputs can take minutes)."""
+    from .errors import Stopped
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped("SIGTERM before training began")
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

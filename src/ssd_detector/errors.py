@@ -18,6 +18,11 @@ class DataError(UserError):
     """A channel's data cannot be used for training or validation."""
 
 
+class Stopped(Exception):
+    """SIGTERM arrived before the training loop took over its handling: the job stops, which is
+    not a failure (SageMaker's StopTrainingJob, `docker stop`)."""
+
+
 class JobFailed(Exception):
     """A failure already described for the user (e.g. a worker process of a distributed job
     died): the reason goes to the failure file as it is, with this exit code."""

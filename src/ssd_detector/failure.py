@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from .errors import JobFailed, UserError
+from .errors import JobFailed, Stopped, UserError
 
 LOG = logging.getLogger(__name__)
 
@@ -50,6 +50,9 @@ def run_job(job: Callable[[], None], failure_file: Path) -> int:
         LOG.error("%s", exc.reason)
         write_failure(failure_file, exc.reason)
         return exc.exit_code
+    except Stopped as exc:
+        LOG.warning("stopped: %s", exc)
+        return 0
     except KeyboardInterrupt:
         write_failure(failure_file, "job interrupted")
         return EXIT_INTERNAL_ERROR

@@ -98,6 +98,26 @@ def test_no_command_trains_and_never_succeeds_without_a_job(tmp_path: Path, data
     assert help_text.returncode == 0 and "serve" in help_text.stdout
 
 
+def test_docker_stop_while_waiting_for_the_job_to_form(tmp_path: Path, data: Path):
+    """PID 1 stops on SIGTERM in every phase: here while waiting for a host that never comes up."""
+    base = opt_ml(tmp_path, data, HYPER, {"current_host": "algo-2", "hosts": ["algo-1", "algo-2"],
+                                          "network_interface_name": "eth0"})
+    container = name("stop")
+    docker("run", "-d", "--name", container, "-v", f"{base}:/opt/ml", IMAGE, "train", check=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "resolving the hosts" not in docker("logs", container).stderr:
+            assert time.monotonic() < deadline, docker("logs", container).stderr[-2000:]
+            time.sleep(0.5)
+        start = time.monotonic()
+        docker("stop", "-t", "30", container, check=True)
+        assert time.monotonic() - start < 10, "stopped by SIGTERM, not by docker's SIGKILL"
+        state = json.loads(docker("inspect", container, check=True).stdout)[0]["State"]
+        assert state["ExitCode"] == 0, docker("logs", container).stderr[-2000:]
+    finally:
+        docker("rm", "-f", container)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

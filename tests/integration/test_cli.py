@@ -76,6 +76,35 @@ def test_train_without_a_job_configuration_fails_with_a_reason(tmp_path: Path):
     assert not (base / "model").exists() or not any((base / "model").iterdir())
 
 
+def test_sigterm_before_training_stops_within_seconds(made: Path, tmp_path: Path):
+    """While the job waits for a host that never comes up, SIGTERM stops it at once (as PID 1 in
+    a container, Python's default would ignore it until the training loop's handler)."""
+    import signal
+    import time
+
+    base = tmp_path / "opt_ml"
+    (base / "input/config").mkdir(parents=True)
+    (base / "input/data").mkdir()
+    os.symlink(made / "recordio/train", base / "input/data/train")
+    (base / "input/config/hyperparameters.json").write_text(json.dumps({"num_classes": "3"}))
+    (base / "input/config/resourceconfig.json").write_text(json.dumps(
+        {"current_host": "algo-2", "hosts": ["algo-1", "algo-2"], "network_interface_name": "lo"}))
+    process = subprocess.Popen([*CLI, "train"], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SSD_JOIN_TIMEOUT": "300",
+                                    "SSD_WORKERS_PER_HOST": "1"})
+    for line in process.stderr:
+        if "resolving the hosts" in line:
+            break
+    time.sleep(1)
+    start = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    rest = process.communicate(timeout=30)[1]
+    assert time.monotonic() - start < 10
+    assert process.returncode == 0, rest
+    assert "stopped: SIGTERM" in rest
+    assert not (base / "output/failure").exists()
+
+
 def test_help_describes_the_commands():
     result = run("--help")
     assert result.returncode == 0 and "as they land" not in result.stdout

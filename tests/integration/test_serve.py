@@ -4,6 +4,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -255,6 +256,40 @@ def test_chunked_body_over_the_limit_is_413(server: Server, image: np.ndarray):
     ok_after(server, encode(image, "jpeg"))
 
 
+def raw_request(port: int, head: bytes, body: bytes, wait: float = 30) -> tuple[float, bytes]:
+    """Sends head and body, then waits for the answer without sending more: (seconds, answer)."""
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as conn:
+        conn.sendall(head + body)
+        answer = b""
+        try:
+            while chunk := conn.recv(65536):
+                answer += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return time.monotonic() - start, answer
+
+
+def test_a_stalled_body_is_a_408_within_seconds(server: Server, image: np.ndarray):
+    head = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 100000\r\n\r\n")
+    seconds, answer = raw_request(server.port, head, b"\xff\xd8" + b"\0" * 1000)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"no part of the body arrived for 5 s" in answer
+    assert seconds < 10
+    ok_after(server, encode(image, "jpeg"))
+
+
+def test_a_refused_body_is_drained_only_so_far(server: Server, image: np.ndarray):
+    """Declares 60 MB (over the 1 MB limit), sends 12 MB, then waits: the 413 comes without the rest."""
+    head = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 60000000\r\n\r\n")
+    seconds, answer = raw_request(server.port, head, b"\0" * 12_000_000)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert seconds < 10
+    ok_after(server, encode(image, "jpeg"))
+
+
 def test_concurrent_clients(server: Server, image: np.ndarray):
     jpeg = encode(image, "jpeg")
     expected = server.invoke(jpeg)[2]
@@ -306,6 +341,35 @@ def test_model_tar_gz_and_sigterm_finishes_requests_in_flight(model_dir: Path, t
     finally:
         packed.chmod(0o755)
         srv.stop()
+
+
+def test_a_model_slower_to_load_than_the_timeout_is_not_killed(tmp_path: Path):
+    from ssd_detector.model.export import export_untrained
+
+    big = export_untrained(tmp_path / "vgg", {"num_classes": "3", "base_network": "vgg-16", "image_shape": "300"})
+    srv = Server(big, tmp_path, env={"SAGEMAKER_MODEL_SERVER_TIMEOUT": "1"}, workers=1)
+    try:
+        srv.wait_ready()
+        time.sleep(3)  # beyond the timeout, idle
+        assert srv.request("GET", "/ping")[0] == 200
+        log = srv.log.read_text()
+        assert log.count("Booting worker") == 1 and "WORKER TIMEOUT" not in log, log[-2000:]
+    finally:
+        assert srv.stop() == 0
+
+
+def test_a_model_that_cannot_load_stops_the_server_with_the_reason(model_dir: Path, tmp_path: Path):
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    params = broken / "model_algo_1-0000.params"
+    params.write_bytes(params.read_bytes()[:1000])
+    srv = Server(broken, tmp_path, workers=2)
+    code = srv.process.wait(timeout=120)
+    log = srv.log.read_text()
+    assert code == 1, log[-2000:]
+    assert "worker 1 cannot load the model in" in log and "Invalid NDArray file format" in log
+    assert "serving stopped: App failed to load." in log
+    assert log.count("Booting worker") <= 2, "no respawning"
 
 
 def test_bad_settings_fail_at_start(model_dir: Path, tmp_path: Path):

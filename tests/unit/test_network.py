@@ -58,3 +58,21 @@ def test_the_launcher_gives_workers_an_interface_this_host_has(tmp_path: Path, m
         "R", (), {"stop": lambda self: None})())
     job.run()
     assert seen["interface"] == "lo"
+
+
+def test_a_taken_rendezvous_port_names_the_setting(tmp_path: Path):
+    import socket
+
+    from ssd_detector.sagemaker_env import Paths, ResourceConfig
+    from ssd_detector.training import launcher
+
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        resources = ResourceConfig(current_host="algo-1", hosts=("algo-1",), network_interface_name="lo")
+        job = launcher.Launcher(Paths(tmp_path), resources, per_host=2, environ={"SSD_RENDEZVOUS_PORT": str(port)})
+        with pytest.raises(JobFailed) as info:
+            job.run()
+    assert f"port {port}" in info.value.reason and "SSD_RENDEZVOUS_PORT" in info.value.reason
+    assert info.value.exit_code == 1

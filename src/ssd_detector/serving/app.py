@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Protocol
 
 import numpy as np
@@ -11,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..data.images import MAX_PIXELS
 from . import codecs
-from .errors import HTTPError, PayloadTooLarge
+from .errors import HTTPError, PayloadTooLarge, RequestTimeout
 from .settings import BATCH_STRATEGY, ServeSettings
 
 LOG = logging.getLogger(__name__)
@@ -29,20 +30,35 @@ def _json(status: int, body: dict) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/json")
 
 
-DRAIN_LIMIT = 100 * 1024 * 1024
+# A sync worker serves one request at a time, so a client that sends slowly holds it. Without
+# SageMaker's front end (a plain `docker run`), these bound what one client can take:
+IDLE_SECONDS = 5  # no byte of the body for this long: 408
+BODY_BASE_SECONDS = 10  # the whole body within this, plus BODY_SECONDS_PER_MB per MB of it: 408
+BODY_SECONDS_PER_MB = 1.0
+# A refused body is read and dropped (so a client still sending gets the answer, not a reset),
+# but no more than this much, for no longer than DRAIN_SECONDS.
+DRAIN_LIMIT = 8 * 1024 * 1024
+DRAIN_SECONDS = 2.0
+CHUNK = 1 << 20
+
+
+def _socket():  # noqa: ANN202 - the client's socket.socket, when gunicorn serves
+    return request.environ.get("gunicorn.socket")
 
 
 def _drain() -> None:
-    """Reads and drops what is left of a refused body (up to DRAIN_LIMIT), so that a client still
-    sending gets the error response instead of a broken connection."""
-    left = DRAIN_LIMIT
+    """Reads and drops what is left of a refused body, within DRAIN_LIMIT and DRAIN_SECONDS."""
+    left, deadline = DRAIN_LIMIT, time.monotonic() + DRAIN_SECONDS
+    sock = _socket()
     try:
-        while left > 0:
-            chunk = request.stream.read(min(left, 1 << 20))
+        if sock is not None:
+            sock.settimeout(DRAIN_SECONDS)
+        while left > 0 and time.monotonic() < deadline:
+            chunk = request.stream.read(min(left, CHUNK))
             if not chunk:
                 break
             left -= len(chunk)
-    except Exception:  # the client went away; nothing to answer
+    except Exception:  # the client went away or stalled; nothing more to read
         LOG.debug("could not drain the request body", exc_info=True)
 
 
@@ -51,12 +67,31 @@ def _read_body(limit: int) -> bytes:
     if length is not None and length > limit:
         raise PayloadTooLarge(f"the body is {length} bytes, over the limit of {limit} bytes "
                               f"({limit // (1024 * 1024)} MB, SAGEMAKER_MAX_PAYLOAD_IN_MB)")
-    # Chunked bodies have no length: read one byte past the limit to tell.
-    body = request.stream.read(limit + 1)
-    if len(body) > limit:
+    expected = length if length is not None else limit
+    allowed = BODY_BASE_SECONDS + BODY_SECONDS_PER_MB * expected / (1024 * 1024)
+    deadline = time.monotonic() + allowed
+    sock = _socket()
+    if sock is not None:
+        sock.settimeout(IDLE_SECONDS)
+    parts, size = [], 0
+    try:
+        # Chunked bodies have no length: read one byte past the limit to tell.
+        while size <= limit:
+            chunk = request.stream.read(min(CHUNK, limit + 1 - size))
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+            if time.monotonic() > deadline:
+                raise RequestTimeout(f"the body did not arrive within {allowed:.0f} s ({size} bytes so far)")
+    except (TimeoutError, OSError) as exc:
+        if isinstance(exc, TimeoutError) or "timed out" in str(exc):
+            raise RequestTimeout(f"no part of the body arrived for {IDLE_SECONDS} s ({size} bytes so far)") from None
+        raise
+    if size > limit:
         raise PayloadTooLarge(f"the body is over the limit of {limit} bytes "
                               f"({limit // (1024 * 1024)} MB, SAGEMAKER_MAX_PAYLOAD_IN_MB)")
-    return body
+    return b"".join(parts)
 
 
 def create_app(model: Model, settings: ServeSettings, max_pixels: int = MAX_PIXELS) -> Flask:
@@ -89,7 +124,8 @@ def create_app(model: Model, settings: ServeSettings, max_pixels: int = MAX_PIXE
     @app.errorhandler(HTTPError)
     def http_error(exc: HTTPError) -> Response:
         LOG.info("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
-        _drain()
+        if not isinstance(exc, RequestTimeout):  # a stalled client has nothing more to drain
+            _drain()
         return _json(exc.status, exc.body())
 
     @app.errorhandler(HTTPException)

@@ -24,6 +24,11 @@ class NotAcceptable(HTTPError):
     code = "not_acceptable"
 
 
+class RequestTimeout(HTTPError):
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(HTTPError):
     status = 413
     code = "payload_too_large"

@@ -7,9 +7,11 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.errors import AppImportError, HaltServer
 
 from ..model import artifact
 from .settings import GRACEFUL_SECONDS, ServeSettings
@@ -18,8 +20,25 @@ LOG = logging.getLogger(__name__)
 WORKER_AGE_VAR = "SSD_SERVE_WORKER_AGE"  # set in each worker by post_fork: 1, 2, ... (respawns count on)
 
 
+_BOOTING: dict[str, object] = {}  # this worker process's gunicorn worker, while it loads the model
+
+
 def _post_fork(server, worker) -> None:
     os.environ[WORKER_AGE_VAR] = str(worker.age)
+    _BOOTING["worker"] = worker
+
+
+def _heartbeat_while_loading() -> threading.Event:
+    """Loading a large model may take longer than the request timeout: keep telling gunicorn's
+    arbiter this worker is alive until the returned event is set."""
+    done = threading.Event()
+    worker = _BOOTING.get("worker")
+    if worker is not None:
+        def beat() -> None:
+            while not done.wait(1.0):
+                worker.notify()
+        threading.Thread(target=beat, name="load-heartbeat", daemon=True).start()
+    return done
 
 
 def worker_gpu(age: int, gpus: int) -> int | None:
@@ -45,7 +64,18 @@ def load_app(settings: ServeSettings):
             ctx = mx.gpu(gpu)
         else:
             LOG.warning("%d GPU(s) found but this MXNet has no GPU support; serving on the CPU", settings.gpus)
-    predictor = Predictor(settings.model_dir, ctx=ctx)
+    loading = _heartbeat_while_loading()
+    try:
+        predictor = Predictor(settings.model_dir, ctx=ctx)
+    except Exception as exc:  # noqa: BLE001 - one clear line instead of a worker traceback
+        first_line = (str(exc).strip().splitlines() or [""])[-1][:500]
+        message = (f"worker {age} cannot load the model in {settings.model_dir}: {type(exc).__name__}: "
+                   f"{first_line}")
+        LOG.error("%s", message)
+        # gunicorn stops the whole server ("App failed to load.") instead of respawning forever.
+        raise AppImportError(message) from None
+    finally:
+        loading.set()
     LOG.info("worker %d (pid %d) serving on %s", age, os.getpid(), ctx)
     return create_app(predictor, settings)
 
@@ -95,6 +125,9 @@ def serve(settings: ServeSettings) -> int:
                  settings.timeout, settings.max_payload_mb)
         _Gunicorn(settings).run()
         return 0
+    except HaltServer as exc:
+        LOG.error("serving stopped: %s (the worker's reason is above)", exc.reason)
+        return 1
     finally:
         # Workers leave through here too (gunicorn exits them with SystemExit): only the master cleans.
         if os.getpid() == master:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from ..errors import JobFailed
+from ..errors import JobFailed, Stopped
 from ..failure import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR
 from ..sagemaker_env import Paths, ResourceConfig, env_int, read_resource_config
 from . import distributed, network
@@ -154,6 +154,8 @@ class Launcher:
         self._terminating = False
 
     def _forward_sigterm(self, signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+        if not self.workers:  # still waiting for the rendezvous host: nothing to hand it to
+            raise Stopped("SIGTERM while waiting for the job to form")
         LOG.warning("SIGTERM: passing it to the %d worker(s) of this host", len(self.workers))
         self._terminating = True
         for worker in self.workers:
@@ -189,8 +191,14 @@ class Launcher:
         LOG.info("distributed job: %d host(s) x %d worker(s); this is %s; rendezvous on %s (%s:%d), interface %s",
                  len(resources.hosts), self.per_host, resources.current_host, master, address, self.port,
                  self.interface)
-        rendezvous = distributed.Rendezvous(self.port, slots) if resources.is_master else None
         previous = signal.signal(signal.SIGTERM, self._forward_sigterm)
+        try:
+            rendezvous = distributed.Rendezvous(self.port, slots) if resources.is_master else None
+        except OSError as exc:
+            signal.signal(signal.SIGTERM, previous)
+            raise JobFailed(f"cannot listen on port {self.port} for the Horovod rendezvous on {master}: "
+                            f"{exc.strerror or exc}; another process holds it? Set {RENDEZVOUS_PORT_VAR} to a "
+                            "free port (the same on every host)", EXIT_USER_ERROR) from None
         try:
             if rendezvous is None:
                 wait_for_port(master, address, self.port, deadline, self.join_timeout)
