@@ -139,6 +139,37 @@ def test_a_killed_worker_ends_the_job(tmp_path: Path, data: Path):
     assert "rank 1 on host algo-1" in failure and "SIGKILL" in failure, failure
 
 
+def test_a_worker_alive_but_stuck_ends_the_job(tmp_path: Path, data: Path):
+    """SIGSTOP: the worker stays alive and its peer waits in an allreduce forever; the launcher
+    sees no progress for SSD_PROGRESS_TIMEOUT seconds and ends the job with a reason."""
+    base = make_job(tmp_path, data, {**SMALL, "epochs": "200"})
+    process = start(base, SSD_WORKERS_PER_HOST="2", SSD_RENDEZVOUS_PORT=str(free_port()),
+                    SSD_PROGRESS_TIMEOUT="10")
+    lines, pid = [], None
+    for line in process.stdout:
+        lines.append(line)
+        found = re.search(r"started worker rank 1 \(local rank 1\), pid (\d+)", line)
+        if found:
+            pid = int(found.group(1))
+        if "#quality_metric" in line:
+            break
+    assert pid is not None, "".join(lines)
+    os.kill(pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        code, _ = finish(process, timeout=90)
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert time.monotonic() - stopped < 60
+    assert code != 0
+    failure = (base / "output/failure").read_text()
+    assert "no progress for more than SSD_PROGRESS_TIMEOUT=10 s" in failure, failure
+    assert "rank 1 on host algo-1" in failure, failure
+
+
 def test_rendezvous_host_that_never_comes_up(tmp_path: Path, data: Path):
     hosts = ["127.0.0.1", "127.0.0.2"]
     base = make_job(tmp_path, data, {**SMALL, "epochs": "1"}, host="127.0.0.2", hosts=hosts)

@@ -32,7 +32,10 @@ WORKERS_PER_HOST_VAR = "SSD_WORKERS_PER_HOST"
 RENDEZVOUS_PORT_VAR = "SSD_RENDEZVOUS_PORT"
 JOIN_TIMEOUT_VAR = "SSD_JOIN_TIMEOUT"  # seconds for every host to join
 REASON_FILE_VAR = "SSD_WORKER_REASON_FILE"  # where a worker writes why it failed
-JOINED_FILE_VAR = "SSD_WORKER_JOINED_FILE"  # a worker creates it once Horovod is up
+JOINED_FILE_VAR = "SSD_WORKER_JOINED_FILE"  # a worker creates it once Horovod is up, then touches it as it works
+PROGRESS_TIMEOUT_VAR = "SSD_PROGRESS_TIMEOUT"  # seconds a joined worker may go without progress
+DEFAULT_PROGRESS_TIMEOUT = 1800
+PROGRESS_EVERY = 5.0  # a worker touches its file at most this often (seconds)
 DEFAULT_RENDEZVOUS_PORT = 7777
 DEFAULT_JOIN_TIMEOUT = 300
 POLL_SECONDS = 0.2
@@ -69,6 +72,19 @@ def mark_joined(environ: Mapping[str, str] | None = None) -> None:
     env = os.environ if environ is None else environ
     if env.get(JOINED_FILE_VAR):
         Path(env[JOINED_FILE_VAR]).touch()
+
+
+_last_progress = [0.0]
+
+
+def mark_progress() -> None:
+    """A worker's sign of life for its launcher (a training or validation batch done); cheap
+    enough to call every batch."""
+    now = time.monotonic()
+    if now - _last_progress[0] < PROGRESS_EVERY or not os.environ.get(JOINED_FILE_VAR):
+        return
+    _last_progress[0] = now
+    Path(os.environ[JOINED_FILE_VAR]).touch()
 
 
 def resolve(host: str, deadline: float) -> str:
@@ -149,6 +165,8 @@ class Launcher:
         self.environ = dict(os.environ if environ is None else environ)
         self.port = env_int(self.environ, RENDEZVOUS_PORT_VAR, DEFAULT_RENDEZVOUS_PORT, 1, 65535)
         self.join_timeout = env_int(self.environ, JOIN_TIMEOUT_VAR, DEFAULT_JOIN_TIMEOUT, 1, 24 * 3600)
+        self.progress_timeout = env_int(self.environ, PROGRESS_TIMEOUT_VAR, DEFAULT_PROGRESS_TIMEOUT, 10,
+                                        7 * 24 * 3600)
         self.workers: list[Worker] = []
         self.interface = resources.network_interface_name  # checked against this host's in run()
         self._terminating = False
@@ -243,6 +261,8 @@ class Launcher:
             if all(c == 0 for c in codes):
                 LOG.info("all %d worker(s) of this host finished", len(self.workers))
                 return
+            if joined and not self._terminating:
+                self._check_progress()
             if not joined:
                 joined = all(w.joined_file.exists() for w in self.workers)
                 if not joined and time.monotonic() > join_deadline and not self._terminating:
@@ -254,6 +274,27 @@ class Launcher:
                         f"({', '.join(self.resources.hosts)}) at the rendezvous on {self.resources.hosts[0]}",
                         EXIT_INTERNAL_ERROR)
             time.sleep(POLL_SECONDS)
+
+
+    def _check_progress(self) -> None:
+        """Ends the job when a worker is alive but has made no progress for progress_timeout
+        (a hang in a collective, a deadlocked data worker): bounded, with a reason."""
+        now = time.time()
+        try:
+            quiet = [(now - w.joined_file.stat().st_mtime, w) for w in self.workers if w.process.poll() is None]
+        except OSError:
+            return  # a worker's file is being replaced; look again next time
+        if not quiet:
+            return
+        if max(seconds for seconds, _ in quiet) > self.progress_timeout:
+            # Peers of a stuck worker wait in its collectives, so all go quiet: name every one.
+            named = ", ".join(f"{w.describe()} ({seconds:.0f} s)" for seconds, w in sorted(quiet, key=lambda q: -q[0])
+                              if seconds > self.progress_timeout / 2)
+            self._stop_all()
+            raise JobFailed(
+                f"no progress for more than {PROGRESS_TIMEOUT_VAR}={self.progress_timeout} s from worker(s) {named}: "
+                "alive but stuck (a hang in a collective or in data loading), so the job was stopped",
+                EXIT_INTERNAL_ERROR)
 
 
 def launch(paths: Paths, train_here) -> None:  # noqa: ANN001 - the in-process training function

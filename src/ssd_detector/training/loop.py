@@ -271,6 +271,7 @@ class Training:
         start = time.perf_counter()
         for index, batch in enumerate(self.train_loader):
             ce, l1, stop = self.train_step(batch.images, batch.cls_targets, batch.box_targets)
+            launcher.mark_progress()
             if not (math.isfinite(ce) and math.isfinite(l1)):
                 raise UserError(f"training diverged at epoch {epoch}, batch {index}: loss is not finite "
                                 f"(cross_entropy={ce}, smooth_l1={l1}); lower learning_rate (now "
@@ -337,6 +338,7 @@ class Training:
         assert self.val_loader is not None
         metric = VOCMeanAP(self.hp.num_classes, self.hp.overlap_threshold, voc07=True)
         for batch in self.val_loader:
+            launcher.mark_progress()
             contexts = self.contexts[:len(batch.images)]
             xs = gluon.utils.split_and_load(batch.images, contexts, even_split=False)
             detections = np.concatenate([self.detector(x).asnumpy() for x in xs])  # (B, N, 6)
