@@ -20,7 +20,7 @@ IMAGE ?= ssd-detector
 CPU_BASE ?= ssd-base:bookworm
 FETCH_WEIGHTS ?= auto
 
-.PHONY: install sdk-venvs demo test test-unit test-integration bench-data bench-train bench-accuracy bench-serve bench-scaling bench-deps lint clean image image-cpu image-test
+.PHONY: install sdk-venvs demo test test-unit test-integration bench-data bench-train bench-accuracy bench-serve bench-soak bench-scaling bench-deps lint clean image image-cpu image-test
 
 install: $(STAMP)
 
@@ -71,6 +71,9 @@ bench-scaling: install
 
 bench-serve: install
 	$(PY) scripts/bench_serve.py
+
+bench-soak: install
+	$(PY) scripts/bench_soak.py
 
 bench-accuracy: install
 	$(PY) scripts/bench_accuracy.py

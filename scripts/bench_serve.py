@@ -93,6 +93,20 @@ def worker_rss_mb(master: int) -> list[float]:
     return out
 
 
+def model_and_picture(root: Path, base_network: str, image_shape: int) -> tuple[Path, np.ndarray]:
+    """A freshly initialized model under root (its untrained scores make the NMS work hardest)
+    and a 640x480 synthetic picture (RGB)."""
+    from ssd_detector.data.synthetic import SynthSpec, make_image
+    from ssd_detector.model.export import export_untrained
+
+    root.mkdir(parents=True, exist_ok=True)
+    model = export_untrained(root / "model", {"num_classes": "5", "base_network": base_network,
+                                              "image_shape": str(image_shape)})
+    image, _, _ = make_image(np.random.default_rng(0), SynthSpec(train=1, validation=0, classes=5, width=640,
+                                                                 height=480))
+    return model, image
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-network", default="mobilenet-1.0")
@@ -103,16 +117,10 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
     from ssd_detector.data.images import decode_rgb, encode
-    from ssd_detector.data.synthetic import SynthSpec, make_image
     from ssd_detector.inference import Predictor
-    from ssd_detector.model.export import export_untrained
     from ssd_detector.serving import codecs
 
-    args.root.mkdir(parents=True, exist_ok=True)
-    model = export_untrained(args.root / "model", {"num_classes": "5", "base_network": args.base_network,
-                                                   "image_shape": str(args.image_shape)})
-    image, _, _ = make_image(np.random.default_rng(0), SynthSpec(train=1, validation=0, classes=5, width=640,
-                                                                 height=480))
+    model, image = model_and_picture(args.root, args.base_network, args.image_shape)
     jpeg = encode(image, "jpeg")
     cpus = os.cpu_count() or 1
     LOG.info("model %s@%d (untrained), 640x480 JPEG of %d bytes, %d CPUs", args.base_network, args.image_shape,

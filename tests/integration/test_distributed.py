@@ -117,12 +117,11 @@ def test_two_hosts_leave_one_model(tmp_path: Path, data: Path):
     assert count_metric(results[1][1], "validation:mAP") == 0
 
 
-def test_a_killed_worker_ends_the_job(tmp_path: Path, data: Path):
-    base = make_job(tmp_path, data, {**SMALL, "epochs": "200"})
-    process = start(base, SSD_WORKERS_PER_HOST="2", SSD_RENDEZVOUS_PORT=str(free_port()))
-    lines = []
-    pid = None
-    for line in process.stdout:  # up to the first metric line, so training is under way
+def rank_1_once_training(process: subprocess.Popen) -> int:
+    """The pid of worker rank 1, read from the launcher's log up to the first metric line (so
+    training is under way)."""
+    lines, pid = [], None
+    for line in process.stdout:
         lines.append(line)
         found = re.search(r"started worker rank 1 \(local rank 1\), pid (\d+)", line)
         if found:
@@ -130,6 +129,13 @@ def test_a_killed_worker_ends_the_job(tmp_path: Path, data: Path):
         if "#quality_metric" in line:
             break
     assert pid is not None, "".join(lines)
+    return pid
+
+
+def test_a_killed_worker_ends_the_job(tmp_path: Path, data: Path):
+    base = make_job(tmp_path, data, {**SMALL, "epochs": "200"})
+    process = start(base, SSD_WORKERS_PER_HOST="2", SSD_RENDEZVOUS_PORT=str(free_port()))
+    pid = rank_1_once_training(process)
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
     code, _ = finish(process, timeout=60)
@@ -145,15 +151,7 @@ def test_a_worker_alive_but_stuck_ends_the_job(tmp_path: Path, data: Path):
     base = make_job(tmp_path, data, {**SMALL, "epochs": "200"})
     process = start(base, SSD_WORKERS_PER_HOST="2", SSD_RENDEZVOUS_PORT=str(free_port()),
                     SSD_PROGRESS_TIMEOUT="10")
-    lines, pid = [], None
-    for line in process.stdout:
-        lines.append(line)
-        found = re.search(r"started worker rank 1 \(local rank 1\), pid (\d+)", line)
-        if found:
-            pid = int(found.group(1))
-        if "#quality_metric" in line:
-            break
-    assert pid is not None, "".join(lines)
+    pid = rank_1_once_training(process)
     os.kill(pid, signal.SIGSTOP)
     stopped = time.monotonic()
     try:

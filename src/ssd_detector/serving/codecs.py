@@ -119,9 +119,11 @@ WILDCARDS = {"*/*": "application/json", "application/*": "application/json", "im
 
 
 def _parse_range(item: str) -> tuple[str, float]:
-    parts = [p.strip() for p in item.split(";") if p.strip()]
-    kind, quality, params = parts[0].lower(), 1.0, []
-    for param in parts[1:]:
+    first, *rest = item.split(";")
+    if not first.strip():
+        raise NotAcceptable(f"Accept has a media range without a type: {item.strip()!r}")
+    kind, quality, params = first.strip().lower(), 1.0, []
+    for param in (p.strip() for p in rest if p.strip()):
         key, _, value = param.partition("=")
         key, value = key.strip().lower(), value.strip().strip('"')
         if key == "q":

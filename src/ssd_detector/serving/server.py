@@ -128,6 +128,13 @@ def serve(settings: ServeSettings) -> int:
     except HaltServer as exc:
         LOG.error("serving stopped: %s (the worker's reason is above)", exc.reason)
         return 1
+    except SystemExit as exc:
+        # gunicorn's master may also halt by sys.exit (4: "App failed to load."); workers leave
+        # by SystemExit too, and their codes must reach the master unchanged.
+        if os.getpid() != master or exc.code in (0, None):
+            raise
+        LOG.error("serving stopped: gunicorn exited with code %s (the worker's reason is above)", exc.code)
+        return 1
     finally:
         # Workers leave through here too (gunicorn exits them with SystemExit): only the master cleans.
         if os.getpid() == master:
