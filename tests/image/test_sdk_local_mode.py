@@ -34,8 +34,16 @@ def sdk_python(major: int) -> Path:
     return python
 
 
+def remove_containers_of(image: str) -> None:
+    """Local mode leaves its containers stopped; they go with the test run."""
+    listed = subprocess.run(["docker", "ps", "-aq", "--filter", f"ancestor={image}"], capture_output=True,
+                            text=True, timeout=60).stdout.split()
+    if listed:
+        subprocess.run(["docker", "rm", "-f", *listed], capture_output=True, timeout=300)
+
+
 @pytest.fixture(scope="module", autouse=True)
-def engine() -> None:
+def engine():  # noqa: ANN201 - a fixture that yields
     usable = shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True,
                                                        timeout=60).returncode == 0
     if not usable:
@@ -45,6 +53,8 @@ def engine() -> None:
     if not (shutil.which("docker-compose") or subprocess.run(["docker", "compose", "version"],
                                                              capture_output=True).returncode == 0):
         pytest.fail("neither docker-compose nor the compose plugin is installed (docker/prepare.sh installs it)")
+    yield
+    remove_containers_of(IMAGE)
 
 
 def drive(major: int, action: str, *args: str, timeout: float = 900) -> dict:

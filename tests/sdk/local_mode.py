@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from offline import REGION, offline_environment
@@ -25,19 +28,34 @@ def channels(data: Path) -> dict[str, Path]:
     return {name: data / name for name in ("train", "validation") if (data / name).is_dir()}
 
 
+def compose_down(compose_file: Path) -> None:
+    """Removes the containers a local-mode run leaves behind (stopped, but they keep their names,
+    and a later run of the same project would be asked to recreate them)."""
+    command = (["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"])
+    if compose_file.is_file():
+        subprocess.run([*command, "-f", str(compose_file), "down", "--remove-orphans"], capture_output=True,
+                       timeout=300)
+
+
 def v3_train(args: argparse.Namespace) -> dict:
     from sagemaker.core.training.configs import Compute, InputData
     from sagemaker.train import ModelTrainer
     from sagemaker.train.model_trainer import Mode
 
+    # v3 names the compose project after this folder: one of its own per run.
+    root = args.root / f"ssd-local-{uuid.uuid4().hex[:10]}"
+    root.mkdir(parents=True)
     trainer = ModelTrainer(
         training_mode=Mode.LOCAL_CONTAINER, training_image=args.image, role=ROLE,
         compute=Compute(instance_type="local_cpu", instance_count=args.instances),
-        hyperparameters=json.loads(args.hyperparameters), local_container_root=str(args.root),
+        hyperparameters=json.loads(args.hyperparameters), local_container_root=str(root),
         base_job_name="ssd-local")
-    trainer.train(input_data_config=[InputData(channel_name=name, data_source=str(path))
-                                     for name, path in channels(args.data).items()])
-    return {"model_tar": str(args.root / "compressed_artifacts/model.tar.gz")}
+    try:
+        trainer.train(input_data_config=[InputData(channel_name=name, data_source=str(path))
+                                         for name, path in channels(args.data).items()])
+    finally:
+        compose_down(root / "docker-compose.yaml")
+    return {"model_tar": str(root / "compressed_artifacts/model.tar.gz")}
 
 
 def v2_session():  # noqa: ANN201 - sagemaker.local.LocalSession
