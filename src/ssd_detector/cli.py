@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import UserError
+from .errors import Stopped, UserError
 
 LOG = logging.getLogger("ssd_detector")
+EXIT_TERMINATED = 128 + signal.SIGTERM  # a tool stopped by SIGTERM, as a shell reports it
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -85,7 +86,7 @@ def _cmd_check_job(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    _stop_on_sigterm()
+    _stop_on_sigterm("SIGTERM before training began")
     from .failure import run_job
     from .sagemaker_env import Paths
     from .training.launcher import worker_failure_file
@@ -95,13 +96,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return run_job(lambda: train(paths), worker_failure_file(paths))
 
 
-def _stop_on_sigterm() -> None:
-    """From the first line of `train`: as PID 1 of a container the process would otherwise ignore
-    SIGTERM until the training loop installs its own handler (reading inputs can take minutes)."""
-    from .errors import Stopped
-
+def _stop_on_sigterm(reason: str) -> None:
+    """As PID 1 of a container a process ignores SIGTERM unless it handles it: every command
+    handles it from its first line (`train` until its loop takes over; `serve` hands it to
+    gunicorn, which installs its own)."""
     def stop(signum: int, frame: object) -> None:
-        raise Stopped("SIGTERM before training began")
+        raise Stopped(reason)
     signal.signal(signal.SIGTERM, stop)
 
 
@@ -273,11 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
+    _stop_on_sigterm(f"SIGTERM during {args.command}")
     try:
         return args.func(args)
     except UserError as exc:
         LOG.error("%s", exc)
         return 1
+    except Stopped as exc:
+        LOG.warning("stopped: %s", exc)
+        return EXIT_TERMINATED
 
 
 if __name__ == "__main__":

@@ -105,6 +105,21 @@ def test_sigterm_before_training_stops_within_seconds(made: Path, tmp_path: Path
     assert not (base / "output/failure").exists()
 
 
+def test_sigterm_stops_a_tool_with_143(tmp_path: Path):
+    import signal
+    import time
+
+    process = subprocess.Popen([*CLI, "synth", str(tmp_path / "many"), "--train", "100000", "--classes", "3",
+                                "--image-size", "320x240"], stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    start = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    rest = process.communicate(timeout=30)[1]
+    assert time.monotonic() - start < 10
+    assert process.returncode == 143, rest
+    assert "stopped: SIGTERM during synth" in rest
+
+
 def test_help_describes_the_commands():
     result = run("--help")
     assert result.returncode == 0 and "as they land" not in result.stdout

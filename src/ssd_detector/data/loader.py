@@ -98,6 +98,8 @@ def _worker_init(samples: Sequence[Sample], transform: Transform, seed: int, max
     import cv2
     cv2.setNumThreads(1)  # the workers are the parallelism
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
+    # Not the training process's SIGTERM handler (inherited through fork): a worker sent SIGTERM ends.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _WORKER_STATE.update(samples=samples, transform=transform, seed=seed, max_objects=max_objects, targets=targets)
 
 
