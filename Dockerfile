@@ -74,10 +74,13 @@ COPY --from=build /opt/mxnet /opt/mxnet
 COPY container/entrypoint /opt/program/entrypoint
 
 # Nothing under /opt/ml: SageMaker mounts it. Readable by any uid (docker run --user works).
+# OPENCV_IO_MAX_IMAGE_PIXELS: OpenCV's own decoder cap, read when cv2 loads, at data.images.MAX_PIXELS
+# (behind the header check).
 ENV PATH=/opt/venv/bin:/opt/program:$PATH \
     PYTHONUNBUFFERED=TRUE \
     PYTHONDONTWRITEBYTECODE=TRUE \
-    MXNET_HOME=/opt/mxnet
+    MXNET_HOME=/opt/mxnet \
+    OPENCV_IO_MAX_IMAGE_PIXELS=89478485
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
       org.opencontainers.image.title="ssd-detector" \
       org.opencontainers.image.description="SSD object detection: SageMaker-compatible train and serve"

@@ -57,7 +57,7 @@ class LaunchSpec:
     checkpoint_s3_uri: str | None = None
     spot: bool = False
     network_isolation: bool = False
-    base_job_name: str | None = None
+    base_job_name: str = "ssd-detector"
     model_data: str | None = None  # deploy this instead of training
     deploy: bool = False
     endpoint_instance_type: str = "ml.m5.xlarge"
@@ -100,15 +100,16 @@ def launch_spec(args: argparse.Namespace) -> LaunchSpec:
         raise ValueError("--predict needs --deploy (the image is sent to the new endpoint)")
     if args.predict and not Path(args.predict).is_file():
         raise ValueError(f"--predict {args.predict!r} is not a file")
+    common = dict(image_uri=args.image_uri, role=args.role, instance_type=args.instance_type,
+                  instance_count=args.instance_count, volume_size=args.volume_size, max_run=args.max_run,
+                  base_job_name=args.base_job_name, deploy=args.deploy,
+                  endpoint_instance_type=args.endpoint_instance_type,
+                  predict=Path(args.predict) if args.predict else None, logs=not args.no_logs)
     if args.model_data:
         _s3(args.model_data, "--model-data")
         if not args.deploy:
             raise ValueError("--model-data deploys a trained model: add --deploy")
-        return LaunchSpec(image_uri=args.image_uri, role=args.role, instance_type=args.instance_type,
-                          instance_count=args.instance_count, volume_size=args.volume_size, max_run=args.max_run,
-                          hyperparameters={}, channels=(), output_path=None, model_data=args.model_data,
-                          deploy=True, endpoint_instance_type=args.endpoint_instance_type,
-                          predict=Path(args.predict) if args.predict else None, logs=not args.no_logs)
+        return LaunchSpec(**common, hyperparameters={}, channels=(), output_path=None, model_data=args.model_data)
     if not args.hyperparameters:
         raise ValueError("--hyperparameters FILE is required to train (or give --model-data to deploy only)")
     if not args.output_path:
@@ -123,14 +124,11 @@ def launch_spec(args: argparse.Namespace) -> LaunchSpec:
         raise ValueError(f"--hyperparameters {args.hyperparameters!r} must hold a JSON object of name -> value")
     parse_hyperparameters(hyperparameters)  # the job would fail the same way; fail here first
     return LaunchSpec(
-        image_uri=args.image_uri, role=args.role, instance_type=args.instance_type,
-        instance_count=args.instance_count, volume_size=args.volume_size, max_run=args.max_run,
+        **common,
         # SageMaker takes strings; other values are written as JSON, as SDK v3 does (the container reads both).
         hyperparameters={k: v if isinstance(v, str) else json.dumps(v) for k, v in hyperparameters.items()},
         channels=channels(args), output_path=args.output_path, checkpoint_s3_uri=args.checkpoint_s3_uri,
-        spot=args.spot, network_isolation=args.network_isolation, base_job_name=args.base_job_name,
-        deploy=args.deploy, endpoint_instance_type=args.endpoint_instance_type,
-        predict=Path(args.predict) if args.predict else None, logs=not args.no_logs,
+        spot=args.spot, network_isolation=args.network_isolation,
         metric_definitions=tuple(dict(d) for d in METRIC_DEFINITIONS))
 
 
@@ -176,7 +174,7 @@ class SdkV3:
 
         trainer = ModelTrainer(
             training_image=spec.image_uri, role=spec.role, sagemaker_session=self.session,
-            base_job_name=spec.base_job_name or "ssd-detector",
+            base_job_name=spec.base_job_name,
             compute=Compute(instance_type=spec.instance_type, instance_count=spec.instance_count,
                             volume_size_in_gb=spec.volume_size, enable_managed_spot_training=spec.spot or None),
             stopping_condition=StoppingCondition(max_runtime_in_seconds=spec.max_run,
@@ -202,7 +200,7 @@ class SdkV3:
         from sagemaker.core.resources import Endpoint, EndpointConfig, Model
         from sagemaker.core.shapes import ContainerDefinition, ProductionVariant
 
-        name = _name(spec.base_job_name or "ssd-detector")
+        name = _name(spec.base_job_name)
         region = self.boto_session.region_name
         Model.create(model_name=name, execution_role_arn=spec.role,
                      primary_container=ContainerDefinition(image=spec.image_uri, model_data_url=model_data),
@@ -249,7 +247,7 @@ class SdkV2:
         from sagemaker.model import Model
         from sagemaker.predictor import Predictor
 
-        name = _name(spec.base_job_name or "ssd-detector")
+        name = _name(spec.base_job_name)
         model = Model(image_uri=spec.image_uri, model_data=model_data, role=spec.role, name=name,
                       sagemaker_session=self.session, predictor_cls=Predictor)
         predictor = model.deploy(initial_instance_count=1, instance_type=spec.endpoint_instance_type,
@@ -274,7 +272,7 @@ def estimator_arguments(spec: LaunchSpec) -> dict[str, Any]:
         "input_mode": "File", "output_path": spec.output_path, "hyperparameters": dict(spec.hyperparameters),
         "metric_definitions": [dict(d) for d in spec.metric_definitions],
         "enable_network_isolation": spec.network_isolation,
-        "base_job_name": spec.base_job_name or "ssd-detector",
+        "base_job_name": spec.base_job_name,
         # SageMaker Debugger hooks and profiling need the smdebug library in the container; this
         # image has none (v3 sends neither).
         "debugger_hook_config": False,
@@ -308,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", action="append", default=[], help="NAME=s3://bucket/prefix")
     p.add_argument("--content-type", action="append", default=[], help="NAME=TYPE")
     p.add_argument("--output-path")
-    p.add_argument("--base-job-name")
+    p.add_argument("--base-job-name", default=LaunchSpec.base_job_name)
     p.add_argument("--checkpoint-s3-uri")
     p.add_argument("--spot", action="store_true", help="managed spot training (resumes from checkpoints)")
     p.add_argument("--network-isolation", action="store_true")

@@ -86,7 +86,6 @@ def _cmd_check_job(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    _stop_on_sigterm("SIGTERM before training began")
     from .failure import run_job
     from .sagemaker_env import Paths
     from .training.launcher import worker_failure_file
@@ -98,8 +97,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _stop_on_sigterm(reason: str) -> None:
     """As PID 1 of a container a process ignores SIGTERM unless it handles it: every command
-    handles it from its first line (`train` until its loop takes over; `serve` hands it to
-    gunicorn, which installs its own)."""
+    handles it from its first line (`train` until its loop takes over, and a stop is not a
+    failure there; `serve` hands it to gunicorn, which installs its own)."""
     def stop(signum: int, frame: object) -> None:
         raise Stopped(reason)
     signal.signal(signal.SIGTERM, stop)

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from .errors import HyperparameterError
+from .errors import HyperparameterError, shown
 
 LOG = logging.getLogger(__name__)
 
@@ -229,12 +229,6 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def _shown(value: Any, limit: int = 60) -> str:
-    """repr(value) for an error message, shortened when long."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
 def _is_reserved(name: str) -> bool:
     return any(name.startswith(prefix) for prefix in RESERVED_PREFIXES)
 
@@ -248,7 +242,7 @@ def parse_hyperparameters(raw: Mapping[str, Any]) -> Hyperparameters:
             continue
         close = difflib.get_close_matches(name, SCHEMA_BY_NAME, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        LOG.warning("ignoring unknown hyperparameter %s=%s%s", _shown(name), _shown(value), hint)
+        LOG.warning("ignoring unknown hyperparameter %s=%s%s", shown(name), shown(value), hint)
     for param in SCHEMA:
         if param.name not in raw:
             if param.required:
@@ -262,10 +256,10 @@ def parse_hyperparameters(raw: Mapping[str, Any]) -> Hyperparameters:
         try:
             parsed = param.parse(value)
         except (TypeError, ValueError) as exc:
-            problems.append(f"{param.name}={_shown(raw[param.name])} is not valid: {exc}; expected {param.accepts}")
+            problems.append(f"{param.name}={shown(raw[param.name])} is not valid: {exc}; expected {param.accepts}")
             continue
         if not param.check(parsed):
-            problems.append(f"{param.name}={_shown(raw[param.name])} is out of range; expected {param.accepts}")
+            problems.append(f"{param.name}={shown(raw[param.name])} is out of range; expected {param.accepts}")
             continue
         values[param.name] = parsed
     if not problems:

@@ -1,6 +1,19 @@
 """The two error families of a job: a user's mistake, and everything else."""
 from __future__ import annotations
 
+import sys
+from typing import Any
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """repr(value) for an error message, shortened when long: a 5,000-digit number is named by
+    its start and length, not pasted whole."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too large for repr under Python's digit limit
+        return f"<integer of more than {sys.get_int_max_str_digits()} digits>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
 
 class UserError(Exception):
     """A mistake in what the user supplied (hyperparameters, channels, data).

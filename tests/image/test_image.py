@@ -96,6 +96,10 @@ def test_no_command_trains_and_never_succeeds_without_a_job(tmp_path: Path, data
     assert (base / "model/model_algo_1-symbol.json").exists()
     help_text = docker("run", "--rm", IMAGE, "--help")
     assert help_text.returncode == 0 and "serve" in help_text.stdout
+    cap = docker("run", "--rm", "--entrypoint", "python", IMAGE, "-c",
+                 "import os; from ssd_detector.data.images import MAX_PIXELS; "
+                 "print(os.environ['OPENCV_IO_MAX_IMAGE_PIXELS'] == str(MAX_PIXELS))")
+    assert cap.stdout.strip() == "True", cap.stderr[-1000:]
 
 
 def test_docker_stop_while_waiting_for_the_job_to_form(tmp_path: Path, data: Path):

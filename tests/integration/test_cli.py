@@ -1,8 +1,10 @@
 """The ssd-detector command, run as a user runs it: a real process, its output and exit code."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,12 +78,18 @@ def test_train_without_a_job_configuration_fails_with_a_reason(tmp_path: Path):
     assert not (base / "model").exists() or not any((base / "model").iterdir())
 
 
+def terminate_within_seconds(process: subprocess.Popen) -> str:
+    """SIGTERM, then the rest of its stderr; it must have ended within 10 s."""
+    start = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    rest = process.communicate(timeout=30)[1]
+    assert time.monotonic() - start < 10
+    return rest
+
+
 def test_sigterm_before_training_stops_within_seconds(made: Path, tmp_path: Path):
     """While the job waits for a host that never comes up, SIGTERM stops it at once (as PID 1 in
     a container, Python's default would ignore it until the training loop's handler)."""
-    import signal
-    import time
-
     base = tmp_path / "opt_ml"
     (base / "input/config").mkdir(parents=True)
     (base / "input/data").mkdir()
@@ -96,26 +104,17 @@ def test_sigterm_before_training_stops_within_seconds(made: Path, tmp_path: Path
         if "resolving the hosts" in line:
             break
     time.sleep(1)
-    start = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    rest = process.communicate(timeout=30)[1]
-    assert time.monotonic() - start < 10
+    rest = terminate_within_seconds(process)
     assert process.returncode == 0, rest
     assert "stopped: SIGTERM" in rest
     assert not (base / "output/failure").exists()
 
 
 def test_sigterm_stops_a_tool_with_143(tmp_path: Path):
-    import signal
-    import time
-
     process = subprocess.Popen([*CLI, "synth", str(tmp_path / "many"), "--train", "100000", "--classes", "3",
                                 "--image-size", "320x240"], stderr=subprocess.PIPE, text=True)
     time.sleep(3)
-    start = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    rest = process.communicate(timeout=30)[1]
-    assert time.monotonic() - start < 10
+    rest = terminate_within_seconds(process)
     assert process.returncode == 143, rest
     assert "stopped: SIGTERM during synth" in rest
 

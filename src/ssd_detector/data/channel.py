@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -18,6 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..errors import shown
 from . import recordio
 from .images import ImageError, decode_rgb, image_size_of_file
 from .labels import MAX_NUM_CLASSES, LabelError, check_boxes, check_class_ids, clip_boxes, unpack_detection_label
@@ -112,23 +112,14 @@ def _read_rec_file(rec_path: Path, data: ChannelData) -> None:
 
 def _number(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{key}={_shown(value)} is not a number")
+        raise ValueError(f"{key}={shown(value, 40)} is not a number")
     try:
         number = float(value)
     except OverflowError:  # an integer too large for a float
-        raise ValueError(f"{key}={_shown(value)} is not a finite number") from None
+        raise ValueError(f"{key}={shown(value, 40)} is not a finite number") from None
     if not math.isfinite(number):
-        raise ValueError(f"{key}={_shown(value)} is not a finite number")
+        raise ValueError(f"{key}={shown(value, 40)} is not a finite number")
     return number
-
-
-def _shown(value: Any, limit: int = 40) -> str:
-    """repr(value), shortened: a 5,000-digit number is named by its start and length."""
-    try:
-        text = repr(value)
-    except ValueError:  # int too large for repr under Python's digit limit
-        return f"<integer of more than {sys.get_int_max_str_digits()} digits>"
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _class_id(value: Any, where: str) -> int:
@@ -139,11 +130,11 @@ def _class_id(value: Any, where: str) -> int:
     name = f"{where} class_id" if where else "class_id"
     number = _number(value, name)
     if number != int(number):
-        raise ValueError(f"{name} {_shown(value)} is not a whole number")
+        raise ValueError(f"{name} {shown(value, 40)} is not a whole number")
     if number < 0:
-        raise ValueError(f"{name} {_shown(value)} is negative")
+        raise ValueError(f"{name} {shown(value, 40)} is negative")
     if number >= MAX_NUM_CLASSES:
-        raise ValueError(f"{name} {_shown(value)} is beyond the largest supported class id {MAX_NUM_CLASSES - 1}")
+        raise ValueError(f"{name} {shown(value, 40)} is beyond the largest supported class id {MAX_NUM_CLASSES - 1}")
     return int(number)
 
 
@@ -233,9 +224,9 @@ def _parse_annotation(doc: Any, where: str, image_dir: Path, images: dict[str, P
         raise ValueError(f"'categories' must be a list, not {type(categories).__name__}")
     for cat in categories:
         if not isinstance(cat, dict) or "class_id" not in cat or "name" not in cat:
-            raise ValueError(f"categories entry {_shown(cat)} needs 'class_id' and 'name'")
+            raise ValueError(f"categories entry {shown(cat, 40)} needs 'class_id' and 'name'")
         if not isinstance(cat["name"], (str, int, float)) or isinstance(cat["name"], bool):
-            raise ValueError(f"categories entry {_shown(cat)}: 'name' must be a string")
+            raise ValueError(f"categories entry {shown(cat, 40)}: 'name' must be a string")
         cid, cname = _class_id(cat["class_id"], "category"), str(cat["name"])
         if data.class_names.setdefault(cid, cname) != cname:
             raise ValueError(f"category {cid} is named {cname!r} here but {data.class_names[cid]!r} elsewhere")
@@ -275,7 +266,7 @@ def _check_json_object(obj: Any, i: int, width: int, height: int) -> str | None:
         left, top = _number(obj["left"], "left"), _number(obj["top"], "top")
         w, h = _number(obj["width"], "width"), _number(obj["height"], "height")
         if isinstance(obj["class_id"], str):
-            raise ValueError(f"class_id={_shown(obj['class_id'])} is not a number")
+            raise ValueError(f"class_id={shown(obj['class_id'], 40)} is not a number")
         _class_id(obj["class_id"], "")
     except ValueError as exc:
         return f"annotation {i}: {exc}"
@@ -336,8 +327,8 @@ def validate(data: ChannelData, num_classes: int | None, decode: bool = True, re
             issues.append(Issue(sample.where, problem))
     missing = sorted(set(range(limit)) - seen)
     if missing and data.samples:
-        shown = ", ".join(str(m) for m in missing[:20]) + (" ..." if len(missing) > 20 else "")
-        message = (f"class ids must be contiguous from 0 to {limit - 1}: no object has class id {shown}")
+        listed = ", ".join(str(m) for m in missing[:20]) + (" ..." if len(missing) > 20 else "")
+        message = (f"class ids must be contiguous from 0 to {limit - 1}: no object has class id {listed}")
         if require_all_classes:
             issues.append(Issue(data.name or "channel", message))
         else:

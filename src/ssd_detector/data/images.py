@@ -1,7 +1,6 @@
 """Decoding and checking encoded images (JPEG, PNG)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -11,9 +10,6 @@ JPEG_SOI = b"\xff\xd8"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Larger images are refused before decoding (a small file can decode to gigabytes).
 MAX_PIXELS = 89_478_485  # PIL's decompression-bomb limit
-# OpenCV's own decoder cap (read once per process, at its first decode): a second line behind
-# the header check.
-OPENCV_PIXEL_CAP_VAR = "OPENCV_IO_MAX_IMAGE_PIXELS"
 
 
 class ImageError(ValueError):
@@ -151,8 +147,10 @@ def decode_rgb(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ImageError("JPEG is truncated (no end-of-image marker after the last scan)")
     if kind == "png" and not _png_complete(data):
         raise ImageError("PNG is truncated (no IEND chunk)")
-    os.environ.setdefault(OPENCV_PIXEL_CAP_VAR, str(MAX_PIXELS))
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # e.g. over OpenCV's own cap (OPENCV_IO_MAX_IMAGE_PIXELS, set in the image)
+        raise ImageError(f"{kind.upper()} cannot be decoded: {str(exc).strip().splitlines()[-1]}") from None
     if bgr is None:
         raise ImageError(f"{kind.upper()} cannot be decoded")
     # EXIF orientation may swap the sides; anything else means the header lied.

@@ -84,10 +84,8 @@ def _read_body(limit: int) -> bytes:
             size += len(chunk)
             if time.monotonic() > deadline:
                 raise RequestTimeout(f"the body did not arrive within {allowed:.0f} s ({size} bytes so far)")
-    except (TimeoutError, OSError) as exc:
-        if isinstance(exc, TimeoutError) or "timed out" in str(exc):
-            raise RequestTimeout(f"no part of the body arrived for {IDLE_SECONDS} s ({size} bytes so far)") from None
-        raise
+    except TimeoutError:  # the socket's idle timeout
+        raise RequestTimeout(f"no part of the body arrived for {IDLE_SECONDS} s ({size} bytes so far)") from None
     if size > limit:
         raise PayloadTooLarge(f"the body is over the limit of {limit} bytes "
                               f"({limit // (1024 * 1024)} MB, SAGEMAKER_MAX_PAYLOAD_IN_MB)")

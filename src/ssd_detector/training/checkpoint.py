@@ -26,7 +26,8 @@ PARAMS = "ssd-checkpoint.params"
 STATES = "ssd-checkpoint.states"
 STATE = "ssd-checkpoint.json"
 FOLDER_PREFIX = "ssd-checkpoint-"
-FOLDER_PATTERN = re.compile(r"^ssd-checkpoint-(\d{6})$")
+FOLDER_PATTERN = re.compile(rf"^{re.escape(FOLDER_PREFIX)}(\d{{6}})$")
+SCRATCH_PREFIX = f".{FOLDER_PREFIX}tmp-"
 KEEP = 2  # the newest and the one before it
 
 
@@ -60,11 +61,11 @@ def checkpoints(directory: Path) -> list[Path]:
 
 def save(directory: Path, net: gluon.Block, trainer: gluon.Trainer, state: LoopState) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob(".ssd-checkpoint-tmp-*"):  # left by a process killed mid-save
+    for stale in directory.glob(f"{SCRATCH_PREFIX}*"):  # left by a process killed mid-save
         shutil.rmtree(stale, ignore_errors=True)
     numbered = [int(m.group(1)) for p in directory.iterdir() if (m := FOLDER_PATTERN.match(p.name))]
     final = directory / f"{FOLDER_PREFIX}{max(numbered, default=0) + 1:06d}"
-    scratch = Path(tempfile.mkdtemp(prefix=".ssd-checkpoint-tmp-", dir=directory))
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=directory))
     try:
         net.save_parameters(str(scratch / PARAMS))
         trainer.save_states(str(scratch / STATES))

@@ -81,10 +81,9 @@ def mark_progress() -> None:
     """A worker's sign of life for its launcher (a training or validation batch done); cheap
     enough to call every batch."""
     now = time.monotonic()
-    if now - _last_progress[0] < PROGRESS_EVERY or not os.environ.get(JOINED_FILE_VAR):
-        return
-    _last_progress[0] = now
-    Path(os.environ[JOINED_FILE_VAR]).touch()
+    if now - _last_progress[0] >= PROGRESS_EVERY:
+        _last_progress[0] = now
+        mark_joined()
 
 
 def resolve(host: str, deadline: float) -> str:
@@ -274,7 +273,6 @@ class Launcher:
                         f"({', '.join(self.resources.hosts)}) at the rendezvous on {self.resources.hosts[0]}",
                         EXIT_INTERNAL_ERROR)
             time.sleep(POLL_SECONDS)
-
 
     def _check_progress(self) -> None:
         """Ends the job when a worker is alive but has made no progress for progress_timeout
