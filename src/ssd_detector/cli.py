@@ -8,9 +8,12 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .errors import Stopped, UserError
+
+if TYPE_CHECKING:
+    from .data.manifest import ImageResolver
 
 LOG = logging.getLogger("ssd_detector")
 EXIT_TERMINATED = 128 + signal.SIGTERM  # a tool stopped by SIGTERM, as a shell reports it
@@ -48,11 +51,28 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_check_data(args: argparse.Namespace) -> int:
     from .data.channel import read_channel, summarize, validate
 
-    data = read_channel(args.path, args.annotations, content_type=args.content_type)
-    validate(data, args.num_classes, decode=not args.no_decode, require_all_classes=not args.validation)
+    from .data.manifest import ImageResolver, is_manifest, read_manifest
+
+    resolver = ImageResolver(args.path.parent, args.images)
+    try:
+        if is_manifest(args.path):
+            data = read_manifest(args.path, resolver, args.label_attribute)
+        else:
+            data = read_channel(args.path, args.annotations, content_type=args.content_type)
+        validate(data, args.num_classes, decode=not args.no_decode, require_all_classes=not args.validation)
+    finally:
+        resolver.close()
     report = summarize(data, args.label_width)
     print(json.dumps(report, indent=2 if args.pretty else None))
     return 0 if not report["errors"] else 1
+
+
+def _channel_summary(channel: object) -> dict:
+    from .training.inputs import PipeChannel
+
+    if isinstance(channel, PipeChannel):  # streamed during training: not read here
+        return {"format": channel.format, "input_mode": "Pipe", "distribution": channel.distribution}
+    return {"format": channel.format, "images": len(channel.samples)}  # type: ignore[attr-defined]
 
 
 def _cmd_check_job(args: argparse.Namespace) -> int:
@@ -68,9 +88,8 @@ def _cmd_check_job(args: argparse.Namespace) -> int:
             "hyperparameters": inputs.hyperparameters.to_strings(),
             "hosts": list(inputs.resources.hosts),
             "current_host": inputs.resources.current_host,
-            "train": {"format": inputs.train.format, "images": len(inputs.train.samples)},
-            "validation": ({"format": inputs.validation.format, "images": len(inputs.validation.samples)}
-                           if inputs.validation else None),
+            "train": _channel_summary(inputs.train),
+            "validation": _channel_summary(inputs.validation) if inputs.validation else None,
             "class_names": {str(k): v for k, v in sorted(inputs.class_names.items())},
         }
         print(json.dumps(summary))
@@ -153,10 +172,25 @@ def _cmd_init_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    from .data.manifest import ImageResolver
+
+    resolver = ImageResolver(Path(args.input).parent, args.images)
+    try:
+        return _convert(args, resolver)
+    finally:
+        resolver.close()
+
+
+def _convert(args: argparse.Namespace, resolver: "ImageResolver") -> int:
     from .data import convert
     from .data.channel import read_channel, validate
+    from .data.manifest import read_manifest
 
-    if args.source == "voc":
+    if args.source == "manifest":
+        if not Path(args.input).is_file():
+            raise UserError(f"convert manifest: {args.input} is not a file (a Ground Truth output.manifest)")
+        data = read_manifest(args.input, resolver, args.label_attribute)
+    elif args.source == "voc":
         from .data.voc import read_voc
         classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
         data = read_voc(args.input, args.split, classes)
@@ -201,16 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, required=True, help="number of classes (shapes), 1 to 10")
     p.add_argument("--image-size", type=_image_size, default=(320, 240), metavar="WxH")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=("json", "recordio", "both"), default="json",
-                   help="json: train/ + train_annotation/ ...; recordio: train/train.rec ...; "
-                        "both: OUT/json/ and OUT/recordio/")
+    p.add_argument("--format", choices=("json", "recordio", "manifest", "both"), default="json",
+                   help="json: train/ + train_annotation/ ...; recordio: train/train.rec ...; manifest: "
+                        "train.manifest (Ground Truth) + images/; both: OUT/json/, OUT/recordio/, OUT/manifest/")
     p.add_argument("--image-format", choices=("jpg", "png", "mixed"), default="jpg")
     p.add_argument("--max-objects", type=int, default=6, help="most objects in one image")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("check-data", help="check a channel and print a JSON report; exit 0 only when it is clean")
-    p.add_argument("path", type=Path, help="a .rec file, a folder of .rec files, or an image folder")
+    p.add_argument("path", type=Path, help="a .rec file, a folder of .rec files, an image folder, or a Ground "
+                                           "Truth augmented manifest (.manifest, .jsonl)")
     p.add_argument("--annotations", type=Path, help="the annotation folder of an image channel")
+    p.add_argument("--images", type=Path, help="manifest: local folder holding the source-ref images")
+    p.add_argument("--label-attribute", help="manifest: the label attribute (default: the bounding-box one)")
     p.add_argument("--num-classes", type=int, help="check class ids against this (default: highest id + 1)")
     p.add_argument("--label-width", type=int, help="also check this label_width hyperparameter")
     p.add_argument("--content-type", help="the channel's ContentType (default: inferred)")
@@ -254,8 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_init_model)
 
     p = sub.add_parser("convert", help="convert between RecordIO, JSON annotations, .lst and Pascal VOC")
-    p.add_argument("source", choices=("json", "recordio", "lst", "voc"), help="input format")
-    p.add_argument("input", type=Path, help="image folder (json), .rec or folder (recordio), .lst file, VOC root")
+    p.add_argument("source", choices=("json", "recordio", "lst", "voc", "manifest"), help="input format")
+    p.add_argument("input", type=Path, help="image folder (json), .rec or folder (recordio), .lst file, VOC root, "
+                                            "Ground Truth augmented manifest (manifest)")
     p.add_argument("--to", choices=("recordio", "json"), required=True)
     p.add_argument("--output", required=True, help="a .rec file or folder (recordio); the image folder (json)")
     p.add_argument("--annotations", type=Path, help="json input: the annotation folder")
@@ -263,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-root", type=Path, help="lst input: folder the image paths are relative to")
     p.add_argument("--split", help="voc input: ImageSets/Main/<split>.txt (default: every annotation)")
     p.add_argument("--classes", help="voc input: comma-separated class names in id order")
+    p.add_argument("--images", type=Path, help="manifest input: local folder holding the source-ref images "
+                   "(s3://bucket/key is looked up as KEY, BUCKET/KEY or the file name; else downloaded with boto3)")
+    p.add_argument("--label-attribute", help="manifest input: the label attribute (default: the one "
+                   "holding bounding boxes)")
     p.add_argument("--keep-difficult", action="store_true",
                    help="recordio output: write 6 values per object, the 6th VOC's difficult flag")
     p.set_defaults(func=_cmd_convert)

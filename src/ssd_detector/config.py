@@ -38,6 +38,7 @@ MAX_BATCH_SIZE = 4_096
 MAX_LABEL_WIDTH = 100_000  # 20,000 objects of 5 values
 MAX_NMS_TOPK = 100_000
 MAX_SAMPLES = 1_000_000_000
+MAX_SHUFFLE_BUFFER = 1_000_000
 MAX_SCHEDULE_STEPS = 100
 
 
@@ -188,6 +189,9 @@ SCHEMA: tuple[Param, ...] = (
     Param("nms_topk", _parse_int, 400, f"an integer from 1 to {MAX_NMS_TOPK}, or -1 for no limit",
           lambda v: 1 <= v <= MAX_NMS_TOPK or v == -1),
     Param("overlap_threshold", _parse_float, 0.5, "a number in (0, 1]", _between(0, 1, low_open=True)),
+    # Pipe mode: images held to mix the order within a pass over the stream (0: stream order).
+    Param("pipe_shuffle_buffer", _parse_int, 1024, f"an integer from 0 to {MAX_SHUFFLE_BUFFER}",
+          _between(0, MAX_SHUFFLE_BUFFER)),
     Param("kv_store", _parse_str, "device", "one of " + ", ".join(KV_STORES), lambda v: v in KV_STORES),
     # Hidden keys of the built-in, kept so its hyperparams.json round-trips.
     Param("_kvstore", _parse_str, "device", "one of " + ", ".join(KV_STORES), lambda v: v in KV_STORES),

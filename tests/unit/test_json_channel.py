@@ -63,7 +63,7 @@ def test_good_channel_normalizes_pixels_and_keeps_class_names(tmp_path: Path):
     (ann("a.jpg", [(-1, 10, 10, 20, 20)]), {"a.jpg": picture()}, "a.json", "negative"),
     (ann("a.jpg", [("x", 10, 10, 20, 20)]), {"a.jpg": picture()}, "a.json", "class_id='x' is not a number"),
     (ann("a.jpg", [(0, 10, 10, 20, 20)], width=200), {"a.jpg": picture()}, "a.json",
-     "image_size says 200x80 but image 'a.jpg' is 100x80"),
+     "image_size says 200x80 but the image is 100x80 (image 'a.jpg')"),
     ("{not json", {"a.jpg": picture()}, "a.json", "not a readable JSON file"),
     ({"annotations": []}, {"a.jpg": picture()}, "a.json", "'file' must be the image path"),
     (ann("a.jpg", [(0, 10, 10, 20, 20)]), {"a.jpg": picture(), "extra.jpg": picture()}, "extra.jpg",

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from ..errors import shown
 from . import recordio
 from .images import ImageError, decode_rgb, image_size_of_file
-from .labels import MAX_NUM_CLASSES, LabelError, check_boxes, check_class_ids, clip_boxes, unpack_detection_label
+from .labels import LabelError, check_boxes, check_class_ids, check_image_size, class_id_value, clip_boxes, \
+    pixel_objects, unpack_detection_label
 from .sample import ImageRef, Issue, Sample, empty_objects
 
 LOG = logging.getLogger(__name__)
@@ -81,61 +81,40 @@ def _read_rec_file(rec_path: Path, data: ChannelData) -> None:
         try:
             for record in recordio.iter_records(stream, rec_path.name):
                 where = f"{rec_path.name}#{record.index}"
-                try:
-                    parsed = recordio.unpack_image_record(record.payload)
-                except ValueError as exc:
-                    data.issues.append(Issue(where, str(exc)))
-                    continue
-                if not parsed.packed:
-                    data.issues.append(Issue(where, (
-                        f"record carries a single label value {parsed.label[0]:g}; detection records need the "
-                        "packed label [header_width, object_width, class_id, xmin, ymin, xmax, ymax, ...] "
-                        "(im2rec --pack-label)")))
-                    continue
-                try:
-                    boxes, class_ids, difficult, width = unpack_detection_label(parsed.label)
-                except LabelError as exc:
-                    data.issues.append(Issue(where, str(exc)))
-                    continue
-                for problem in check_boxes(boxes):
-                    data.issues.append(Issue(where, problem))
-                image_len = len(record.payload) - parsed.image_start
-                if record.payload_offset >= 0:
-                    ref = ImageRef(str(rec_path), record.payload_offset + parsed.image_start, image_len)
-                else:
-                    ref = ImageRef(str(rec_path), data=record.payload[parsed.image_start:])
-                data.samples.append(Sample(ref, clip_boxes(boxes), class_ids, difficult, where))
-                data.label_widths.append(width)
+
+                def ref(image_start: int, record: recordio.Record = record) -> ImageRef:
+                    if record.payload_offset >= 0:
+                        return ImageRef(str(rec_path), record.payload_offset + image_start,
+                                        len(record.payload) - image_start)
+                    return ImageRef(str(rec_path), data=record.payload[image_start:])
+
+                sample, problems, width = image_record_sample(record.payload, where, ref)
+                data.issues.extend(Issue(where, p) for p in problems)
+                if sample is not None:
+                    data.samples.append(sample)
+                    data.label_widths.append(width)
         except recordio.RecordIOFormatError as exc:
             data.issues.append(Issue(rec_path.name, str(exc)))
 
 
-def _number(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{key}={shown(value, 40)} is not a number")
+def image_record_sample(payload: bytes, where: str,
+                        ref: Callable[[int], ImageRef]) -> tuple[Sample | None, list[str], int]:
+    """One RecordIO image record -> (the sample, or None when its label is unusable; problems;
+    the raw label width). ref(image_start) says where the sample's image bytes are."""
     try:
-        number = float(value)
-    except OverflowError:  # an integer too large for a float
-        raise ValueError(f"{key}={shown(value, 40)} is not a finite number") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{key}={shown(value, 40)} is not a finite number")
-    return number
-
-
-def _class_id(value: Any, where: str) -> int:
-    """A category's or an object's class id: a whole number (JSON number or decimal string) from 0
-    to MAX_NUM_CLASSES - 1."""
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value.strip()) < 12:
-        value = int(value.strip())
-    name = f"{where} class_id" if where else "class_id"
-    number = _number(value, name)
-    if number != int(number):
-        raise ValueError(f"{name} {shown(value, 40)} is not a whole number")
-    if number < 0:
-        raise ValueError(f"{name} {shown(value, 40)} is negative")
-    if number >= MAX_NUM_CLASSES:
-        raise ValueError(f"{name} {shown(value, 40)} is beyond the largest supported class id {MAX_NUM_CLASSES - 1}")
-    return int(number)
+        parsed = recordio.unpack_image_record(payload)
+    except ValueError as exc:
+        return None, [str(exc)], 0
+    if not parsed.packed:
+        return None, [(f"record carries a single label value {parsed.label[0]:g}; detection records need the "
+                       "packed label [header_width, object_width, class_id, xmin, ymin, xmax, ymax, ...] "
+                       "(im2rec --pack-label)")], 0
+    try:
+        boxes, class_ids, difficult, width = unpack_detection_label(parsed.label)
+    except LabelError as exc:
+        return None, [str(exc)], 0
+    problems = check_boxes(boxes)
+    return Sample(ref(parsed.image_start), clip_boxes(boxes), class_ids, difficult, where), problems, width
 
 
 def _image_relpath(file_field: Any) -> PurePosixPath:
@@ -211,14 +190,9 @@ def _parse_annotation(doc: Any, where: str, image_dir: Path, images: dict[str, P
         width, height = image_size_of_file(path)
     except ImageError as exc:
         raise ValueError(f"image {rel!r}: {exc}") from None
-    size = doc.get("image_size")
-    if size is not None:
-        entry = size[0] if isinstance(size, list) and size else size
-        if not isinstance(entry, dict):
-            raise ValueError(f"image_size must be [{{\"width\": W, \"height\": H, \"depth\": 3}}], not {size!r}")
-        given = (entry.get("width"), entry.get("height"))
-        if given != (width, height):
-            raise ValueError(f"image_size says {given[0]}x{given[1]} but image {rel!r} is {width}x{height}")
+    problem = check_image_size(doc.get("image_size"), width, height)
+    if problem:
+        raise ValueError(f"{problem} (image {rel!r})")
     categories = doc.get("categories") or []
     if not isinstance(categories, list):
         raise ValueError(f"'categories' must be a list, not {type(categories).__name__}")
@@ -227,56 +201,18 @@ def _parse_annotation(doc: Any, where: str, image_dir: Path, images: dict[str, P
             raise ValueError(f"categories entry {shown(cat, 40)} needs 'class_id' and 'name'")
         if not isinstance(cat["name"], (str, int, float)) or isinstance(cat["name"], bool):
             raise ValueError(f"categories entry {shown(cat, 40)}: 'name' must be a string")
-        cid, cname = _class_id(cat["class_id"], "category"), str(cat["name"])
+        cid, cname = class_id_value(cat["class_id"], "category"), str(cat["name"])
         if data.class_names.setdefault(cid, cname) != cname:
             raise ValueError(f"category {cid} is named {cname!r} here but {data.class_names[cid]!r} elsewhere")
     objects = doc.get("annotations", [])
     if not isinstance(objects, list):
         raise ValueError(f"'annotations' must be a list, not {type(objects).__name__}")
-    boxes, class_ids = [], []
-    bad = False
-    for i, obj in enumerate(objects):
-        problem = _check_json_object(obj, i, width, height)
-        if problem:
-            data.issues.append(Issue(where, problem))
-            bad = True
-            continue
-        left, top = float(obj["left"]), float(obj["top"])
-        boxes.append([left / width, top / height, (left + float(obj["width"])) / width,
-                      (top + float(obj["height"])) / height])
-        class_ids.append(int(obj["class_id"]))
-    if bad:
+    box_arr, ids, problems = pixel_objects(objects, width, height)
+    if problems:
+        data.issues.extend(Issue(where, problem) for problem in problems)
         return None
-    if boxes:
-        box_arr = np.clip(np.array(boxes, np.float32), 0, 1)
-        ids = np.array(class_ids, np.int32)
-        difficult = np.zeros(len(ids), bool)
-    else:
-        box_arr, ids, difficult = empty_objects()
+    difficult = np.zeros(len(ids), bool)
     return Sample(ImageRef(str(path)), box_arr, ids, difficult, rel, width=width, height=height)
-
-
-def _check_json_object(obj: Any, i: int, width: int, height: int) -> str | None:
-    if not isinstance(obj, dict):
-        return f"annotation {i} must be an object, not {obj!r}"
-    missing = [k for k in ("class_id", "left", "top", "width", "height") if k not in obj]
-    if missing:
-        return f"annotation {i} lacks {', '.join(missing)}"
-    try:
-        left, top = _number(obj["left"], "left"), _number(obj["top"], "top")
-        w, h = _number(obj["width"], "width"), _number(obj["height"], "height")
-        if isinstance(obj["class_id"], str):
-            raise ValueError(f"class_id={shown(obj['class_id'], 40)} is not a number")
-        _class_id(obj["class_id"], "")
-    except ValueError as exc:
-        return f"annotation {i}: {exc}"
-    if w <= 0 or h <= 0:
-        return f"annotation {i}: box width {w:g} x height {h:g} has zero area"
-    # Half a pixel of overshoot is rounding; more is a box outside the image.
-    if left < -0.5 or top < -0.5 or left + w > width + 0.5 or top + h > height + 0.5:
-        return (f"annotation {i}: box left={left:g} top={top:g} width={w:g} height={h:g} lies outside the "
-                f"{width}x{height} image")
-    return None
 
 
 def detect_format(channel_dir: Path, content_type: str | None, annotation_dir: Path | None) -> str:

@@ -26,8 +26,11 @@ def to_json(data: ChannelData, image_dir: Path, annotation_dir: Path) -> int:
     for index, sample in enumerate(data.samples):
         image = sample.image.read()
         width, height = (sample.width, sample.height) if sample.width else image_size(image)
-        base = PurePosixPath(sample.where.replace("#", "_").replace(":", "_")).stem
-        stem = f"{index:06d}_{base}" if data.format in ("recordio", "lst") else base
+        if data.format == "manifest":  # named after the image; images of several prefixes may share a name
+            base = PurePosixPath(sample.image.path).stem
+        else:
+            base = PurePosixPath(sample.where.replace("#", "_").replace(":", "_")).stem
+        stem = f"{index:06d}_{base}" if data.format in ("recordio", "lst", "manifest") else base
         write_json_item(image_dir, annotation_dir, stem, image, width, height, sample.boxes, sample.class_ids,
                         data.class_names or None)
     LOG.info("wrote %d images with annotations to %s and %s", len(data.samples), image_dir, annotation_dir)

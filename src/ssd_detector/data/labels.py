@@ -1,7 +1,12 @@
 """Detection labels: unpacking RecordIO label arrays and checking objects against the rules."""
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
+
+from ..errors import shown
 
 from ..config import MAX_NUM_CLASSES  # class ids run below num_classes' upper bound
 from .sample import empty_objects
@@ -90,3 +95,87 @@ def check_class_ids(class_ids: np.ndarray, num_classes: int | None) -> list[str]
 def clip_boxes(boxes: np.ndarray) -> np.ndarray:
     """Clips the rounding overshoot that check_boxes tolerates."""
     return np.clip(boxes, 0.0, 1.0).astype(np.float32)
+
+
+def number_value(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key}={shown(value, 40)} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        raise ValueError(f"{key}={shown(value, 40)} is not a finite number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{key}={shown(value, 40)} is not a finite number")
+    return number
+
+
+def class_id_value(value: Any, where: str) -> int:
+    """A category's or an object's class id: a whole number (JSON number or decimal string) from 0
+    to MAX_NUM_CLASSES - 1."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value.strip()) < 12:
+        value = int(value.strip())
+    name = f"{where} class_id" if where else "class_id"
+    number = number_value(value, name)
+    if number != int(number):
+        raise ValueError(f"{name} {shown(value, 40)} is not a whole number")
+    if number < 0:
+        raise ValueError(f"{name} {shown(value, 40)} is negative")
+    if number >= MAX_NUM_CLASSES:
+        raise ValueError(f"{name} {shown(value, 40)} is beyond the largest supported class id {MAX_NUM_CLASSES - 1}")
+    return int(number)
+
+
+def check_pixel_object(obj: Any, i: int, width: int, height: int) -> str | None:
+    if not isinstance(obj, dict):
+        return f"annotation {i} must be an object, not {obj!r}"
+    missing = [k for k in ("class_id", "left", "top", "width", "height") if k not in obj]
+    if missing:
+        return f"annotation {i} lacks {', '.join(missing)}"
+    try:
+        left, top = number_value(obj["left"], "left"), number_value(obj["top"], "top")
+        w, h = number_value(obj["width"], "width"), number_value(obj["height"], "height")
+        if isinstance(obj["class_id"], str):
+            raise ValueError(f"class_id={shown(obj['class_id'], 40)} is not a number")
+        class_id_value(obj["class_id"], "")
+    except ValueError as exc:
+        return f"annotation {i}: {exc}"
+    if w <= 0 or h <= 0:
+        return f"annotation {i}: box width {w:g} x height {h:g} has zero area"
+    # Half a pixel of overshoot is rounding; more is a box outside the image.
+    if left < -0.5 or top < -0.5 or left + w > width + 0.5 or top + h > height + 0.5:
+        return (f"annotation {i}: box left={left:g} top={top:g} width={w:g} height={h:g} lies outside the "
+                f"{width}x{height} image")
+    return None
+
+
+def pixel_objects(objects: Any, width: int, height: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The objects of a JSON annotation or a Ground Truth label (pixel left, top, width, height)
+    -> (boxes (N, 4) normalized corners, class ids (N,), problems: one message per bad object)."""
+    if not isinstance(objects, list):
+        return *empty_objects()[:2], [f"'annotations' must be a list, not {type(objects).__name__}"]
+    boxes, class_ids, problems = [], [], []
+    for i, obj in enumerate(objects):
+        problem = check_pixel_object(obj, i, width, height)
+        if problem:
+            problems.append(problem)
+            continue
+        left, top = float(obj["left"]), float(obj["top"])
+        boxes.append([left / width, top / height, (left + float(obj["width"])) / width,
+                      (top + float(obj["height"])) / height])
+        class_ids.append(class_id_value(obj["class_id"], ""))
+    if not boxes:
+        return *empty_objects()[:2], problems
+    return np.clip(np.array(boxes, np.float32), 0, 1), np.array(class_ids, np.int32), problems
+
+
+def check_image_size(size: Any, width: int, height: int) -> str | None:
+    """A label's optional ``image_size`` ([{"width", "height", "depth"}]) against the image's real size."""
+    if size is None:
+        return None
+    entry = size[0] if isinstance(size, list) and size else size
+    if not isinstance(entry, dict):
+        return f"image_size must be [{{\"width\": W, \"height\": H, \"depth\": 3}}], not {shown(size, 60)}"
+    given = (entry.get("width"), entry.get("height"))
+    if given != (width, height):
+        return f"image_size says {given[0]}x{given[1]} but the image is {width}x{height}"
+    return None

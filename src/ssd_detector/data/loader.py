@@ -13,13 +13,13 @@ import os
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .images import decode_rgb
-from .sample import Sample
+from .sample import Issue, Sample, empty_objects
 
 LOG = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class Batch:
     indices: np.ndarray  # (B,) sample indices, for tests and evaluation
     cls_targets: np.ndarray | None = None  # (B, A) float32, 0 = background, class + 1
     box_targets: np.ndarray | None = None  # (B, A, 4) float32
+    issues: list[Issue] = field(default_factory=list)  # images that failed (tolerant batches only)
 
 
 def shard_indices(order: np.ndarray, part_index: int, num_parts: int, equal: bool = False) -> np.ndarray:
@@ -58,9 +59,14 @@ def shard_indices(order: np.ndarray, part_index: int, num_parts: int, equal: boo
     return order[part_index::num_parts]
 
 
-def make_batch(samples: Sequence[Sample], indices: Sequence[int], transform: Transform, seed: int, epoch: int,
-               max_objects: int | None, targets: TargetFn | None = None) -> Batch:
+def make_batch(samples: Sequence[Sample] | Mapping[int, Sample], indices: Sequence[int], transform: Transform,
+               seed: int, epoch: int, max_objects: int | None, targets: TargetFn | None = None,
+               tolerant: bool = False) -> Batch:
+    """The batch of samples[i] for i in indices. tolerant: an image that cannot be used becomes a
+    blank image without objects and an issue of the batch (Pipe mode reports them all at the
+    end of the pass) instead of an error."""
     images, labels, cls_targets, box_targets = [], [], [], []
+    issues: list[Issue] = []
     for index in indices:
         sample = samples[index]
         rng = np.random.default_rng([seed, epoch, int(index)])
@@ -68,7 +74,11 @@ def make_batch(samples: Sequence[Sample], indices: Sequence[int], transform: Tra
             image = decode_rgb(sample.image.read())
             out, boxes, kept = transform(image, sample.boxes, rng)
         except Exception as exc:  # noqa: BLE001 - the sample is named, whatever went wrong
-            raise LoaderError(f"{sample.where}: {type(exc).__name__}: {exc}") from exc
+            if not tolerant:
+                raise LoaderError(f"{sample.where}: {type(exc).__name__}: {exc}") from exc
+            issues.append(Issue(sample.where, str(exc)))
+            sample = Sample(sample.image, *empty_objects(), sample.where)
+            out, boxes, kept = transform(np.zeros((8, 8, 3), np.uint8), sample.boxes, rng)
         rows = np.concatenate([sample.class_ids[kept, None].astype(np.float32), boxes,
                                sample.difficult[kept, None].astype(np.float32)], axis=1)  # (K, 6)
         images.append(out)
@@ -82,7 +92,7 @@ def make_batch(samples: Sequence[Sample], indices: Sequence[int], transform: Tra
     padded = np.full((len(labels), width, LABEL_COLUMNS), -1, np.float32)
     for i, rows in enumerate(labels):
         padded[i, :min(len(rows), width)] = rows[:width]
-    batch = Batch(np.stack(images), padded, np.asarray(indices, np.int64))
+    batch = Batch(np.stack(images), padded, np.asarray(indices, np.int64), issues=issues)
     if targets is not None:
         batch.cls_targets, batch.box_targets = np.stack(cls_targets), np.stack(box_targets)
     return batch
@@ -91,7 +101,7 @@ def make_batch(samples: Sequence[Sample], indices: Sequence[int], transform: Tra
 _WORKER_STATE: dict = {}
 
 
-def _worker_init(samples: Sequence[Sample], transform: Transform, seed: int, max_objects: int | None,
+def _worker_init(samples: Sequence[Sample] | None, transform: Transform, seed: int, max_objects: int | None,
                  targets: TargetFn | None) -> None:
     import signal
 
@@ -107,6 +117,21 @@ def _worker_batch(epoch: int, indices: np.ndarray) -> Batch:
     state = _WORKER_STATE
     return make_batch(state["samples"], indices, state["transform"], state["seed"], epoch, state["max_objects"],
                       state["targets"])
+
+
+def worker_given_batch(epoch: int, samples: Mapping[int, Sample]) -> Batch:
+    """A batch of samples sent along (Pipe mode: the bytes come from the stream, not a file)."""
+    state = _WORKER_STATE
+    return make_batch(samples, list(samples), state["transform"], state["seed"], epoch, state["max_objects"],
+                      state["targets"], tolerant=True)
+
+
+def worker_pool(num_workers: int, samples: Sequence[Sample] | None, transform: Transform, seed: int,
+                max_objects: int | None, targets: TargetFn | None) -> ProcessPoolExecutor:
+    # spawn: workers never inherit the training process's MXNet engine threads.
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=num_workers, mp_context=context, initializer=_worker_init,
+                               initargs=(samples, transform, seed, max_objects, targets))
 
 
 class DetectionLoader:
@@ -164,11 +189,8 @@ class DetectionLoader:
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            # spawn: workers never inherit the training process's MXNet engine threads.
-            context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.num_workers, mp_context=context, initializer=_worker_init,
-                initargs=(self.samples, self.transform, self.seed, self.max_objects, self.targets))
+            self._pool = worker_pool(self.num_workers, self.samples, self.transform, self.seed, self.max_objects,
+                                     self.targets)
         return self._pool
 
     def __iter__(self) -> Iterator[Batch]:

@@ -6,6 +6,7 @@ lines. The same seed gives the same files.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,12 @@ import numpy as np
 
 from .images import encode
 from .sample import ImageRef, Sample
-from .writers import write_json_item, write_recordio
+from .writers import extension_for, manifest_line, write_json_item, write_recordio
 
 LOG = logging.getLogger(__name__)
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond", "star", "hexagon", "bar", "arrow")
-FORMATS = ("json", "recordio", "both")
+FORMATS = ("json", "recordio", "manifest", "both")
 IMAGE_FORMATS = ("jpg", "png", "mixed")
 
 
@@ -159,10 +160,12 @@ def generate(out: Path | str, spec: SynthSpec) -> dict[str, int]:
     splits = {"train": spec.train, "validation": spec.validation}
     json_root = out / "json" if spec.format == "both" else out
     rec_root = out / "recordio" if spec.format == "both" else out
+    manifest_root = out / "manifest" if spec.format == "both" else out
     for split_index, (split, count) in enumerate(splits.items()):
         if count == 0:
             continue
         records: list[tuple[Sample, bytes]] = []
+        lines: list[dict] = []
         for index in range(count):
             rng = np.random.default_rng([spec.seed, split_index, index])
             image, boxes, class_ids = make_image(rng, spec)
@@ -175,7 +178,21 @@ def generate(out: Path | str, spec: SynthSpec) -> dict[str, int]:
             if spec.format in ("recordio", "both"):
                 sample = Sample(ImageRef(""), boxes, class_ids, np.zeros(len(class_ids), bool), stem)
                 records.append((sample, data))
+            if spec.format in ("manifest", "both"):
+                # Ground Truth's output: source-ref, the label attribute, its metadata. The images
+                # sit beside the manifest (with "both", the json/ images are referred to).
+                name = stem + extension_for(data)
+                if spec.format == "manifest":
+                    (manifest_root / "images" / split).mkdir(parents=True, exist_ok=True)
+                    (manifest_root / "images" / split / name).write_bytes(data)
+                    ref = f"images/{split}/{name}"
+                else:
+                    ref = f"../json/{split}/{name}"
+                lines.append(manifest_line(ref, spec.width, spec.height, boxes, class_ids, class_names))
         if records:
             write_recordio(rec_root / split / f"{split}.rec", records)
+        if lines:
+            manifest_root.mkdir(parents=True, exist_ok=True)
+            (manifest_root / f"{split}.manifest").write_text("".join(json.dumps(line) + "\n" for line in lines))
         LOG.info("wrote %d %s images", count, split)
     return splits

@@ -28,6 +28,21 @@ def json_annotation(rel_file: str, width: int, height: int, boxes: np.ndarray, c
     return doc
 
 
+LABEL_ATTRIBUTE = "bounding-box"
+
+
+def manifest_line(source_ref: str, width: int, height: int, boxes: np.ndarray, class_ids: np.ndarray,
+                  class_names: Mapping[int, str] | None = None, attribute: str = LABEL_ATTRIBUTE) -> dict:
+    """One line of a Ground Truth bounding-box augmented manifest."""
+    label = json_annotation("", width, height, boxes, class_ids)
+    del label["file"]
+    meta: dict = {"objects": [{"confidence": 1.0} for _ in class_ids], "type": "groundtruth/object-detection",
+                  "human-annotated": "yes"}
+    if class_names:
+        meta["class-map"] = {str(k): v for k, v in sorted(class_names.items())}
+    return {"source-ref": source_ref, attribute: label, f"{attribute}-metadata": meta}
+
+
 def extension_for(data: bytes) -> str:
     return ".png" if image_kind(data) == "png" else ".jpg"
 

@@ -19,6 +19,8 @@ LOG = logging.getLogger(__name__)
 # What Horovod's collectives raise on the surviving workers once another worker has gone: the
 # launcher reads it as a consequence, not the cause, of a failed job.
 PEER_LOST_TEXT = "Horovod has been shut down"
+# What a worker reports when it stops because another worker found the problem.
+PEER_FAILED_TEXT = "another worker found problems in the data and reports them; this worker stopped with it"
 
 RANK_VARS = ("HOROVOD_RANK", "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK", "HOROVOD_LOCAL_SIZE", "HOROVOD_CROSS_RANK",
              "HOROVOD_CROSS_SIZE")

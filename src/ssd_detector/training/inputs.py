@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Sequence
 
 from ..config import Hyperparameters, parse_hyperparameters
-from ..data.channel import ChannelData, label_width_message, read_channel, validate
+from ..data.channel import RECORDIO_CONTENT_TYPES, ChannelData, label_width_message, read_channel, validate
+from ..data.sample import Issue
 from ..errors import DataError, HyperparameterError, UserError
 from ..sagemaker_env import ChannelConfig, Paths, ResourceConfig, read_hyperparameters, read_input_data_config, \
     read_resource_config
@@ -20,13 +22,22 @@ KNOWN_CHANNELS = ("train", "validation", "train_annotation", "validation_annotat
 MAX_LISTED_ISSUES = 10
 
 
+@dataclass(frozen=True)
+class PipeChannel:
+    """A channel in Pipe mode: read as a stream during training, not up front."""
+
+    name: str
+    format: str  # "recordio" (RecordIO files concatenated) or "manifest" (augmented manifest records)
+    distribution: str  # S3DistributionType: FullyReplicated or ShardedByS3Key
+
+
 @dataclass
 class TrainingInputs:
     paths: Paths
     hyperparameters: Hyperparameters
     resources: ResourceConfig
-    train: ChannelData
-    validation: ChannelData | None
+    train: ChannelData | PipeChannel
+    validation: ChannelData | PipeChannel | None
     class_names: dict[int, str]
 
 
@@ -38,22 +49,50 @@ def _check_channel_config(channels: dict[str, ChannelConfig]) -> None:
         if name not in KNOWN_CHANNELS:
             LOG.warning("ignoring channel %r (known channels: %s)", name, ", ".join(KNOWN_CHANNELS))
             continue
-        if spec.input_mode not in ("File", "FastFile"):
-            raise UserError(f"channel {name!r} uses TrainingInputMode={spec.input_mode!r}, which is not supported; "
-                            "use File or FastFile")
-        if spec.record_wrapper_type not in ("None", None, ""):
-            raise UserError(f"channel {name!r} uses RecordWrapperType={spec.record_wrapper_type!r} "
-                            "(augmented manifest), which is not supported; convert it to RecordIO or JSON channels")
+        _check_input_mode(name, spec)
     for split in ("train", "validation"):
         if f"{split}_annotation" in channels and split not in channels:
             raise UserError(f"channel '{split}_annotation' is given without the '{split}' image channel")
 
 
-def _format_issues(channel: ChannelData) -> str:
-    listed = "; ".join(f"{i.where}: {i.what}" for i in channel.issues[:MAX_LISTED_ISSUES])
-    more = len(channel.issues) - MAX_LISTED_ISSUES
+def _check_input_mode(name: str, spec: ChannelConfig) -> None:
+    mode, wrapper = spec.input_mode, spec.record_wrapper_type or "None"
+    if mode not in ("File", "FastFile", "Pipe"):
+        raise UserError(f"channel {name!r} uses TrainingInputMode={mode!r}; use File, FastFile or Pipe")
+    if wrapper not in ("None", "RecordIO"):
+        raise UserError(f"channel {name!r} uses RecordWrapperType={wrapper!r}; use None, or RecordIO for an "
+                        "augmented manifest in Pipe mode")
+    if mode != "Pipe":
+        if wrapper == "RecordIO":
+            raise UserError(f"channel {name!r} has RecordWrapperType=RecordIO (an augmented manifest) in {mode} mode; "
+                            "augmented manifests train in Pipe mode (TrainingInputMode=Pipe), or convert the "
+                            "manifest with `ssd-detector convert manifest` for File mode")
+        return
+    if name not in ("train", "validation"):
+        raise UserError(f"channel {name!r} is in Pipe mode; only train and validation can be (images with JSON "
+                        "annotations and the model channel are File mode only)")
+    base = (spec.content_type or "application/x-recordio").split(";")[0].strip().lower()
+    if base not in RECORDIO_CONTENT_TYPES:
+        raise UserError(f"channel {name!r} is in Pipe mode with ContentType={spec.content_type!r}; Pipe mode takes "
+                        "application/x-recordio (RecordIO files, or an augmented manifest with RecordWrapperType "
+                        "RecordIO); images with JSON annotations need File mode")
+    if spec.s3_distribution_type not in ("FullyReplicated", "ShardedByS3Key"):
+        raise UserError(f"channel {name!r} has S3DistributionType={spec.s3_distribution_type!r}; use "
+                        "FullyReplicated or ShardedByS3Key")
+
+
+def pipe_channel(spec: ChannelConfig) -> PipeChannel:
+    return PipeChannel(spec.name, "manifest" if spec.record_wrapper_type == "RecordIO" else "recordio",
+                       spec.s3_distribution_type)
+
+
+def format_issues(name: str, issues: Sequence[Issue], count: int | None = None, where: str = "") -> str:
+    """A failure reason naming the first MAX_LISTED_ISSUES problems and how many there are."""
+    count = len(issues) if count is None else count
+    listed = "; ".join(f"{i.where}: {i.what}" for i in issues[:MAX_LISTED_ISSUES])
+    more = count - min(len(issues), MAX_LISTED_ISSUES)
     suffix = f"; and {more} more" if more > 0 else ""
-    return (f"channel '{channel.name}' has {len(channel.issues)} problem(s) in its data: {listed}{suffix}. "
+    return (f"channel '{name}'{where} has {count} problem(s) in its data: {listed}{suffix}. "
             "Run `ssd-detector check-data` on the channel to see them all.")
 
 
@@ -67,7 +106,7 @@ def _load_channel(paths: Paths, channels: dict[str, ChannelConfig], split: str, 
                         content_type=spec.content_type, name=split)
     validate(data, num_classes, decode=decode_images, require_all_classes=split == "train")
     if data.issues:
-        raise DataError(_format_issues(data))
+        raise DataError(format_issues(data.name, data.issues))
     if not data.samples:
         hint = "" if split == "train" else "; remove the channel or give it images"
         raise DataError(f"channel '{split}' holds no images{hint}")
@@ -80,21 +119,35 @@ def read_training_inputs(paths: Paths, decode_images: bool = True) -> TrainingIn
     resources = read_resource_config(paths)
     channels = read_input_data_config(paths)
     _check_channel_config(channels)
-    train = _load_channel(paths, channels, "train", hp.num_classes, decode_images)
-    validation = None
-    if "validation" in channels:
+    streamed = [name for name in ("train", "validation") if name in channels and channels[name].input_mode == "Pipe"]
+    if "train" in streamed and hp.num_training_samples is None:
+        raise HyperparameterError(
+            "num_training_samples is required when the train channel is in Pipe mode: the stream cannot be "
+            "counted before training, and the learning-rate schedule needs it. Set it to the number of training "
+            "images (the lines of the manifest); a wrong value is corrected after the first epoch")
+    train = pipe_channel(channels["train"]) if "train" in streamed else \
+        _load_channel(paths, channels, "train", hp.num_classes, decode_images)
+    validation: ChannelData | PipeChannel | None = None
+    if "validation" in streamed:
+        validation = pipe_channel(channels["validation"])
+    elif "validation" in channels:
         validation = _load_channel(paths, channels, "validation", hp.num_classes, decode_images)
     else:
         LOG.warning("no validation channel: training without validation mAP; the model saved is the last epoch's")
 
-    hp = _resolve_sample_count(hp, len(train.samples))
-    for channel in (train, validation):
-        if channel is not None and channel.min_label_width > hp.label_width:
+    if isinstance(train, ChannelData):
+        hp = _resolve_sample_count(hp, len(train.samples))
+    else:
+        LOG.info("Pipe mode: train channel streamed (%s, %s); num_training_samples=%d until the first epoch has "
+                 "counted it", train.format, train.distribution, hp.num_training_samples)
+    files = [c for c in (train, validation) if isinstance(c, ChannelData)]
+    for channel in files:
+        if channel.min_label_width > hp.label_width:
             raise HyperparameterError(label_width_message(channel, hp.label_width))
 
-    class_names = dict(train.class_names)
-    if validation is not None:
-        for cid, name in validation.class_names.items():
+    class_names: dict[int, str] = {}
+    for channel in files:
+        for cid, name in channel.class_names.items():
             class_names.setdefault(cid, name)
     return TrainingInputs(paths, hp, resources, train, validation, class_names)
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from ..data.pipe import PIPE_DIR_VAR, PipeFanout, pipe_timeout
 from ..errors import JobFailed, Stopped
 from ..failure import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR
-from ..sagemaker_env import Paths, ResourceConfig, env_int, read_resource_config
+from ..sagemaker_env import Paths, ResourceConfig, env_int, read_input_data_config, read_resource_config
 from . import distributed, network
 
 LOG = logging.getLogger(__name__)
@@ -144,7 +145,8 @@ def _blame_order(worker: Worker, code: int) -> int:
     reason = worker.reason_file.read_text() if worker.reason_file.exists() else ""
     if not reason.strip():
         return 3
-    return 2 if distributed.PEER_LOST_TEXT in reason else 1
+    consequence = distributed.PEER_LOST_TEXT in reason or distributed.PEER_FAILED_TEXT in reason
+    return 2 if consequence else 1
 
 
 def _failure(worker: Worker, code: int) -> JobFailed:
@@ -220,14 +222,30 @@ class Launcher:
             if rendezvous is None:
                 wait_for_port(master, address, self.port, deadline, self.join_timeout)
             with tempfile.TemporaryDirectory(prefix="ssd-workers-") as scratch:
-                self._start(mine, address, Path(scratch))
-                self._watch(deadline)
+                fanout = self._share_pipes(mine, Path(scratch))
+                try:
+                    self._start(mine, address, Path(scratch))
+                    self._watch(deadline)
+                finally:
+                    if fanout is not None:
+                        fanout.stop()
         finally:
             signal.signal(signal.SIGTERM, previous)
             if any(w.process.poll() is None for w in self.workers):
                 self._stop_all()
             if rendezvous is not None:
                 rendezvous.stop()
+
+    def _share_pipes(self, slots: list[distributed.Slot], scratch: Path) -> PipeFanout | None:
+        """Pipe-mode channels with several workers on this host: each worker reads its own copy of
+        the host's FIFOs (a FIFO's bytes go to one reader only)."""
+        piped = [name for name, spec in read_input_data_config(self.paths).items()
+                 if spec.input_mode == "Pipe" and name in ("train", "validation")]
+        if not piped or len(slots) < 2:
+            return None
+        folders = [scratch / "pipes" / str(slot.local_rank) for slot in slots]
+        LOG.info("Pipe mode: sharing %s between the %d workers of this host", ", ".join(piped), len(slots))
+        return PipeFanout(self.paths.data_dir, folders, piped, pipe_timeout(self.environ)).start()
 
     def _start(self, slots: list[distributed.Slot], address: str, scratch: Path) -> None:
         cpus = os.cpu_count() or 1
@@ -239,6 +257,8 @@ class Launcher:
                    REASON_FILE_VAR: str(scratch / f"reason-{slot.rank}"),
                    JOINED_FILE_VAR: str(scratch / f"joined-{slot.rank}"),
                    "SAGEMAKER_BASE_DIR": str(self.paths.base)}
+            if (scratch / "pipes").is_dir():
+                env[PIPE_DIR_VAR] = str(scratch / "pipes" / str(slot.local_rank))
             # CPU workers share the cores (ignored on GPUs, where each worker has its own device).
             env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // len(slots))))
             process = subprocess.Popen([sys.executable, "-m", "ssd_detector.cli", "train"], env=env)

@@ -16,15 +16,19 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
 from ..config import Hyperparameters
-from ..data.loader import DetectionLoader
+from ..data.loader import Batch, DetectionLoader, Transform
+from ..data.pipe import PIPE_DIR_VAR, pipe_timeout
+from ..data.sample import Issue
+from ..data.stream import PassReport, StreamLoader, StreamSource
 from ..data.transforms import AugmentConfig, TrainTransform, ValTransform
-from ..errors import HyperparameterError, UserError
+from ..errors import DataError, HyperparameterError, Stopped, UserError
 from ..evaluation.voc_map import VOCMeanAP
 from ..model import artifact
 from ..model.backbones import load_pretrained
@@ -33,7 +37,7 @@ from ..model.ssd import SSD, SSDDetector, build_ssd, short_parameter_names
 from ..model.targets import TargetEncoder
 from ..sagemaker_env import Paths, require_job_config
 from . import checkpoint, distributed, launcher
-from .inputs import TrainingInputs, read_training_inputs
+from .inputs import PipeChannel, TrainingInputs, format_issues, read_training_inputs
 from .metrics import MetricLog
 from .schedule import StepWithWarmup, batches_per_epoch
 
@@ -50,6 +54,12 @@ AUGMENT_MODES = {"1": "full", "full": "full", "light": "light", "0": "none", "no
 LOG_LINES_PER_EPOCH = 10
 VALIDATION_BATCH = 16
 SEED = 0
+
+
+def pipe_folder(paths: Paths) -> Path:
+    """Where this process finds its FIFOs: SageMaker's, or its own copies when the host's workers
+    share the streams (the launcher's fan-out)."""
+    return Path(os.environ[PIPE_DIR_VAR]) if os.environ.get(PIPE_DIR_VAR) else paths.data_dir
 
 
 def host_contexts() -> list[mx.Context]:
@@ -209,23 +219,52 @@ class Training:
         self.loss = SSDLoss()
         self.loss.hybridize()
 
-        # Rank r takes every size-th sample of the epoch's order, padded so every worker runs the
-        # same number of steps; batch j of all workers is batch j of one process with the global batch.
-        self.train_loader = DetectionLoader(
-            inputs.train.samples, self.batch_size, TrainTransform(hp.image_shape, augment_config()), shuffle=True,
-            seed=SEED,
-            part_index=self.world.rank, num_parts=self.world.size, equal_parts=self.world.size > 1,
-            num_workers=workers, targets=TargetEncoder(self.net.anchors, hp.overlap_threshold))
-        self.val_loader = None
-        if inputs.validation is not None:
+        train_transform = TrainTransform(hp.image_shape, augment_config())
+        targets = TargetEncoder(self.net.anchors, hp.overlap_threshold)
+        self.train_loader: DetectionLoader | StreamLoader
+        if isinstance(inputs.train, PipeChannel):
+            self.train_loader = self._stream(inputs.train, self.batch_size, train_transform, workers, targets)
+        else:
+            # Rank r takes every size-th sample of the epoch's order, padded so every worker runs the
+            # same number of steps; batch j of all workers is batch j of one process with the global batch.
+            self.train_loader = DetectionLoader(
+                inputs.train.samples, self.batch_size, train_transform, shuffle=True, seed=SEED,
+                part_index=self.world.rank, num_parts=self.world.size, equal_parts=self.world.size > 1,
+                num_workers=workers, targets=targets)
+        self.val_loader: DetectionLoader | StreamLoader | None = None
+        if isinstance(inputs.validation, PipeChannel):
+            # Every worker validates on the whole stream (rank 0's figure is broadcast).
+            self.val_loader = self._stream(inputs.validation, VALIDATION_BATCH, ValTransform(hp.image_shape),
+                                           workers, None, whole=True)
+        elif inputs.validation is not None:
             self.val_loader = DetectionLoader(inputs.validation.samples, VALIDATION_BATCH,
                                               ValTransform(hp.image_shape), shuffle=False, num_workers=workers)
         self.updates_per_epoch = batches_per_epoch(hp.num_training_samples, self.batch_size * self.world.size)
         optimizer, params = make_optimizer(hp, self.updates_per_epoch)
+        self.schedule: StepWithWarmup = params["lr_scheduler"]
         trainable = {k: v for k, v in self.net.collect_params().items() if v.grad_req != "null"}
         self.trainer = self.world.trainer(trainable, optimizer, params,
                                           kvstore="device" if len(contexts) > 1 else None)
         self.state = checkpoint.LoopState()
+
+    def _stream(self, channel: PipeChannel, batch_size: int, transform: Transform, workers: int,
+                targets: TargetEncoder | None, whole: bool = False) -> StreamLoader:
+        """A Pipe-mode channel. With FullyReplicated every host gets the whole stream, so the job's
+        workers take disjoint parts; with ShardedByS3Key a host's workers split what it gets."""
+        world = self.world
+        if whole:
+            part, parts = 0, 1
+        elif channel.distribution == "ShardedByS3Key":
+            part, parts = world.local_rank, world.local_size
+        else:
+            part, parts = world.rank, world.size
+        source = StreamSource(channel.name, channel.format, pipe_folder(self.paths), self.paths.data_dir,
+                              part_index=part, num_parts=parts)
+        return StreamLoader(source, batch_size, transform, num_classes=self.hp.num_classes,
+                            label_width=self.hp.label_width,
+                            shuffle_buffer=0 if whole else self.hp.pipe_shuffle_buffer, seed=SEED,
+                            num_workers=workers, targets=targets, should_stop=lambda: self.stop.flag,
+                            timeout=pipe_timeout())
 
     # ----------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -239,7 +278,7 @@ class Training:
             self._agree_on_state()
             LOG.info("training %s at %d on %s: %d training images, batch %d, %d epochs%s",
                      hp.base_network, hp.image_shape, ", ".join(str(c) for c in self.contexts),
-                     len(self.inputs.train.samples), hp.mini_batch_size, hp.epochs,
+                     hp.num_training_samples, hp.mini_batch_size, hp.epochs,
                      f", worker {self.world.rank} of {self.world.size} (batch {self.batch_size} each)"
                      if self.world.size > 1 else "")
             for epoch in range(self.state.next_epoch, hp.epochs):
@@ -249,7 +288,13 @@ class Training:
                     self._checkpoint()
                     LOG.warning("stopped by SIGTERM during epoch %d; checkpoint saved", epoch)
                     return
-                stop_early = self.end_epoch(epoch, result)
+                try:
+                    stop_early = self.end_epoch(epoch, result)
+                except Stopped:  # SIGTERM while waiting for the validation stream: keep the epoch trained
+                    self.state.next_epoch = epoch + 1
+                    self._checkpoint()
+                    LOG.warning("stopped by SIGTERM while validating after epoch %d; checkpoint saved", epoch)
+                    return
                 if self._agreed_stop(self.stop.flag):
                     LOG.warning("stopped by SIGTERM after epoch %d; checkpoint saved", epoch)
                     return
@@ -262,14 +307,37 @@ class Training:
             if self.val_loader is not None:
                 self.val_loader.close()
 
+    def _train_batches(self, epoch: int) -> Iterator[Batch]:
+        loader = self.train_loader
+        if isinstance(loader, DetectionLoader):
+            loader.set_epoch(epoch)
+            yield from loader
+            return
+        batches = loader.batches(epoch)
+        while True:
+            batch = next(batches, None)
+            if self.world.size > 1:
+                # Parts of a stream differ in length: the pass goes on while any worker has a batch,
+                # and a worker whose part has run out trains on recent samples meanwhile.
+                if self.world.allreduce_sum(np.array([float(batch is not None)]))[0] == 0:
+                    break
+                if batch is None:
+                    batch = loader.extra_batch()
+            elif batch is None:
+                break
+            yield batch
+        if not loader.stopped:
+            self._end_pass(loader, "train", epoch)
+
     def train_epoch(self, epoch: int) -> EpochResult:
-        self.train_loader.set_epoch(epoch)
-        total_batches = len(self.train_loader)
+        total_batches = len(self.train_loader) if isinstance(self.train_loader, DetectionLoader) \
+            else self.updates_per_epoch
         interval = max(1, total_batches // LOG_LINES_PER_EPOCH)
         ce_sum = l1_sum = 0.0
+        ce_job = l1_job = 0.0
         seen = batches = 0
         start = time.perf_counter()
-        for index, batch in enumerate(self.train_loader):
+        for index, batch in enumerate(self._train_batches(epoch)):
             ce, l1, stop = self.train_step(batch.images, batch.cls_targets, batch.box_targets)
             launcher.mark_progress()
             if not (math.isfinite(ce) and math.isfinite(l1)):
@@ -286,8 +354,55 @@ class Training:
             if stop:
                 return EpochResult(float(ce_job), float(l1_job), seen * self.world.size, time.perf_counter() - start,
                                    True)
+        if self.stop.flag and isinstance(self.train_loader, StreamLoader) and self.train_loader.stopped:
+            # SIGTERM while waiting for the stream: the other workers learn it in the next collective.
+            return EpochResult(float(ce_job), float(l1_job), seen * self.world.size, time.perf_counter() - start,
+                               True)
         ce_job, l1_job = self.world.allreduce_sum(np.array([ce_sum, l1_sum])) / max(1, batches)
         return EpochResult(float(ce_job), float(l1_job), seen * self.world.size, time.perf_counter() - start, False)
+
+    def _end_pass(self, loader: StreamLoader, split: str, epoch: int) -> None:
+        """After a pass over a Pipe-mode channel: fail on any bad record (all workers together),
+        check the classes, and correct num_training_samples from the first training pass."""
+        report = loader.report
+        assert report is not None
+        where = f" (Pipe mode, {report.channel}_{report.number})"
+        issues, count = list(report.issues), report.issue_count
+        sees_all = split != "train" or loader.source.num_parts == self.world.size  # the whole data set passed by
+        if report.number == 0 and split == "train" and sees_all:
+            missing = sorted(set(range(self.hp.num_classes)) - report.classes)
+            if missing and report.images:
+                listed = ", ".join(str(m) for m in missing[:20]) + (" ..." if len(missing) > 20 else "")
+                issues.append(Issue(split, f"class ids must be contiguous from 0 to {self.hp.num_classes - 1}: "
+                                           f"no object has class id {listed}"))
+                count += 1
+        if not report.images and not count:
+            issues.append(Issue(f"{report.channel}_{report.number}", "the stream held no images"))
+            count = 1
+        found = self.world.allreduce_sum(np.array([float(count > 0)]))[0]
+        if count:
+            raise DataError(format_issues(split, issues, count, where))
+        if found:
+            raise DataError(f"channel '{split}'{where}: {distributed.PEER_FAILED_TEXT}")
+        for cid, name in report.class_names.items():
+            self.inputs.class_names.setdefault(cid, name)
+        if split == "train" and report.number == 0:
+            self._correct_sample_count(report, loader)
+
+    def _correct_sample_count(self, report: PassReport, loader: StreamLoader) -> None:
+        counted = report.images
+        if loader.source.num_parts != self.world.size:  # ShardedByS3Key: each host counted its own share
+            counted = int(self.world.allreduce_sum(np.array([float(report.images if self.world.local_rank == 0
+                                                                   else 0)]))[0])
+        given = self.hp.num_training_samples
+        if counted == given:
+            return
+        if self.world.is_root:
+            LOG.warning("num_training_samples=%d but the first epoch streamed %d training images; using %d from "
+                        "now on (the learning-rate schedule is computed from it)", given, counted, counted)
+        self.hp = self.hp.with_value("num_training_samples", counted)
+        self.updates_per_epoch = batches_per_epoch(counted, self.batch_size * self.world.size)
+        self.schedule.rebase(self.trainer.optimizer.num_update, 1, self.updates_per_epoch)
 
     def train_step(self, images: np.ndarray, cls_targets: np.ndarray,
                    box_targets: np.ndarray) -> tuple[float, float, bool]:
@@ -328,16 +443,26 @@ class Training:
         state.best_epoch = int(self.world.broadcast_float(state.best_epoch))
         state.epochs_without_improvement = int(self.world.broadcast_float(state.epochs_without_improvement))
 
-    def validate(self) -> float:
+    def validate(self, epoch: int = 0) -> float:
         """VOC07 mAP over the whole validation set. Every worker runs it (no slower than rank 0
         alone, and no worker idles in a collective meanwhile); rank 0's figure is everyone's, as
         batch-norm statistics may differ between workers."""
-        return self.world.broadcast_float(self._validate_here())
+        return self.world.broadcast_float(self._validate_here(epoch))
 
-    def _validate_here(self) -> float:
-        assert self.val_loader is not None
+    def _validation_batches(self, epoch: int) -> Iterator[Batch]:
+        loader = self.val_loader
+        assert loader is not None
+        if isinstance(loader, DetectionLoader):
+            yield from loader
+            return
+        yield from loader.batches(epoch)
+        if loader.stopped:
+            raise Stopped("SIGTERM while reading the validation stream")
+        self._end_pass(loader, "validation", epoch)
+
+    def _validate_here(self, epoch: int) -> float:
         metric = VOCMeanAP(self.hp.num_classes, self.hp.overlap_threshold, voc07=True)
-        for batch in self.val_loader:
+        for batch in self._validation_batches(epoch):
             launcher.mark_progress()
             contexts = self.contexts[:len(batch.images)]
             xs = gluon.utils.split_and_load(batch.images, contexts, even_split=False)
@@ -358,7 +483,7 @@ class Training:
                    f"{throughput:.1f} images/s, {result.seconds:.1f} s")
         stop_early = False
         if self.val_loader is not None:
-            value = self.validate()
+            value = self.validate(epoch)
             self.metrics.validation_map(epoch, value)
             summary += f", validation mAP={value:.4f}"
             best = self.state.best_map

@@ -24,6 +24,7 @@ class StepWithWarmup(lr_scheduler.LRScheduler):
     def __init__(self, base_lr: float, step_epochs: Sequence[int], factor: float, updates_per_epoch: int,
                  warmup: int | None = None) -> None:
         super().__init__(base_lr=base_lr)
+        self.step_epochs = list(step_epochs)
         self.step_updates = [e * updates_per_epoch for e in step_epochs]
         self.factor = factor
         self.warmup = min(updates_per_epoch, MAX_WARMUP_UPDATES) if warmup is None else warmup
@@ -35,3 +36,10 @@ class StepWithWarmup(lr_scheduler.LRScheduler):
             start = WARMUP_START_FRACTION
             lr *= start + (1 - start) * num_update / self.warmup
         return lr
+
+    def rebase(self, updates_done: int, epochs_done: int, updates_per_epoch: int) -> None:
+        """The epochs still ahead with a corrected batch count (Pipe mode learns the real one
+        after its first epoch); steps already passed stay passed."""
+        self.step_updates = [min(s, updates_done) if e <= epochs_done
+                             else updates_done + (e - epochs_done) * updates_per_epoch
+                             for s, e in zip(self.step_updates, self.step_epochs)]

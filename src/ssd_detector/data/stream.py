@@ -1,0 +1,397 @@
+"""Pipe-mode channels read as streams: records -> samples -> shuffle buffer -> batches.
+
+One pass reads one FIFO (``data.pipe``) to its end. A reader thread parses the records (RecordIO
+image records, or an augmented manifest's image and label records) and checks every label as
+File mode does; the samples this worker owns go through a shuffle buffer of a set size to the
+data workers, which decode, augment and build the SSD targets as for File mode. Memory is
+bounded by the shuffle buffer, a short queue and the batches in flight, whatever the channel's
+size. Problems are collected, never skipped silently: ``PassReport`` holds them for the caller,
+which fails the job at the end of the pass.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from . import recordio
+from .channel import image_record_sample
+from ..errors import Stopped
+from .images import HeaderIncomplete, ImageError, image_kind, image_size
+from .labels import check_class_ids
+from .loader import Batch, LoaderError, TargetFn, Transform, make_batch, worker_given_batch, worker_pool
+from .manifest import parse_label
+from .pipe import PipeStream, fifo_path
+from .sample import ImageRef, Issue, Sample
+
+LOG = logging.getLogger(__name__)
+
+FORMATS = ("recordio", "manifest")
+# Issues kept word for word per pass; beyond this only counted.
+KEPT_ISSUES = 100
+_END = object()
+
+
+class StreamFormatError(ValueError):
+    """The stream cannot be read on (truncated, not RecordIO, records out of order)."""
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """A Pipe-mode channel: its name, what its records hold, and where its FIFOs are."""
+
+    channel: str
+    format: str  # "recordio" or "manifest"
+    folder: Path  # where this process finds <channel>_<n>
+    shown_folder: Path  # where the user knows them to be (/opt/ml/input/data)
+    part_index: int = 0  # this worker keeps every num_parts-th image, from part_index
+    num_parts: int = 1
+
+
+@dataclass
+class PassReport:
+    """What one pass over a stream held."""
+
+    channel: str
+    number: int  # which FIFO: <channel>_<number>
+    images: int = 0  # in the whole stream, every part
+    own: int = 0  # this worker's part
+    issues: list[Issue] = field(default_factory=list)
+    issue_count: int = 0
+    classes: set[int] = field(default_factory=set)
+    class_names: dict[int, str] = field(default_factory=dict)  # from a streamed "-metadata" attribute
+    complete: bool = False
+
+    def add_issue(self, issue: Issue) -> None:
+        self.issue_count += 1
+        if len(self.issues) < KEPT_ISSUES:
+            self.issues.append(issue)
+
+
+@dataclass
+class _Parsed:
+    index: int  # image index in the stream
+    sample: Sample | None
+    problems: list[str]
+    label_width: int
+    class_names: dict[int, str] = field(default_factory=dict)
+
+
+def _decode_json(payload: bytes) -> Any:
+    try:
+        return json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError):
+        return None
+
+
+def parse_recordio(stream: Any, where: str) -> Iterator[_Parsed]:
+    for record in recordio.iter_records(stream, where):
+        name = f"{where} record {record.index}"
+        sample, problems, width = image_record_sample(
+            record.payload, name, lambda start, payload=record.payload: ImageRef("", data=payload[start:]))
+        yield _Parsed(record.index, sample, problems, width)
+
+
+def parse_manifest(stream: Any, where: str) -> Iterator[_Parsed]:
+    """Records of an augmented manifest streamed with RecordWrapperType RecordIO: per line the
+    image's bytes, then the label attribute's JSON (and any further attributes' JSON)."""
+    index = -1
+    image: bytes | None = None
+    first_record = 0
+    labels: list[Any] = []
+
+    def finish() -> _Parsed:
+        name = f"{where} image {index} (records {first_record}-{record_index - 1})"
+        return _manifest_sample(index, name, image or b"", labels)
+
+    record_index = 0
+    for record in recordio.iter_records(stream, where):
+        record_index = record.index
+        if image_kind(record.payload) is not None:
+            if index >= 0:
+                yield finish()
+            index, image, first_record, labels = index + 1, record.payload, record.index, []
+            continue
+        value = _decode_json(record.payload)
+        if index < 0:
+            if value is not None:
+                raise StreamFormatError(
+                    f"{where}: record 0 is JSON, not an image: AttributeNames must list \"source-ref\" first, then "
+                    "the label attribute (SageMaker streams the attributes in that order)")
+            raise StreamFormatError(f"{where}: record 0 is neither a JPEG/PNG image nor JSON; is this an augmented "
+                                    "manifest channel with RecordWrapperType RecordIO?")
+        labels.append(value if value is not None else record.payload[:40])
+    record_index += 1
+    if index >= 0:
+        yield finish()
+
+
+def _manifest_sample(index: int, name: str, image: bytes, values: list[Any]) -> _Parsed:
+    def bad(problem: str) -> _Parsed:
+        return _Parsed(index, None, [problem], 0)
+
+    usable = [v for v in values if isinstance(v, dict)]
+    if len(usable) < len(values):
+        return bad(f"a record after the image is neither an image nor JSON (starts {values[0]!r})")
+    label = None
+    for value in usable:
+        is_label = "annotations" in value or (len(value) == 1 and isinstance(next(iter(value.values())), dict)
+                                               and "annotations" in next(iter(value.values())))
+        if is_label:
+            if label is not None:
+                return bad("two label records follow the image")
+            label = value
+    if label is None:
+        if not values:
+            return bad("the image has no label record after it (AttributeNames must list the label attribute "
+                       "after \"source-ref\")")
+        label = usable[0]  # not a bounding-box label: parse_label says why
+    try:
+        width, height = image_size(image)
+    except HeaderIncomplete as exc:
+        return bad(f"{exc} (truncated)")
+    except ImageError as exc:
+        return bad(str(exc))
+    try:
+        boxes, class_ids, problems = parse_label(label, width, height)
+    except ValueError as exc:
+        return bad(str(exc))
+    sample = Sample(ImageRef("", data=image), boxes, class_ids, np.zeros(len(class_ids), bool), name,
+                    width=width, height=height)
+    names = {}
+    for value in usable:  # the label's metadata, when AttributeNames also lists it: the class names
+        class_map = value.get("class-map")
+        if isinstance(class_map, dict):
+            names.update({int(k): v for k, v in class_map.items() if str(k).isdigit() and isinstance(v, str)})
+    return _Parsed(index, sample, problems, 2 + 5 * len(class_ids), names)
+
+
+PARSERS: dict[str, Callable[[Any, str], Iterator[_Parsed]]] = {"recordio": parse_recordio,
+                                                                 "manifest": parse_manifest}
+
+
+def _check_image_header(sample: Sample) -> str | None:
+    """The cheap check (signature and size) every image gets while streaming; decoding happens
+    in the data workers."""
+    data = sample.image.read()
+    try:
+        width, height = image_size(data)
+    except HeaderIncomplete as exc:
+        return f"{exc} (truncated)"
+    except ImageError as exc:
+        return str(exc)
+    if width <= 0 or height <= 0:
+        return f"image header gives an empty size {width}x{height}"
+    return None
+
+
+class StreamLoader:
+    """Batches from a Pipe-mode channel, one pass (FIFO) per call of ``batches``.
+
+    shuffle_buffer: images held for mixing within a pass (0 or 1: stream order). num_workers=0
+    builds batches in this process. should_stop is asked while waiting; when it answers True
+    the pass ends early and ``stopped`` is set.
+    """
+
+    def __init__(self, source: StreamSource, batch_size: int, transform: Transform, *, num_classes: int,
+                 label_width: int, shuffle_buffer: int = 0, seed: int = 0, num_workers: int = 0,
+                 targets: TargetFn | None = None, max_objects: int | None = None,
+                 should_stop: Callable[[], bool] = lambda: False, timeout: float = 900,
+                 prefetch: int | None = None) -> None:
+        if source.format not in FORMATS:
+            raise ValueError(f"stream format {source.format!r} must be one of {FORMATS}")
+        self.source = source
+        self.batch_size = batch_size
+        self.transform = transform
+        self.num_classes = num_classes
+        self.label_width = label_width
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.num_workers = num_workers
+        self.targets = targets
+        self.max_objects = max_objects
+        self.should_stop = should_stop
+        self.timeout = timeout
+        self.prefetch = prefetch or max(2, 2 * num_workers)
+        self.passes = 0
+        self.report: PassReport | None = None
+        self.stopped = False
+        self._pool: ProcessPoolExecutor | None = None
+        self._recent: deque[tuple[int, Sample]] = deque(maxlen=max(4 * batch_size, 64))
+        self._epoch = 0
+
+    # -- reading ----------------------------------------------------------------------------
+    def _owned(self, index: int) -> bool:
+        return index % self.source.num_parts == self.source.part_index
+
+    def _read(self, report: PassReport, out: queue.Queue, closing: threading.Event) -> None:
+        source = self.source
+        path = fifo_path(source.folder, source.channel, report.number)
+        shown = str(fifo_path(source.shown_folder, source.channel, report.number))
+        where = f"{source.channel}_{report.number}"
+        try:
+            with PipeStream(path, shown, self.timeout, lambda: closing.is_set() or self.should_stop()) as stream:
+                for parsed in PARSERS[source.format](stream, where):
+                    self._account(parsed, report)
+                    if parsed.sample is not None and self._owned(parsed.index):
+                        report.own += 1
+                        if not self._put(out, (parsed.index, parsed.sample), closing):
+                            return
+            report.complete = True
+            self._put(out, _END, closing)
+        except recordio.RecordIOFormatError as exc:
+            self._put(out, StreamFormatError(f"{exc} (Pipe mode, {shown})"), closing)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
+            self._put(out, exc, closing)
+
+    def _account(self, parsed: _Parsed, report: PassReport) -> None:
+        report.images = max(report.images, parsed.index + 1)
+        problems = list(parsed.problems)
+        sample = parsed.sample
+        if sample is not None:
+            problems += check_class_ids(sample.class_ids, self.num_classes)
+            header = _check_image_header(sample)
+            if header:
+                problems.append(header)
+            if parsed.label_width > self.label_width:
+                problems.append(f"label_width={self.label_width} is too small: this image has {sample.num_objects} "
+                                f"objects, which needs a label width of at least {parsed.label_width}")
+            report.classes.update(int(c) for c in sample.class_ids)
+            for cid, name in parsed.class_names.items():
+                report.class_names.setdefault(cid, name)
+        for problem in problems:
+            report.add_issue(Issue(sample.where if sample is not None else f"{self.source.channel}_{report.number} "
+                                   f"image {parsed.index}", problem))
+        if problems and sample is not None:
+            parsed.sample = None  # a sample with a problem is not trained on (the job fails at the end)
+
+    @staticmethod
+    def _put(out: queue.Queue, item: Any, closing: threading.Event) -> bool:
+        while not closing.is_set():
+            try:
+                out.put(item, timeout=0.25)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _samples(self, out: queue.Queue, rng: np.random.Generator) -> Iterator[tuple[int, Sample]]:
+        """The owned samples of the pass, through the shuffle buffer."""
+        held: list[tuple[int, Sample]] = []
+        cap = self.shuffle_buffer
+        while True:
+            try:
+                item = out.get(timeout=0.25)
+            except queue.Empty:
+                if self.should_stop():
+                    self.stopped = True
+                    return
+                continue
+            if item is _END:
+                break
+            if isinstance(item, Stopped) or self.should_stop():
+                self.stopped = True
+                return
+            if isinstance(item, BaseException):
+                raise item
+            if cap <= 1:
+                yield item
+            elif len(held) < cap:
+                held.append(item)
+            else:
+                slot = int(rng.integers(cap))
+                yield held[slot]
+                held[slot] = item
+        rng.shuffle(held)  # type: ignore[arg-type]
+        yield from held
+
+    # -- batches ----------------------------------------------------------------------------
+    def _pool_ready(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = worker_pool(self.num_workers, None, self.transform, self.seed, self.max_objects,
+                                     self.targets)
+        return self._pool
+
+    def _submit(self, chunk: dict[int, Sample]) -> Future:
+        if self.num_workers == 0:
+            future: Future = Future()
+            try:
+                future.set_result(make_batch(chunk, list(chunk), self.transform, self.seed, self._epoch,
+                                             self.max_objects, self.targets, tolerant=True))
+            except BaseException as exc:  # noqa: BLE001 - raised when the result is asked for
+                future.set_exception(exc)
+            return future
+        return self._pool_ready().submit(worker_given_batch, self._epoch, chunk)
+
+    def batches(self, epoch: int) -> Iterator[Batch]:
+        """The batches of the next pass (FIFO <channel>_<passes>); ``report`` describes it after."""
+        self._epoch = epoch
+        report = PassReport(self.source.channel, self.passes)
+        self.passes += 1
+        self.report = report
+        self.stopped = False
+        out: queue.Queue = queue.Queue(maxsize=max(8, 2 * self.batch_size))
+        closing = threading.Event()
+        reader = threading.Thread(target=self._read, args=(report, out, closing), daemon=True,
+                                  name=f"pipe-{self.source.channel}-{report.number}")
+        reader.start()
+        rng = np.random.default_rng([self.seed, epoch, self.source.part_index, 0x5EED])
+        pending: deque[Future] = deque()
+        chunk: dict[int, Sample] = {}
+        try:
+            for index, sample in self._samples(out, rng):
+                self._recent.append((index, sample))
+                chunk[index] = sample
+                if len(chunk) == self.batch_size:
+                    pending.append(self._submit(chunk))
+                    chunk = {}
+                while pending and (len(pending) > self.prefetch or pending[0].done()):
+                    yield self._collect(pending.popleft(), report)
+            if chunk and not self.stopped:
+                pending.append(self._submit(chunk))
+            while pending and not self.stopped:
+                yield self._collect(pending.popleft(), report)
+        except BrokenProcessPool as exc:
+            self.close()
+            raise LoaderError("a data loading worker died (out of memory?); the batch was lost") from exc
+        finally:
+            closing.set()
+            for future in pending:
+                future.cancel()
+            reader.join(timeout=10)
+
+    @staticmethod
+    def _collect(future: Future, report: PassReport) -> Batch:
+        batch = future.result()
+        for issue in batch.issues:
+            report.add_issue(issue)
+        return batch
+
+    def extra_batch(self) -> Batch:
+        """A batch of recently seen samples, re-augmented: for a worker whose part of the pass has
+        run out while others still train (every worker makes the same number of steps)."""
+        rng = np.random.default_rng([self.seed, self._epoch, self.source.part_index, len(self._recent)])
+        if self._recent:
+            picks = rng.integers(len(self._recent), size=self.batch_size)
+            chunk = {i: self._recent[int(p)][1] for i, p in enumerate(picks)}
+        else:  # this worker got nothing at all: blank images without objects
+            blank = Sample(ImageRef("", data=b""), np.zeros((0, 4), np.float32), np.zeros((0,), np.int32),
+                           np.zeros((0,), bool), "blank")
+            chunk = {i: blank for i in range(self.batch_size)}
+        batch = self._submit(chunk).result()
+        batch.issues = [i for i in batch.issues if i.where != "blank"]
+        return batch
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
