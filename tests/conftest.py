@@ -15,3 +15,13 @@ def synth_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     generate(out, SynthSpec(train=16, validation=4, classes=3, width=160, height=120, seed=7, format="both",
                             image_format="mixed"))
     return out
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import recordio
 from .channel import image_record_sample
-from ..errors import Stopped
+from ..errors import DataError, Stopped
 from .images import HeaderIncomplete, ImageError, image_kind, image_size
 from .labels import check_class_ids
 from .loader import Batch, LoaderError, TargetFn, Transform, make_batch, worker_given_batch, worker_pool
@@ -41,7 +41,7 @@ KEPT_ISSUES = 100
 _END = object()
 
 
-class StreamFormatError(ValueError):
+class StreamFormatError(DataError):
     """The stream cannot be read on (truncated, not RecordIO, records out of order)."""
 
 
