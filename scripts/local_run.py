@@ -9,6 +9,12 @@
     hosts), then packs OUT/model.tar.gz from algo-1's model/ and OUT/output.tar.gz from its
     output/data, as SageMaker does; a failure file is copied to OUT/failure. Exit code: the job's.
 
+  local_run.py train ... --input-mode Pipe [--channel train=FILE.manifest --attribute-names
+      train=source-ref,LABEL] [--distribution train=ShardedByS3Key]
+    plays SageMaker's Pipe mode: each channel is written into FIFOs <channel>_0, _1, ... (one per
+    pass the algorithm reads), RecordIO channels as their .rec files, an augmented manifest
+    (a .manifest file; its source-refs local paths or s3://) as RecordIO records per attribute.
+
   local_run.py serve --image IMG --model OUT/model.tar.gz [--port 8080]
     serves that model.tar.gz with `IMG serve` on a local port until interrupted.
 
@@ -65,20 +71,33 @@ def guess_content_type(folder: Path) -> str | None:
     return None
 
 
+def is_manifest(source: Path) -> bool:
+    return source.is_file() and source.suffix.lower() in (".manifest", ".jsonl")
+
+
 def lay_out(root: Path, hyperparameters: dict, channels: dict[str, Path], content_types: dict[str, str],
-            host: str, hosts: list[str]) -> Path:
-    """One host's /opt/ml tree under root, as SageMaker writes it before `train` starts."""
+            host: str, hosts: list[str], input_mode: str = "File", distributions: dict[str, str] | None = None) -> Path:
+    """One host's /opt/ml tree under root, as SageMaker writes it before `train` starts (in Pipe
+    mode the train/validation channels are FIFOs, made while the job runs)."""
     base = root / host
     config = base / "input/config"
     config.mkdir(parents=True)
+    (base / "input/data").mkdir(parents=True)
     (config / "hyperparameters.json").write_text(json.dumps({k: str(v) for k, v in hyperparameters.items()}))
     data_config = {}
     for name, source in channels.items():
-        shutil.copytree(source, base / "input/data" / name)
-        entry = {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
-        content_type = content_types.get(name) or guess_content_type(source)
-        if content_type:
-            entry["ContentType"] = content_type
+        entry = {"TrainingInputMode": "File", "S3DistributionType": (distributions or {}).get(name, "FullyReplicated"),
+                 "RecordWrapperType": "None"}
+        if is_piped(name, source, input_mode):
+            entry["TrainingInputMode"] = "Pipe"
+            entry["ContentType"] = "application/x-recordio"
+            if is_manifest(source):
+                entry["RecordWrapperType"] = "RecordIO"
+        else:
+            shutil.copytree(source, base / "input/data" / name)
+            content_type = content_types.get(name) or guess_content_type(source)
+            if content_type:
+                entry["ContentType"] = content_type
         data_config[name] = entry
     (config / "inputdataconfig.json").write_text(json.dumps(data_config))
     (config / "resourceconfig.json").write_text(json.dumps(
@@ -86,6 +105,38 @@ def lay_out(root: Path, hyperparameters: dict, channels: dict[str, Path], conten
     for sub in ("model", "output/data", "checkpoints"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     return base
+
+
+def is_piped(name: str, source: Path, input_mode: str) -> bool:
+    """Pipe mode applies to train and validation (annotation and model channels are files)."""
+    return input_mode == "Pipe" and name in ("train", "validation")
+
+
+def label_attribute(manifest: Path) -> str:
+    """The attribute of the first line that holds bounding boxes (what AttributeNames names after
+    source-ref)."""
+    first = json.loads(next(line for line in manifest.read_text().splitlines() if line.strip()))
+    found = [k for k, v in first.items() if isinstance(v, dict) and "annotations" in v]
+    if len(found) != 1:
+        raise SystemExit(f"{manifest}: give --attribute-names (label attributes found: {found or 'none'})")
+    return found[0]
+
+
+def start_feeders(base: Path, channels: dict[str, Path], attribute_names: dict[str, list[str]],
+                  distributions: dict[str, str], host_index: int, host_count: int) -> list:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import pipe_feed
+
+    feeders = []
+    for name, source in channels.items():
+        distribution = distributions.get(name, "FullyReplicated")
+        if is_manifest(source):
+            names = attribute_names.get(name) or ["source-ref", label_attribute(source)]
+            one_pass = pipe_feed.manifest_pass(source, names, host_index, host_count, distribution)
+        else:
+            one_pass = pipe_feed.recordio_pass(source, host_index, host_count, distribution)
+        feeders.append(pipe_feed.PipeFeeder(base / "input/data", name, one_pass).start())
+    return feeders
 
 
 def pack(folder: Path, archive: Path) -> None:
@@ -104,19 +155,29 @@ def train(args: argparse.Namespace) -> int:
     hyperparameters = json.loads(args.hyperparameters.read_text())
     sources = parse_pairs(args.channel, "channel")
     content_types = parse_pairs(args.content_type, "content-type")
+    distributions = parse_pairs(args.distribution, "distribution")
+    attribute_names = {k: v.split(",") for k, v in parse_pairs(args.attribute_names, "attribute-names").items()}
     channels = {}
     for name, source in sources.items():
         if source.startswith("s3://"):
             local = out / "downloads" / name
             LOG.info("downloading %s", source)
             fetch_s3(source, local)
-            channels[name] = local
+            manifests = [p for p in local.rglob("*") if is_manifest(p)]
+            channels[name] = manifests[0] if source.endswith((".manifest", ".jsonl")) and manifests else local
         else:
             channels[name] = Path(source).resolve()
-            if not channels[name].is_dir():
-                raise SystemExit(f"--channel {name}={source}: not a folder")
+            if not channels[name].is_dir() and not is_manifest(channels[name]):
+                raise SystemExit(f"--channel {name}={source}: not a folder or a .manifest file")
+        if is_manifest(channels[name]) and not is_piped(name, channels[name], args.input_mode):
+            raise SystemExit(f"--channel {name}={source}: an augmented manifest trains in Pipe mode "
+                             "(--input-mode Pipe), or convert it with `ssd-detector convert manifest`")
     hosts = [f"algo-{i}" for i in range(1, args.instance_count + 1)]
-    bases = [lay_out(out, hyperparameters, channels, content_types, h, hosts) for h in hosts]
+    bases = [lay_out(out, hyperparameters, channels, content_types, h, hosts, args.input_mode, distributions)
+             for h in hosts]
+    piped = {name: source for name, source in channels.items() if is_piped(name, source, args.input_mode)}
+    feeders = [f for i, base in enumerate(bases)
+               for f in start_feeders(base, piped, attribute_names, distributions, i, len(hosts))]
     network = f"ssd-local-{uuid.uuid4().hex[:8]}"
     subprocess.run(["docker", "network", "create", network], check=True, capture_output=True)
     containers = [f"{h}-{network}" for h in hosts]
@@ -130,6 +191,8 @@ def train(args: argparse.Namespace) -> int:
                  for c in containers]
         logs.wait(timeout=60)
     finally:
+        for feeder in feeders:
+            feeder.stop()
         subprocess.run(["docker", "rm", "-f", *containers], capture_output=True)
         subprocess.run(["docker", "network", "rm", network], capture_output=True)
     primary = bases[0]
@@ -168,9 +231,17 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train")
     p.add_argument("--image", required=True)
     p.add_argument("--hyperparameters", type=Path, required=True, help="JSON file of name -> value")
-    p.add_argument("--channel", action="append", default=[], help="NAME=DIR or NAME=s3://bucket/prefix")
+    p.add_argument("--channel", action="append", default=[],
+                   help="NAME=DIR, NAME=FILE.manifest (Pipe mode) or NAME=s3://bucket/prefix")
     p.add_argument("--content-type", action="append", default=[], help="NAME=TYPE (default: from file names)")
     p.add_argument("--instance-count", type=int, default=1)
+    p.add_argument("--input-mode", choices=("File", "Pipe"), default="File",
+                   help="Pipe: train and validation arrive as FIFOs, as SageMaker's Pipe mode")
+    p.add_argument("--attribute-names", action="append", default=[],
+                   help="NAME=source-ref,LABEL: a manifest channel's AttributeNames (default: source-ref and "
+                        "the attribute holding bounding boxes)")
+    p.add_argument("--distribution", action="append", default=[],
+                   help="NAME=FullyReplicated|ShardedByS3Key (default FullyReplicated)")
     p.add_argument("--output", type=Path, required=True)
     p.set_defaults(func=train)
     p = sub.add_parser("serve")

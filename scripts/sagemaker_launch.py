@@ -9,6 +9,11 @@ endpoint and sends it one image.
       --output-path s3://b/output [--checkpoint-s3-uri s3://b/ckpt] [--spot] \\
       [--deploy --endpoint-instance-type ml.m5.xlarge [--predict picture.jpg]]
 
+  sagemaker_launch.py ... --input-mode Pipe --channel train=s3://b/train.manifest \\
+      --attribute-names train=source-ref,my-labels --channel validation=s3://b/val.manifest \\
+      --attribute-names validation=source-ref,my-labels ...
+                                                (a Ground Truth augmented manifest, in Pipe mode)
+
   sagemaker_launch.py --image-uri ... --role ... --model-data s3://b/output/job/output/model.tar.gz \\
       --deploy [--predict picture.jpg]          (deploy a model trained before; no training)
 
@@ -39,6 +44,18 @@ class Channel:
     name: str
     s3_uri: str
     content_type: str | None = None
+    distribution: str = "FullyReplicated"
+    # An augmented manifest (Ground Truth): its AttributeNames, image first; streamed in Pipe mode
+    # with each attribute wrapped as a RecordIO record.
+    attribute_names: tuple[str, ...] = ()
+
+    @property
+    def is_manifest(self) -> bool:
+        return bool(self.attribute_names)
+
+    @property
+    def s3_data_type(self) -> str:
+        return "AugmentedManifestFile" if self.is_manifest else "S3Prefix"
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,7 @@ class LaunchSpec:
     endpoint_instance_type: str = "ml.m5.xlarge"
     predict: Path | None = None
     logs: bool = True
+    input_mode: str = "File"
     metric_definitions: tuple[dict[str, str], ...] = field(default_factory=tuple)
 
     @property
@@ -127,7 +145,7 @@ def launch_spec(args: argparse.Namespace) -> LaunchSpec:
         **common,
         # SageMaker takes strings; other values are written as JSON, as SDK v3 does (the container reads both).
         hyperparameters={k: v if isinstance(v, str) else json.dumps(v) for k, v in hyperparameters.items()},
-        channels=channels(args), output_path=args.output_path, checkpoint_s3_uri=args.checkpoint_s3_uri,
+        channels=channels(args), input_mode=args.input_mode, output_path=args.output_path, checkpoint_s3_uri=args.checkpoint_s3_uri,
         spot=args.spot, network_isolation=args.network_isolation,
         metric_definitions=tuple(dict(d) for d in METRIC_DEFINITIONS))
 
@@ -137,12 +155,30 @@ def channels(args: argparse.Namespace) -> tuple[Channel, ...]:
     if "train" not in uris:
         raise ValueError("--channel train=s3://... is required")
     content_types = parse_pairs(args.content_type, "content-type")
-    unknown = set(content_types) - set(uris)
-    if unknown:
-        raise ValueError(f"--content-type for channels that are not given: {', '.join(sorted(unknown))}")
+    distributions = parse_pairs(args.distribution, "distribution")
+    attributes = {k: tuple(v.split(",")) for k, v in parse_pairs(args.attribute_names, "attribute-names").items()}
+    for option, given in (("--content-type", content_types), ("--distribution", distributions),
+                          ("--attribute-names", attributes)):
+        unknown = set(given) - set(uris)
+        if unknown:
+            raise ValueError(f"{option} for channels that are not given: {', '.join(sorted(unknown))}")
     for name, uri in uris.items():
         _s3(uri, f"--channel {name}=")
-    return tuple(Channel(name, uri, content_types.get(name)) for name, uri in uris.items())
+        if distributions.get(name, "FullyReplicated") not in ("FullyReplicated", "ShardedByS3Key"):
+            raise ValueError(f"--distribution {name}={distributions[name]}: FullyReplicated or ShardedByS3Key")
+        if uri.endswith(".manifest") and name not in attributes:
+            raise ValueError(f"--channel {name}={uri} looks like an augmented manifest: give --attribute-names "
+                             f"{name}=source-ref,<label attribute>")
+    for name, names in attributes.items():
+        if len(names) < 2 or names[0] != "source-ref":
+            raise ValueError(f"--attribute-names {name}={','.join(names)}: the image (source-ref) first, then the "
+                             "label attribute")
+        if args.input_mode != "Pipe":
+            raise ValueError(f"channel {name} is an augmented manifest: it trains in Pipe mode (--input-mode Pipe)")
+    return tuple(Channel(name, uri, content_types.get(name) or ("application/x-recordio" if name in attributes
+                                                                 else None),
+                         distributions.get(name, "FullyReplicated"), attributes.get(name, ()))
+                 for name, uri in uris.items())
 
 
 def sdk_major() -> int:
@@ -168,8 +204,8 @@ class SdkV3:
 
     def train(self, spec: LaunchSpec) -> str:
         from sagemaker.core.shapes import MetricDefinition
-        from sagemaker.core.training.configs import (CheckpointConfig, Compute, InputData, Networking,
-                                                     OutputDataConfig, StoppingCondition)
+        from sagemaker.core.training.configs import (CheckpointConfig, Compute, Networking, OutputDataConfig,
+                                                     StoppingCondition)
         from sagemaker.train import ModelTrainer
 
         trainer = ModelTrainer(
@@ -183,11 +219,10 @@ class SdkV3:
             checkpoint_config=(CheckpointConfig(s3_uri=spec.checkpoint_s3_uri, local_path=CHECKPOINT_LOCAL_PATH)
                                if spec.checkpoint_s3_uri else None),
             networking=Networking(enable_network_isolation=True) if spec.network_isolation else None,
-            hyperparameters=dict(spec.hyperparameters),
+            hyperparameters=dict(spec.hyperparameters), training_input_mode=spec.input_mode,
         ).with_metric_definitions([MetricDefinition(name=d["Name"], regex=d["Regex"])
                                    for d in spec.metric_definitions])
-        inputs = [InputData(channel_name=c.name, data_source=c.s3_uri,
-                            **({"content_type": c.content_type} if c.content_type else {})) for c in spec.channels]
+        inputs = [self._channel(c, spec.input_mode) for c in spec.channels]
         trainer.train(input_data_config=inputs, wait=True, logs=spec.logs)
         job = trainer._latest_training_job  # the SDK's own handle on the job it created
         job.refresh()
@@ -195,6 +230,26 @@ class SdkV3:
             raise RuntimeError(f"training job {job.training_job_name} ended {job.training_job_status}: "
                                f"{getattr(job, 'failure_reason', '')}")
         return job.model_artifacts.s3_model_artifacts
+
+    @staticmethod
+    def _channel(channel: Channel, input_mode: str) -> Any:
+        """A plain S3 prefix as InputData; anything more (Pipe mode, a distribution, an augmented
+        manifest) as the API's own Channel shape, which InputData cannot express."""
+        from sagemaker.core.shapes import Channel as ChannelShape
+        from sagemaker.core.shapes import DataSource, S3DataSource
+        from sagemaker.core.training.configs import InputData
+
+        if input_mode == "File" and not channel.is_manifest and channel.distribution == "FullyReplicated":
+            return InputData(channel_name=channel.name, data_source=channel.s3_uri,
+                             **({"content_type": channel.content_type} if channel.content_type else {}))
+        source = S3DataSource(s3_data_type=channel.s3_data_type, s3_uri=channel.s3_uri,
+                              s3_data_distribution_type=channel.distribution,
+                              **({"attribute_names": list(channel.attribute_names)} if channel.is_manifest else {}))
+        extra = {"record_wrapper_type": "RecordIO"} if channel.is_manifest else {}
+        if channel.content_type:
+            extra["content_type"] = channel.content_type
+        return ChannelShape(channel_name=channel.name, data_source=DataSource(s3_data_source=source),
+                            input_mode=input_mode, **extra)
 
     def deploy(self, spec: LaunchSpec, model_data: str) -> str:
         from sagemaker.core.resources import Endpoint, EndpointConfig, Model
@@ -239,7 +294,7 @@ class SdkV2:
         from sagemaker.inputs import TrainingInput
 
         estimator = Estimator(**self.estimator_arguments(spec))
-        estimator.fit({c.name: TrainingInput(**training_input_arguments(c)) for c in spec.channels},
+        estimator.fit({c.name: TrainingInput(**training_input_arguments(c, spec.input_mode)) for c in spec.channels},
                       wait=True, logs="All" if spec.logs else "None")
         return estimator.model_data
 
@@ -269,7 +324,7 @@ def estimator_arguments(spec: LaunchSpec) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "image_uri": spec.image_uri, "role": spec.role, "instance_count": spec.instance_count,
         "instance_type": spec.instance_type, "volume_size": spec.volume_size, "max_run": spec.max_run,
-        "input_mode": "File", "output_path": spec.output_path, "hyperparameters": dict(spec.hyperparameters),
+        "input_mode": spec.input_mode, "output_path": spec.output_path, "hyperparameters": dict(spec.hyperparameters),
         "metric_definitions": [dict(d) for d in spec.metric_definitions],
         "enable_network_isolation": spec.network_isolation,
         "base_job_name": spec.base_job_name,
@@ -285,11 +340,14 @@ def estimator_arguments(spec: LaunchSpec) -> dict[str, Any]:
     return kwargs
 
 
-def training_input_arguments(channel: Channel) -> dict[str, Any]:
+def training_input_arguments(channel: Channel, input_mode: str = "File") -> dict[str, Any]:
     """Keyword arguments of SDK v2's sagemaker.inputs.TrainingInput."""
-    out: dict[str, Any] = {"s3_data": channel.s3_uri, "distribution": "FullyReplicated", "input_mode": "File"}
+    out: dict[str, Any] = {"s3_data": channel.s3_uri, "distribution": channel.distribution, "input_mode": input_mode}
     if channel.content_type:
         out["content_type"] = channel.content_type
+    if channel.is_manifest:
+        out.update(s3_data_type="AugmentedManifestFile", attribute_names=list(channel.attribute_names),
+                   record_wrapping="RecordIO")
     return out
 
 
@@ -305,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hyperparameters", help="JSON file of name -> value")
     p.add_argument("--channel", action="append", default=[], help="NAME=s3://bucket/prefix")
     p.add_argument("--content-type", action="append", default=[], help="NAME=TYPE")
+    p.add_argument("--input-mode", choices=("File", "Pipe"), default="File",
+                   help="Pipe: channels stream into the container (needed for augmented manifests)")
+    p.add_argument("--attribute-names", action="append", default=[],
+                   help="NAME=source-ref,LABEL: the channel is a Ground Truth augmented manifest (s3://.../x.manifest)")
+    p.add_argument("--distribution", action="append", default=[],
+                   help="NAME=FullyReplicated|ShardedByS3Key (default FullyReplicated)")
     p.add_argument("--output-path")
     p.add_argument("--base-job-name", default=LaunchSpec.base_job_name)
     p.add_argument("--checkpoint-s3-uri")

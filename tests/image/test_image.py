@@ -229,3 +229,30 @@ def test_local_runner_trains_packs_and_serves_the_archive(tmp_path: Path, data: 
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
+
+
+def test_local_runner_pipe_mode_with_a_manifest(tmp_path: Path):
+    """A Pipe-mode job in the container: the runner writes the FIFOs on the host, as SageMaker does,
+    from a Ground Truth manifest (train) and a RecordIO channel (validation)."""
+    import sys
+
+    generate(tmp_path / "data", SynthSpec(train=16, validation=4, classes=3, width=128, height=96, seed=5,
+                                          format="both"))
+    runner = Path(__file__).resolve().parents[2] / "scripts/local_run.py"
+    hp = tmp_path / "hp.json"
+    hp.write_text(json.dumps({**HYPER, "num_training_samples": "16"}))
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(runner), "train", "--image", IMAGE, "--hyperparameters", str(hp),
+                             "--input-mode", "Pipe",
+                             "--channel", f"train={tmp_path / 'data/manifest/train.manifest'}",
+                             "--attribute-names", "train=source-ref,bounding-box",
+                             "--channel", f"validation={tmp_path / 'data/recordio/validation'}",
+                             "--output", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((out / "algo-1/input/config/inputdataconfig.json").read_text())
+    assert config["train"] == {"TrainingInputMode": "Pipe", "S3DistributionType": "FullyReplicated",
+                               "RecordWrapperType": "RecordIO", "ContentType": "application/x-recordio"}
+    assert "#quality_metric: host=algo-1, epoch=1, validation mAP" in result.stderr
+    with tarfile.open(out / "model.tar.gz") as tar:
+        assert "model_algo_1-0000.params" in tar.getnames()
+    assert not (out / "failure").exists()

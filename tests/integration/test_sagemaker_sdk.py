@@ -199,3 +199,34 @@ def test_deploy_a_trained_model_without_training(inputs, tmp_path: Path, major: 
     [model] = calls_of(out, "CreateModel")
     assert model["PrimaryContainer"]["ModelDataUrl"] == "s3://b/old/model.tar.gz"
     assert printed(out)["prediction"] == PREDICTION
+
+
+@pytest.fixture(scope="module")
+def manifest_jobs(inputs, tmp_path_factory) -> dict[int, dict]:
+    """A Ground Truth manifest job in Pipe mode, train sharded across the hosts."""
+    tmp = tmp_path_factory.mktemp("sdk-manifest")
+    argv = ["--image-uri", IMAGE, "--role", ROLE, "--instance-type", "ml.p3.2xlarge", "--instance-count", "2",
+            "--hyperparameters", str(inputs["hp"]), "--input-mode", "Pipe",
+            "--channel", "train=s3://b/gt/train.manifest", "--attribute-names", "train=source-ref,dogs",
+            "--distribution", "train=ShardedByS3Key",
+            "--channel", "validation=s3://b/gt/validation.manifest",
+            "--attribute-names", "validation=source-ref,dogs", "--output-path", "s3://b/out", "--no-logs"]
+    return {major: calls_of(run_launch(major, tmp, argv, [TRAIN_PLANS]), "CreateTrainingJob")[0]
+            for major in (3, 2)}
+
+
+@pytest.mark.parametrize("major", [3, 2])
+def test_manifest_job_in_pipe_mode(manifest_jobs: dict[int, dict], major: int):
+    job = manifest_jobs[major]
+    assert job["AlgorithmSpecification"]["TrainingInputMode"] == "Pipe"
+    channels = {c["ChannelName"]: c for c in job["InputDataConfig"]}
+    for name, distribution in (("train", "ShardedByS3Key"), ("validation", "FullyReplicated")):
+        channel = channels[name]
+        assert channel["InputMode"] == "Pipe"
+        assert channel["RecordWrapperType"] == "RecordIO"
+        assert channel["ContentType"] == "application/x-recordio"
+        assert channel["DataSource"]["S3DataSource"] == {
+            "S3DataType": "AugmentedManifestFile", "S3Uri": f"s3://b/gt/{name}.manifest",
+            "S3DataDistributionType": distribution, "AttributeNames": ["source-ref", "dogs"]}
+    assert sorted(json.dumps(c, sort_keys=True) for c in manifest_jobs[3]["InputDataConfig"]) == \
+        sorted(json.dumps(c, sort_keys=True) for c in manifest_jobs[2]["InputDataConfig"])
