@@ -20,7 +20,7 @@ IMAGE ?= ssd-detector
 CPU_BASE ?= ssd-base:bookworm
 FETCH_WEIGHTS ?= auto
 
-.PHONY: install sdk-venvs demo test test-unit test-integration bench-data bench-train bench-accuracy bench-serve bench-soak bench-scaling bench-deps lint clean image image-cpu image-test
+.PHONY: install sdk-venvs demo test test-unit test-integration bench-data bench-train bench-accuracy bench-serve bench-soak bench-scaling bench-pipe bench-deps lint clean image image-cpu image-test
 
 install: $(STAMP)
 
@@ -74,6 +74,9 @@ bench-serve: install
 
 bench-soak: install
 	$(PY) scripts/bench_soak.py
+
+bench-pipe: install
+	$(PY) scripts/bench_pipe.py
 
 bench-accuracy: install
 	$(PY) scripts/bench_accuracy.py

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -32,16 +33,21 @@ TARGET_MAP = 0.85
 AUGMENT = "light"
 
 
-def make_sets(root: Path, train: int, validation: int, test: int) -> tuple[Path, Path]:
+def make_sets(root: Path, train: int, validation: int, test: int, fmt: str = "recordio",
+              seed: int = 31) -> tuple[Path, Path]:
+    """Training and validation sets under root/data (in fmt), and a held-out RecordIO split made
+    with another seed; made once per size."""
     from ssd_detector.data.synthetic import SynthSpec, generate
 
     data, held_out = root / "data", root / "test"
-    marker = root / f".made-{train}-{validation}-{test}"
+    marker = root / f".made-{train}-{validation}-{test}-{fmt}-{seed}"
     if not marker.exists():
         LOG.info("making %d training, %d validation and %d held-out synthetic images", train, validation, test)
-        generate(data, SynthSpec(train=train, validation=validation, classes=5, width=320, height=240, seed=31,
-                                 format="recordio"))
-        generate(held_out, SynthSpec(train=0, validation=test, classes=5, width=320, height=240, seed=32,
+        for folder in (data, held_out):
+            shutil.rmtree(folder, ignore_errors=True)
+        generate(data, SynthSpec(train=train, validation=validation, classes=5, width=320, height=240, seed=seed,
+                                 format=fmt))
+        generate(held_out, SynthSpec(train=0, validation=test, classes=5, width=320, height=240, seed=seed + 1,
                                      format="recordio"))
         marker.touch()
     return data, held_out / "validation"

@@ -156,6 +156,9 @@ def train(args: argparse.Namespace) -> int:
     sources = parse_pairs(args.channel, "channel")
     content_types = parse_pairs(args.content_type, "content-type")
     distributions = parse_pairs(args.distribution, "distribution")
+    for name, value in distributions.items():
+        if value not in ("FullyReplicated", "ShardedByS3Key"):
+            raise SystemExit(f"--distribution {name}={value}: FullyReplicated or ShardedByS3Key")
     attribute_names = {k: v.split(",") for k, v in parse_pairs(args.attribute_names, "attribute-names").items()}
     channels = {}
     for name, source in sources.items():

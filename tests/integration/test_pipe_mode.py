@@ -2,7 +2,6 @@
 does (one FIFO per pass, RecordIO or an augmented manifest wrapped as RecordIO)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -16,24 +15,12 @@ import pytest
 from ssd_detector.training.metrics import METRIC_DEFINITIONS
 
 CLI = [sys.executable, "-m", "ssd_detector.cli"]
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 TINY = {"num_classes": "3", "base_network": "mobilenet-0.25", "image_shape": "64", "mini_batch_size": "4",
         "learning_rate": "0.01", "use_pretrained_model": "0", "epochs": "2", "num_training_samples": "16"}
 PIPE_RECORDIO = {"TrainingInputMode": "Pipe", "ContentType": "application/x-recordio", "RecordWrapperType": "None",
                  "S3DistributionType": "FullyReplicated"}
 PIPE_MANIFEST = {**PIPE_RECORDIO, "RecordWrapperType": "RecordIO"}
 ATTRIBUTES = ["source-ref", "bounding-box"]
-
-
-def feed_module():
-    spec = importlib.util.spec_from_file_location("pipe_feed", SCRIPTS / "pipe_feed.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pipe_feed"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-feed = feed_module()
 
 
 def make_job(root: Path, hyperparameters: dict, channels: dict) -> Path:
@@ -56,22 +43,26 @@ def metric(log: str, name: str) -> list[float]:
     return [float(m.group(1)) for m in re.finditer(regex, log)]
 
 
-def feeders(base: Path, **passes) -> list:
-    return [feed.PipeFeeder(base / "input/data", name, one_pass).start() for name, one_pass in passes.items()]
-
-
-def test_recordio_train_and_validation_in_pipe_mode(tmp_path: Path, synth_set: Path):
-    hp = {**TINY, "num_training_samples": "10"}  # wrong on purpose: corrected after the first pass
-    base = make_job(tmp_path, hp, {"train": PIPE_RECORDIO, "validation": PIPE_RECORDIO})
-    running = feeders(base, train=feed.recordio_pass(synth_set / "recordio/train"),
-                      validation=feed.recordio_pass(synth_set / "recordio/validation"))
+def fed_run(feed, base: Path, passes: dict, **env) -> tuple[subprocess.CompletedProcess, list[int]]:  # noqa: ANN001
+    """Runs `train` while SageMaker's side (feed: scripts/pipe_feed.py) feeds each channel's FIFOs;
+    returns the result and how many passes of each channel were read to the end."""
+    folder = base / "input/data"
+    running = [feed.PipeFeeder(folder, name, one_pass).start() for name, one_pass in passes.items()]
     try:
-        result = run(base)
+        result = run(base, **env)
     finally:
         for feeder in running:
             feeder.stop()
+    return result, [f.completed for f in running]
+
+
+def test_recordio_train_and_validation_in_pipe_mode(tmp_path: Path, synth_set: Path, pipe_feed):
+    hp = {**TINY, "num_training_samples": "10"}  # wrong on purpose: corrected after the first pass
+    base = make_job(tmp_path, hp, {"train": PIPE_RECORDIO, "validation": PIPE_RECORDIO})
+    result, passes = fed_run(pipe_feed, base, {"train": pipe_feed.recordio_pass(synth_set / "recordio/train"),
+                                               "validation": pipe_feed.recordio_pass(synth_set / "recordio/validation")})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert [f.completed for f in running] == [2, 2]  # one pass per epoch of each channel
+    assert passes == [2, 2]  # one pass per epoch of each channel
     assert len(metric(result.stderr, "validation:mAP")) == 2
     assert "num_training_samples=10 but the first epoch streamed 16 training images" in result.stderr
     hyper = json.loads((base / "model/hyperparams.json").read_text())
@@ -79,38 +70,28 @@ def test_recordio_train_and_validation_in_pipe_mode(tmp_path: Path, synth_set: P
     assert "Traceback" not in result.stderr
 
 
-def test_manifest_in_pipe_mode_with_class_names(tmp_path: Path, synth_set: Path):
+def test_manifest_in_pipe_mode_with_class_names(tmp_path: Path, synth_set: Path, pipe_feed):
     base = make_job(tmp_path, TINY, {"train": PIPE_MANIFEST, "validation": PIPE_MANIFEST})
     # The metadata as a third attribute carries the class names.
-    running = feeders(
-        base, train=feed.manifest_pass(synth_set / "manifest/train.manifest",
-                                       [*ATTRIBUTES, "bounding-box-metadata"]),
-        validation=feed.manifest_pass(synth_set / "manifest/validation.manifest", ATTRIBUTES))
-    try:
-        result = run(base)
-    finally:
-        for feeder in running:
-            feeder.stop()
+    result, _ = fed_run(pipe_feed, base, {
+        "train": pipe_feed.manifest_pass(synth_set / "manifest/train.manifest", [*ATTRIBUTES, "bounding-box-metadata"]),
+        "validation": pipe_feed.manifest_pass(synth_set / "manifest/validation.manifest", ATTRIBUTES)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "but the first epoch streamed" not in result.stderr  # 16 was right
     assert json.loads((base / "model/classes.json").read_text()) == {"0": "circle", "1": "square", "2": "triangle"}
     assert metric(result.stderr, "train:progress")[-1] == 100
 
 
-def test_two_horovod_workers_share_one_stream(tmp_path: Path, synth_set: Path):
+def test_two_horovod_workers_share_one_stream(tmp_path: Path, synth_set: Path, pipe_feed, free_port: int):
     base = make_job(tmp_path, {**TINY, "epochs": "2"}, {"train": PIPE_MANIFEST, "validation": PIPE_RECORDIO})
-    running = feeders(base, train=feed.manifest_pass(synth_set / "manifest/train.manifest", ATTRIBUTES),
-                      validation=feed.recordio_pass(synth_set / "recordio/validation"))
-    try:
-        result = run(base, timeout=400, SSD_WORKERS_PER_HOST="2", SSD_DATA_WORKERS="0",
-                     SSD_RENDEZVOUS_PORT=str(7900 + os.getpid() % 50))
-    finally:
-        for feeder in running:
-            feeder.stop()
+    result, passes = fed_run(
+        pipe_feed, base, {"train": pipe_feed.manifest_pass(synth_set / "manifest/train.manifest", ATTRIBUTES),
+                          "validation": pipe_feed.recordio_pass(synth_set / "recordio/validation")},
+        timeout=400, SSD_WORKERS_PER_HOST="2", SSD_DATA_WORKERS="0", SSD_RENDEZVOUS_PORT=str(free_port))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "sharing train, validation between the 2 workers" in result.stderr
     assert "worker 0 of 2 (batch 2 each)" in result.stderr
-    assert [f.completed for f in running] == [2, 2]
+    assert passes == [2, 2]
     assert len(metric(result.stderr, "validation:mAP")) == 2
     assert (base / "model/model_algo_1-0000.params").exists()
 
@@ -125,14 +106,10 @@ def bad_manifest(synth_set: Path, target: Path) -> Path:
     return target
 
 
-def test_bad_labels_fail_the_job_at_the_end_of_the_first_pass(tmp_path: Path, synth_set: Path):
+def test_bad_labels_fail_the_job_at_the_end_of_the_first_pass(tmp_path: Path, synth_set: Path, pipe_feed):
     base = make_job(tmp_path, TINY, {"train": PIPE_MANIFEST})
     manifest = bad_manifest(synth_set, tmp_path / "bad.manifest")
-    running = feeders(base, train=feed.manifest_pass(manifest, ATTRIBUTES))
-    try:
-        result = run(base)
-    finally:
-        running[0].stop()
+    result, _ = fed_run(pipe_feed, base, {"train": pipe_feed.manifest_pass(manifest, ATTRIBUTES)})
     assert result.returncode == 1, result.stderr[-3000:]
     failure = (base / "output/failure").read_text()
     assert "channel 'train' (Pipe mode, train_0) has 2 problem(s)" in failure
@@ -141,14 +118,10 @@ def test_bad_labels_fail_the_job_at_the_end_of_the_first_pass(tmp_path: Path, sy
     assert not (base / "model/model_algo_1-0000.params").exists()
 
 
-def test_truncated_stream_fails_with_the_record(tmp_path: Path, synth_set: Path):
+def test_truncated_stream_fails_with_the_record(tmp_path: Path, synth_set: Path, pipe_feed):
     base = make_job(tmp_path, TINY, {"train": PIPE_RECORDIO})
     data = (synth_set / "recordio/train/train.rec").read_bytes()
-    running = feeders(base, train=lambda: iter([data[:len(data) // 2 + 3]]))
-    try:
-        result = run(base)
-    finally:
-        running[0].stop()
+    result, _ = fed_run(pipe_feed, base, {"train": lambda: iter([data[:len(data) // 2 + 3]])})
     assert result.returncode == 1, result.stderr[-3000:]
     failure = (base / "output/failure").read_text()
     assert "train_0: record" in failure and "is truncated" in failure and "Pipe mode" in failure
@@ -204,7 +177,7 @@ def test_pipe_configurations_refused(tmp_path: Path, channels: dict, message: st
     assert result.returncode == 1 and message in (base / "output/failure").read_text()
 
 
-def test_two_hosts_with_a_sharded_manifest(tmp_path: Path, synth_set: Path, free_port: int):
+def test_two_hosts_with_a_sharded_manifest(tmp_path: Path, synth_set: Path, free_port: int, pipe_feed):
     """ShardedByS3Key: each host streams its own share of the lines and trains on it; the job
     counts the shares together; FullyReplicated validation gives each host everything."""
     hosts = ["127.0.0.1", "127.0.0.2"]
@@ -215,9 +188,10 @@ def test_two_hosts_with_a_sharded_manifest(tmp_path: Path, synth_set: Path, free
         (base / "input/config/resourceconfig.json").write_text(json.dumps(
             {"current_host": host, "hosts": hosts, "network_interface_name": "lo"}))
         bases.append(base)
-        running += feeders(base, train=feed.manifest_pass(synth_set / "manifest/train.manifest", ATTRIBUTES,
-                                                          index, 2, "ShardedByS3Key"),
-                           validation=feed.recordio_pass(synth_set / "recordio/validation"))
+        running += [pipe_feed.PipeFeeder(base / "input/data", "train", pipe_feed.manifest_pass(
+                        synth_set / "manifest/train.manifest", ATTRIBUTES, index, 2, "ShardedByS3Key")).start(),
+                    pipe_feed.PipeFeeder(base / "input/data", "validation",
+                                         pipe_feed.recordio_pass(synth_set / "recordio/validation")).start()]
     env = {**os.environ, "SSD_DATA_WORKERS": "0", "SSD_RENDEZVOUS_PORT": str(free_port)}
     processes = [subprocess.Popen([*CLI, "train"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   env={**env, "SAGEMAKER_BASE_DIR": str(base)}) for base in bases]

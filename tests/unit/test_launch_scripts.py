@@ -63,6 +63,10 @@ def test_sagemaker_launch_spec_and_v2_arguments(hp_file: Path):
     (["--predict", "x.jpg"], "--predict needs --deploy"),
     (["--model-data", "s3://b/m.tar.gz"], "--model-data deploys a trained model: add --deploy"),
     (["--checkpoint-s3-uri", "ckpt/"], "'ckpt/' must be an s3:// URI"),
+    (["--attribute-names", "train=source-ref,labels"], "it trains in Pipe mode (--input-mode Pipe)"),
+    (["--input-mode", "Pipe", "--attribute-names", "train=labels,source-ref"], "the image (source-ref) first"),
+    (["--distribution", "train=Sharded"], "FullyReplicated or ShardedByS3Key"),
+    (["--distribution", "validation=ShardedByS3Key"], "--distribution for channels that are not given"),
 ])
 def test_sagemaker_arguments_are_checked(hp_file: Path, extra: list[str], words: str):
     launch = load("sagemaker_launch")
@@ -81,6 +85,41 @@ def test_sagemaker_bad_hyperparameters_and_channels_fail_before_any_call(tmp_pat
     assert launch.main(base + ["--hyperparameters", str(hp_file), "--channel", "train=/data"]) == 2
     assert launch.main(base + ["--hyperparameters", str(hp_file), "--channel", "validation=s3://b/v"]) == 2
     assert launch.main(base + ["--channel", "train=s3://b/t"]) == 2, "no hyperparameters file"
+
+
+def test_sagemaker_manifest_channel_arguments(hp_file: Path):
+    launch = load("sagemaker_launch")
+    args = launch.build_parser().parse_args([
+        "--image-uri", "i", "--role", "r", "--hyperparameters", str(hp_file), "--output-path", "s3://b/o",
+        "--input-mode", "Pipe", "--channel", "train=s3://b/gt/out.manifest",
+        "--attribute-names", "train=source-ref,dogs", "--distribution", "train=ShardedByS3Key"])
+    spec = launch.launch_spec(args)
+    assert launch.estimator_arguments(spec)["input_mode"] == "Pipe"
+    assert launch.training_input_arguments(spec.channels[0], spec.input_mode) == {
+        "s3_data": "s3://b/gt/out.manifest", "distribution": "ShardedByS3Key", "input_mode": "Pipe",
+        "content_type": "application/x-recordio", "s3_data_type": "AugmentedManifestFile",
+        "attribute_names": ["source-ref", "dogs"], "record_wrapping": "RecordIO"}
+    missing = launch.build_parser().parse_args(["--image-uri", "i", "--role", "r", "--hyperparameters", str(hp_file),
+                                                "--input-mode", "Pipe", "--channel", "train=s3://b/x.manifest"])
+    with pytest.raises(ValueError, match="give --attribute-names train=source-ref,<label attribute>"):
+        launch.launch_spec(missing)
+
+
+def test_local_runner_lays_out_pipe_channels(tmp_path: Path):
+    runner = load("local_run")
+    manifest = tmp_path / "train.manifest"
+    manifest.write_text(json.dumps({"source-ref": "a.jpg", "gt": {"annotations": []}}) + "\n")
+    validation = tmp_path / "validation"
+    validation.mkdir()
+    (validation / "v.rec").write_bytes(b"x")
+    base = runner.lay_out(tmp_path / "out", {}, {"train": manifest, "validation": validation}, {}, "algo-1",
+                          ["algo-1"], "Pipe", {"train": "ShardedByS3Key"})
+    config = json.loads((base / "input/config/inputdataconfig.json").read_text())
+    assert config["train"] == {"TrainingInputMode": "Pipe", "S3DistributionType": "ShardedByS3Key",
+                               "RecordWrapperType": "RecordIO", "ContentType": "application/x-recordio"}
+    assert config["validation"]["RecordWrapperType"] == "None" and config["validation"]["TrainingInputMode"] == "Pipe"
+    assert not (base / "input/data/validation").exists(), "Pipe channels are FIFOs made while the job runs"
+    assert runner.label_attribute(manifest) == "gt"
 
 
 def test_local_runner_lays_out_opt_ml_and_packs_like_sagemaker(tmp_path: Path):

@@ -1,11 +1,9 @@
 """Pipe mode pieces: FIFO reading, stream parsing, Ground Truth labels and manifests."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,17 +19,6 @@ from ssd_detector.data.pipe import PipeFanout, PipeStalled, PipeStream
 from ssd_detector.data.stream import StreamFormatError, StreamLoader, StreamSource, parse_manifest
 from ssd_detector.data.transforms import ValTransform
 from ssd_detector.errors import Stopped
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
-
-def load_feed():
-    spec = importlib.util.spec_from_file_location("pipe_feed", SCRIPTS / "pipe_feed.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pipe_feed"] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 def jpeg(width: int = 40, height: int = 30) -> bytes:
     return encode(np.full((height, width, 3), 120, np.uint8), "jpeg")
@@ -102,8 +89,8 @@ def test_stop_while_waiting_on_a_fifo(tmp_path: Path):
     assert time.monotonic() - start < 3
 
 
-def test_feeder_and_fanout_give_every_worker_every_pass(tmp_path: Path):
-    feed = load_feed()
+def test_feeder_and_fanout_give_every_worker_every_pass(tmp_path: Path, pipe_feed):
+    feed = pipe_feed
     source, workers = tmp_path / "data", [tmp_path / "w0", tmp_path / "w1"]
     source.mkdir()
     payload = os.urandom(3_000_000)

@@ -246,6 +246,7 @@ class Training:
         self.trainer = self.world.trainer(trainable, optimizer, params,
                                           kvstore="device" if len(contexts) > 1 else None)
         self.state = checkpoint.LoopState()
+        self._pass_stopped = False  # the last pass over a Pipe-mode train channel ended by SIGTERM
 
     def _stream(self, channel: PipeChannel, batch_size: int, transform: Transform, workers: int,
                 targets: TargetEncoder | None, whole: bool = False) -> StreamLoader:
@@ -314,20 +315,29 @@ class Training:
             yield from loader
             return
         batches = loader.batches(epoch)
+        self._pass_stopped = False
         while True:
             batch = next(batches, None)
             if self.world.size > 1:
                 # Parts of a stream differ in length: the pass goes on while any worker has a batch,
-                # and a worker whose part has run out trains on recent samples meanwhile.
-                if self.world.allreduce_sum(np.array([float(batch is not None)]))[0] == 0:
+                # and a worker whose part has run out trains on recent samples meanwhile. A worker
+                # stopped while waiting for its stream stops them all here.
+                more, stops = self.world.allreduce_sum(np.array([float(batch is not None),
+                                                                 float(loader.stopped)]))
+                if stops:
+                    self._pass_stopped = True
+                    return
+                if more == 0:
                     break
                 if batch is None:
                     batch = loader.extra_batch()
             elif batch is None:
                 break
             yield batch
-        if not loader.stopped:
-            self._end_pass(loader, "train", epoch)
+        if loader.stopped:
+            self._pass_stopped = True
+            return
+        self._end_pass(loader, "train", epoch)
 
     def train_epoch(self, epoch: int) -> EpochResult:
         total_batches = len(self.train_loader) if isinstance(self.train_loader, DetectionLoader) \
@@ -354,8 +364,7 @@ class Training:
             if stop:
                 return EpochResult(float(ce_job), float(l1_job), seen * self.world.size, time.perf_counter() - start,
                                    True)
-        if self.stop.flag and isinstance(self.train_loader, StreamLoader) and self.train_loader.stopped:
-            # SIGTERM while waiting for the stream: the other workers learn it in the next collective.
+        if self._pass_stopped:  # SIGTERM while waiting for the stream
             return EpochResult(float(ce_job), float(l1_job), seen * self.world.size, time.perf_counter() - start,
                                True)
         ce_job, l1_job = self.world.allreduce_sum(np.array([ce_sum, l1_sum])) / max(1, batches)
