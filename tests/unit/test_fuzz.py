@@ -172,6 +172,51 @@ def test_json_annotation_reader_lists_problems_never_crashes(text: str):
         assert np.all(np.isfinite(sample.boxes)) and np.all(sample.class_ids >= 0)
 
 
+@st.composite
+def manifest_streams(draw) -> bytes:
+    """An augmented manifest's RecordIO stream: images, labels (valid or not), other bytes, in any
+    order, sometimes cut short."""
+    import io
+
+    from ssd_detector.data.recordio import write_record
+
+    out = io.BytesIO()
+    for _ in range(draw(st.integers(0, 5))):
+        kind = draw(st.sampled_from(["image", "label", "json", "bytes"]))
+        if kind == "image":
+            payload = draw(st.sampled_from([SMALL_JPEG, SMALL_PNG]) | mutated_images())
+        elif kind == "label":
+            objects = draw(st.lists(st.fixed_dictionaries({k: json_values | st.integers(-5, 50)
+                                                           for k in ANNOTATION_KEYS}), max_size=3) | json_values)
+            label = {"image_size": draw(json_values | st.just([{"width": 32, "height": 24}])), "annotations": objects}
+            payload = json.dumps(draw(st.sampled_from([label, {"job": label}])), allow_nan=True).encode()
+        elif kind == "json":
+            payload = json.dumps(draw(json_values), allow_nan=True).encode()
+        else:
+            payload = draw(st.binary(max_size=30))
+        write_record(out, payload)
+    data = out.getvalue()
+    return data[:draw(st.integers(0, len(data)))] if draw(st.booleans()) else data
+
+
+@BUDGET
+@given(manifest_streams())
+def test_manifest_stream_parser_lists_problems_never_crashes(data: bytes):
+    import io
+
+    from ssd_detector.data.recordio import RecordIOFormatError
+    from ssd_detector.data.stream import StreamFormatError, parse_manifest
+
+    try:
+        parsed = list(parse_manifest(io.BytesIO(data), "train_0"))
+    except (StreamFormatError, RecordIOFormatError):
+        return
+    for item in parsed:
+        assert item.sample is not None or item.problems
+        if item.sample is not None:
+            assert np.all(np.isfinite(item.sample.boxes)) and np.all(item.sample.class_ids >= 0)
+
+
 hyper_values = (st.text(max_size=12) | st.integers(-10 ** 20, 10 ** 20) | st.floats() | st.booleans()
                 | st.lists(st.integers(-3, 40), max_size=4) | st.none())
 

@@ -63,8 +63,8 @@ def test_sagemaker_launch_spec_and_v2_arguments(hp_file: Path):
     (["--predict", "x.jpg"], "--predict needs --deploy"),
     (["--model-data", "s3://b/m.tar.gz"], "--model-data deploys a trained model: add --deploy"),
     (["--checkpoint-s3-uri", "ckpt/"], "'ckpt/' must be an s3:// URI"),
-    (["--attribute-names", "train=source-ref,labels"], "it trains in Pipe mode (--input-mode Pipe)"),
-    (["--input-mode", "Pipe", "--attribute-names", "train=labels,source-ref"], "the image (source-ref) first"),
+    (["--attribute-names", "train=source-ref,labels"], "it trains in Pipe mode"),
+    (["--input-mode", "Pipe", "--attribute-names", "train=labels,source-ref"], "the image .source-ref. first"),
     (["--distribution", "train=Sharded"], "FullyReplicated or ShardedByS3Key"),
     (["--distribution", "validation=ShardedByS3Key"], "--distribution for channels that are not given"),
 ])
@@ -100,7 +100,8 @@ def test_sagemaker_manifest_channel_arguments(hp_file: Path):
         "content_type": "application/x-recordio", "s3_data_type": "AugmentedManifestFile",
         "attribute_names": ["source-ref", "dogs"], "record_wrapping": "RecordIO"}
     missing = launch.build_parser().parse_args(["--image-uri", "i", "--role", "r", "--hyperparameters", str(hp_file),
-                                                "--input-mode", "Pipe", "--channel", "train=s3://b/x.manifest"])
+                                                "--output-path", "s3://b/o", "--input-mode", "Pipe",
+                                                "--channel", "train=s3://b/x.manifest"])
     with pytest.raises(ValueError, match="give --attribute-names train=source-ref,<label attribute>"):
         launch.launch_spec(missing)
 

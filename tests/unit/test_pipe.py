@@ -274,3 +274,28 @@ def test_video_manifest_is_refused(tmp_path: Path):
                                     "track-ref-metadata": {"type": "groundtruth/video-object-detection"}}))
     with pytest.raises(UserError, match="video-frame object detection"):
         read_manifest(manifest, ImageResolver(tmp_path, None))
+
+
+def test_the_next_pass_is_read_ahead(tmp_path: Path, pipe_feed):
+    """With read_ahead the next FIFO is opened (and its shuffle buffer filled) as soon as the
+    current stream has ended; without it no FIFO is opened beyond the passes asked for."""
+    records = []
+    for i in range(6):
+        records += [jpeg(), json.dumps(label((i % 2, 1, 1, 10, 10))).encode()]
+    data = framed(*records)
+    feeder = pipe_feed.PipeFeeder(tmp_path, "train", lambda: iter([data])).start()
+    loader = _loader(tmp_path, shuffle_buffer=4)
+    try:
+        first = list(loader.batches(0, read_ahead=True))
+        deadline = time.monotonic() + 10
+        while feeder.completed < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert feeder.completed == 2, "train_1 was read while pass 0 was still in use"
+        second = list(loader.batches(1))
+        assert sorted(i for b in second for i in b.indices) == sorted(i for b in first for i in b.indices)
+        assert loader.report.number == 1 and loader.report.images == 6
+        time.sleep(0.5)
+        assert feeder.completed == 2, "no read-ahead was asked for after pass 1"
+    finally:
+        loader.close()
+        feeder.stop()

@@ -161,3 +161,8 @@ def test_launcher_names_the_worker_that_caused_the_failure(tmp_path):
     assert _first_cause(failed[:3])[0] is own
     assert _first_cause([(silent, 2), (lost, 2)])[0] is lost
     assert _first_cause([(silent, 2), (worker(0, None), 2)])[0].slot.rank == 0
+    # Pipe mode: the worker that found bad records is named, not the one that stopped with it.
+    from ssd_detector.training.distributed import PEER_FAILED_TEXT
+    follower = worker(0, f"channel 'train' (Pipe mode, train_0): {PEER_FAILED_TEXT}")
+    finder = worker(3, "channel 'train' (Pipe mode, train_0) has 1 problem(s) in its data: ...")
+    assert _first_cause([(follower, 1), (finder, 1)])[0] is finder

@@ -78,6 +78,22 @@ class PassReport:
 
 
 @dataclass
+class _Pass:
+    """One pass being read: its reader thread fills ``out`` through the shuffle buffer."""
+
+    epoch: int
+    report: PassReport
+    out: queue.Queue
+    closing: threading.Event
+    thread: threading.Thread | None = None
+
+    def close(self) -> None:
+        self.closing.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+
+
+@dataclass
 class _Parsed:
     index: int  # image index in the stream
     sample: Sample | None
@@ -228,25 +244,54 @@ class StreamLoader:
         self._pool: ProcessPoolExecutor | None = None
         self._recent: deque[tuple[int, Sample]] = deque(maxlen=max(4 * batch_size, 64))
         self._epoch = 0
+        self._ahead: _Pass | None = None  # the next pass, already being read
 
     # -- reading ----------------------------------------------------------------------------
     def _owned(self, index: int) -> bool:
         return index % self.source.num_parts == self.source.part_index
 
-    def _read(self, report: PassReport, out: queue.Queue, closing: threading.Event) -> None:
-        source = self.source
+    def _start_pass(self, epoch: int) -> _Pass:
+        """Starts reading the next FIFO, <channel>_<passes>, on a thread."""
+        job = _Pass(epoch, PassReport(self.source.channel, self.passes),
+                    queue.Queue(maxsize=max(8, 2 * self.batch_size)), threading.Event())
+        self.passes += 1
+        job.thread = threading.Thread(target=self._read, args=(job,), daemon=True,
+                                      name=f"pipe-{self.source.channel}-{job.report.number}")
+        job.thread.start()
+        return job
+
+    def _read(self, job: _Pass) -> None:
+        """Parses the pass, checks every record, and hands this worker's samples on through the
+        shuffle buffer: once it holds shuffle_buffer samples, each new one takes the place of a
+        random one, which goes on; at the end the rest go on in random order. The buffer fills
+        on this thread, so the next pass can fill while the current one still trains."""
+        source, report, out, closing = self.source, job.report, job.out, job.closing
         path = fifo_path(source.folder, source.channel, report.number)
         shown = str(fifo_path(source.shown_folder, source.channel, report.number))
-        where = f"{source.channel}_{report.number}"
+        rng = np.random.default_rng([self.seed, job.epoch, source.part_index, 0x5EED])
+        held: list[tuple[int, Sample]] = []
+        cap = self.shuffle_buffer
         try:
             with PipeStream(path, shown, self.timeout, lambda: closing.is_set() or self.should_stop()) as stream:
-                for parsed in PARSERS[source.format](stream, where):
+                for parsed in PARSERS[source.format](stream, f"{source.channel}_{report.number}"):
                     self._account(parsed, report)
-                    if parsed.sample is not None and self._owned(parsed.index):
-                        report.own += 1
-                        if not self._put(out, (parsed.index, parsed.sample), closing):
-                            return
+                    if parsed.sample is None or not self._owned(parsed.index):
+                        continue
+                    report.own += 1
+                    item = (parsed.index, parsed.sample)
+                    if cap > 1 and len(held) < cap:
+                        held.append(item)
+                        continue
+                    if cap > 1:
+                        slot = int(rng.integers(cap))
+                        item, held[slot] = held[slot], item
+                    if not self._put(out, item, closing):
+                        return
             report.complete = True
+            rng.shuffle(held)  # type: ignore[arg-type]
+            for item in held:
+                if not self._put(out, item, closing):
+                    return
             self._put(out, _END, closing)
         except recordio.RecordIOFormatError as exc:
             self._put(out, StreamFormatError(f"{exc} (Pipe mode, {shown})"), closing)
@@ -284,35 +329,24 @@ class StreamLoader:
                 continue
         return False
 
-    def _samples(self, out: queue.Queue, rng: np.random.Generator) -> Iterator[tuple[int, Sample]]:
-        """The owned samples of the pass, through the shuffle buffer."""
-        held: list[tuple[int, Sample]] = []
-        cap = self.shuffle_buffer
+    def _samples(self, job: _Pass) -> Iterator[tuple[int, Sample]]:
+        """The owned samples of the pass, in the shuffled order; ends early on should_stop."""
         while True:
             try:
-                item = out.get(timeout=0.25)
+                item = job.out.get(timeout=0.25)
             except queue.Empty:
                 if self.should_stop():
                     self.stopped = True
                     return
                 continue
             if item is _END:
-                break
+                return
             if isinstance(item, Stopped) or self.should_stop():
                 self.stopped = True
                 return
             if isinstance(item, BaseException):
                 raise item
-            if cap <= 1:
-                yield item
-            elif len(held) < cap:
-                held.append(item)
-            else:
-                slot = int(rng.integers(cap))
-                yield held[slot]
-                held[slot] = item
-        rng.shuffle(held)  # type: ignore[arg-type]
-        yield from held
+            yield item
 
     # -- batches ----------------------------------------------------------------------------
     def _pool_ready(self) -> ProcessPoolExecutor:
@@ -332,42 +366,39 @@ class StreamLoader:
             return future
         return self._pool_ready().submit(worker_given_batch, self._epoch, chunk)
 
-    def batches(self, epoch: int) -> Iterator[Batch]:
-        """The batches of the next pass (FIFO <channel>_<passes>); ``report`` describes it after."""
+    def batches(self, epoch: int, read_ahead: bool = False) -> Iterator[Batch]:
+        """The batches of the next pass (FIFO <channel>_<passes>); ``report`` describes it after.
+        read_ahead: another pass follows, so its FIFO is opened and its shuffle buffer filled as
+        soon as this pass's stream has ended (while the last batches train and validation runs)."""
         self._epoch = epoch
-        report = PassReport(self.source.channel, self.passes)
-        self.passes += 1
-        self.report = report
+        job = self._ahead or self._start_pass(epoch)  # FIFOs are read in order, whatever the epoch
+        self._ahead = None
+        self.report = job.report
         self.stopped = False
-        out: queue.Queue = queue.Queue(maxsize=max(8, 2 * self.batch_size))
-        closing = threading.Event()
-        reader = threading.Thread(target=self._read, args=(report, out, closing), daemon=True,
-                                  name=f"pipe-{self.source.channel}-{report.number}")
-        reader.start()
-        rng = np.random.default_rng([self.seed, epoch, self.source.part_index, 0x5EED])
         pending: deque[Future] = deque()
         chunk: dict[int, Sample] = {}
         try:
-            for index, sample in self._samples(out, rng):
+            for index, sample in self._samples(job):
                 self._recent.append((index, sample))
                 chunk[index] = sample
                 if len(chunk) == self.batch_size:
                     pending.append(self._submit(chunk))
                     chunk = {}
                 while pending and (len(pending) > self.prefetch or pending[0].done()):
-                    yield self._collect(pending.popleft(), report)
+                    yield self._collect(pending.popleft(), job.report)
+            if read_ahead and job.report.complete and not self.stopped:
+                self._ahead = self._start_pass(epoch + 1)
             if chunk and not self.stopped:
                 pending.append(self._submit(chunk))
             while pending and not self.stopped:
-                yield self._collect(pending.popleft(), report)
+                yield self._collect(pending.popleft(), job.report)
         except BrokenProcessPool as exc:
             self.close()
             raise LoaderError("a data loading worker died (out of memory?); the batch was lost") from exc
         finally:
-            closing.set()
+            job.close()
             for future in pending:
                 future.cancel()
-            reader.join(timeout=10)
 
     @staticmethod
     def _collect(future: Future, report: PassReport) -> Batch:
@@ -392,6 +423,9 @@ class StreamLoader:
         return batch
 
     def close(self) -> None:
+        if self._ahead is not None:  # read ahead but not needed (the job ends): closed early
+            self._ahead.close()
+            self._ahead = None
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

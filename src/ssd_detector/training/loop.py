@@ -314,7 +314,7 @@ class Training:
             loader.set_epoch(epoch)
             yield from loader
             return
-        batches = loader.batches(epoch)
+        batches = loader.batches(epoch, read_ahead=epoch + 1 < self.hp.epochs)
         self._pass_stopped = False
         while True:
             batch = next(batches, None)
