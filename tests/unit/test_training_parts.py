@@ -166,3 +166,18 @@ def test_launcher_names_the_worker_that_caused_the_failure(tmp_path):
     follower = worker(0, f"channel 'train' (Pipe mode, train_0): {PEER_FAILED_TEXT}")
     finder = worker(3, "channel 'train' (Pipe mode, train_0) has 1 problem(s) in its data: ...")
     assert _first_cause([(follower, 1), (finder, 1)])[0] is finder
+
+
+def test_schedule_rebased_on_the_real_batch_count():
+    """Pipe mode learns the real batch count after its first epoch: steps still ahead move, steps
+    passed stay passed."""
+    from ssd_detector.training.schedule import StepWithWarmup
+
+    schedule = StepWithWarmup(0.1, [3, 5], 0.1, updates_per_epoch=10, warmup=0)
+    assert schedule.step_updates == [30, 50]
+    schedule.rebase(updates_done=25, epochs_done=1, updates_per_epoch=25)  # epoch 0 had 25 batches, not 10
+    assert schedule.step_updates == [25 + 2 * 25, 25 + 4 * 25]
+    assert schedule(74) == pytest.approx(0.1) and schedule(75) == pytest.approx(0.01)
+    passed = StepWithWarmup(0.1, [1, 4], 0.1, updates_per_epoch=10, warmup=0)
+    passed.rebase(updates_done=60, epochs_done=3, updates_per_epoch=20)
+    assert passed.step_updates == [10, 80] and passed(60) == pytest.approx(0.01)

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import recordio
 from .channel import image_record_sample
-from ..errors import DataError, Stopped
+from ..errors import DataError, Stopped, shown
 from .images import HeaderIncomplete, ImageError, image_kind, image_size
 from .labels import check_class_ids
 from .loader import Batch, LoaderError, TargetFn, Transform, make_batch, worker_given_batch, worker_pool
@@ -157,7 +157,8 @@ def _manifest_sample(index: int, name: str, image: bytes, values: list[Any]) -> 
 
     usable = [v for v in values if isinstance(v, dict)]
     if len(usable) < len(values):
-        return bad(f"a record after the image is neither an image nor JSON (starts {values[0]!r})")
+        other = next(v for v in values if not isinstance(v, dict))
+        return bad(f"a record after the image is neither an image nor a JSON object (starts {shown(other, 40)})")
     label = None
     for value in usable:
         is_label = "annotations" in value or (len(value) == 1 and isinstance(next(iter(value.values())), dict)
@@ -267,12 +268,12 @@ class StreamLoader:
         on this thread, so the next pass can fill while the current one still trains."""
         source, report, out, closing = self.source, job.report, job.out, job.closing
         path = fifo_path(source.folder, source.channel, report.number)
-        shown = str(fifo_path(source.shown_folder, source.channel, report.number))
+        user_path = str(fifo_path(source.shown_folder, source.channel, report.number))
         rng = np.random.default_rng([self.seed, job.epoch, source.part_index, 0x5EED])
         held: list[tuple[int, Sample]] = []
         cap = self.shuffle_buffer
         try:
-            with PipeStream(path, shown, self.timeout, lambda: closing.is_set() or self.should_stop()) as stream:
+            with PipeStream(path, user_path, self.timeout, lambda: closing.is_set() or self.should_stop()) as stream:
                 for parsed in PARSERS[source.format](stream, f"{source.channel}_{report.number}"):
                     self._account(parsed, report)
                     if parsed.sample is None or not self._owned(parsed.index):
@@ -294,7 +295,7 @@ class StreamLoader:
                     return
             self._put(out, _END, closing)
         except recordio.RecordIOFormatError as exc:
-            self._put(out, StreamFormatError(f"{exc} (Pipe mode, {shown})"), closing)
+            self._put(out, StreamFormatError(f"{exc} (Pipe mode, {user_path})"), closing)
         except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
             self._put(out, exc, closing)
 

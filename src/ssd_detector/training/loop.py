@@ -396,9 +396,9 @@ class Training:
         for cid, name in report.class_names.items():
             self.inputs.class_names.setdefault(cid, name)
         if split == "train" and report.number == 0:
-            self._correct_sample_count(report, loader)
+            self._correct_sample_count(report, loader, epoch)
 
-    def _correct_sample_count(self, report: PassReport, loader: StreamLoader) -> None:
+    def _correct_sample_count(self, report: PassReport, loader: StreamLoader, epoch: int) -> None:
         counted = report.images
         if loader.source.num_parts != self.world.size:  # ShardedByS3Key: each host counted its own share
             counted = int(self.world.allreduce_sum(np.array([float(report.images if self.world.local_rank == 0
@@ -411,7 +411,7 @@ class Training:
                         "now on (the learning-rate schedule is computed from it)", given, counted, counted)
         self.hp = self.hp.with_value("num_training_samples", counted)
         self.updates_per_epoch = batches_per_epoch(counted, self.batch_size * self.world.size)
-        self.schedule.rebase(self.trainer.optimizer.num_update, 1, self.updates_per_epoch)
+        self.schedule.rebase(self.trainer.optimizer.num_update, epoch + 1, self.updates_per_epoch)
 
     def train_step(self, images: np.ndarray, cls_targets: np.ndarray,
                    box_targets: np.ndarray) -> tuple[float, float, bool]:
