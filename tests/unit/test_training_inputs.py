@@ -72,9 +72,15 @@ def test_missing_train_channel_and_pipe_mode(tmp_path, synth_set):
                      {"validation": {"ContentType": "application/x-recordio"}})
     with pytest.raises(UserError, match="no 'train' channel"):
         read_training_inputs(paths)
-    paths.input_data_config_file.write_text(json.dumps({"train": {"TrainingInputMode": "Pipe"}}))
-    with pytest.raises(UserError, match="TrainingInputMode='Pipe'"):
+    paths.input_data_config_file.write_text(json.dumps({"train": {"TrainingInputMode": "Streaming"}}))
+    with pytest.raises(UserError, match="TrainingInputMode='Streaming'; use File, FastFile or Pipe"):
         read_training_inputs(paths)
+    paths.input_data_config_file.write_text(json.dumps({"train": {"TrainingInputMode": "Pipe"}}))
+    with pytest.raises(UserError, match="num_training_samples is required when the train channel is in Pipe mode"):
+        read_training_inputs(paths)
+    paths.hyperparameters_file.write_text(json.dumps({"num_classes": "3", "num_training_samples": "16"}))
+    inputs = read_training_inputs(paths)  # read during training, not here
+    assert (inputs.train.format, inputs.train.distribution) == ("recordio", "FullyReplicated")
 
 
 def test_unsupported_content_type(tmp_path, synth_set):
