@@ -39,6 +39,7 @@ MAX_LABEL_WIDTH = 100_000  # 20,000 objects of 5 values
 MAX_NMS_TOPK = 100_000
 MAX_SAMPLES = 1_000_000_000
 MAX_SHUFFLE_BUFFER = 1_000_000
+MAX_SEED = 2**31 - 1
 MAX_SCHEDULE_STEPS = 100
 
 
@@ -189,6 +190,8 @@ SCHEMA: tuple[Param, ...] = (
     Param("nms_topk", _parse_int, 400, f"an integer from 1 to {MAX_NMS_TOPK}, or -1 for no limit",
           lambda v: 1 <= v <= MAX_NMS_TOPK or v == -1),
     Param("overlap_threshold", _parse_float, 0.5, "a number in (0, 1]", _between(0, 1, low_open=True)),
+    # The training's randomness: initialization, the order of the images, augmentation.
+    Param("seed", _parse_int, 0, f"an integer from 0 to {MAX_SEED}", _between(0, MAX_SEED)),
     # Pipe mode: images held to mix the order within a pass over the stream (0: stream order).
     Param("pipe_shuffle_buffer", _parse_int, 1024, f"an integer from 0 to {MAX_SHUFFLE_BUFFER}",
           _between(0, MAX_SHUFFLE_BUFFER)),

@@ -157,3 +157,14 @@ def test_to_strings_round_trips():
     assert again.values == hp.values
     assert hp.to_strings()["early_stopping"] == "True"
     assert hp.to_strings()["lr_scheduler_step"] == "3,6"
+
+
+def test_our_own_hyperparameters_seed_and_pipe_shuffle_buffer():
+    hp = parse_hyperparameters({"num_classes": "2"})
+    assert (hp.seed, hp.pipe_shuffle_buffer) == (0, 1024)
+    hp = parse_hyperparameters({"num_classes": "2", "seed": "7", "pipe_shuffle_buffer": "0"})
+    assert (hp.seed, hp.pipe_shuffle_buffer) == (7, 0)
+    with pytest.raises(HyperparameterError, match="seed='-1' is out of range; expected an integer from 0"):
+        parse_hyperparameters({"num_classes": "2", "seed": "-1"})
+    with pytest.raises(HyperparameterError, match="pipe_shuffle_buffer='lots' is not valid"):
+        parse_hyperparameters({"num_classes": "2", "pipe_shuffle_buffer": "lots"})

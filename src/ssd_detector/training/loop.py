@@ -53,7 +53,6 @@ AUGMENT_MODES = {"1": "full", "full": "full", "light": "light", "0": "none", "no
 # Metric lines per epoch for the running training losses.
 LOG_LINES_PER_EPOCH = 10
 VALIDATION_BATCH = 16
-SEED = 0
 
 
 def pipe_folder(paths: Paths) -> Path:
@@ -200,7 +199,7 @@ class Training:
         if self.batch_size < 1:
             raise HyperparameterError(f"mini_batch_size={hp.mini_batch_size} is smaller than the "
                                       f"{self.world.local_size} workers of a host; use at least {self.world.local_size}")
-        mx.random.seed(SEED)
+        mx.random.seed(hp.seed)
         self.net = build_ssd(hp.base_network, hp.num_classes, hp.image_shape)
         self.net.initialize(mx.init.Xavier(magnitude=2), ctx=contexts)
         self.net.materialize(contexts[0])
@@ -228,7 +227,7 @@ class Training:
             # Rank r takes every size-th sample of the epoch's order, padded so every worker runs the
             # same number of steps; batch j of all workers is batch j of one process with the global batch.
             self.train_loader = DetectionLoader(
-                inputs.train.samples, self.batch_size, train_transform, shuffle=True, seed=SEED,
+                inputs.train.samples, self.batch_size, train_transform, shuffle=True, seed=hp.seed,
                 part_index=self.world.rank, num_parts=self.world.size, equal_parts=self.world.size > 1,
                 num_workers=workers, targets=targets)
         self.val_loader: DetectionLoader | StreamLoader | None = None
@@ -263,7 +262,7 @@ class Training:
                               part_index=part, num_parts=parts)
         return StreamLoader(source, batch_size, transform, num_classes=self.hp.num_classes,
                             label_width=self.hp.label_width,
-                            shuffle_buffer=0 if whole else self.hp.pipe_shuffle_buffer, seed=SEED,
+                            shuffle_buffer=0 if whole else self.hp.pipe_shuffle_buffer, seed=self.hp.seed,
                             num_workers=workers, targets=targets, should_stop=lambda: self.stop.flag,
                             timeout=pipe_timeout())
 
