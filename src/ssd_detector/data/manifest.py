@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import UserError, shown
-from .channel import ChannelData
+from .channel import JSON_OBJECT_WIDTH, ChannelData
 from .images import ImageError, image_size_of_file
 from .labels import check_image_size, pixel_objects
 from .sample import ImageRef, Issue, Sample
@@ -34,12 +34,33 @@ VIDEO_TYPES = ("groundtruth/video-object-detection", "groundtruth/video-object-t
 MANIFEST_SUFFIXES = (".manifest", ".jsonl", ".jsonlines")
 
 
-def unwrap_label(value: Any) -> dict:
-    """The bounding-box label, also when given wrapped as ``{"<attribute name>": label}``."""
+def _wrapped(value: Any) -> dict | None:
+    """The label inside ``{"<attribute name>": label}``, else None."""
     if isinstance(value, dict) and "annotations" not in value and len(value) == 1:
         inner = next(iter(value.values()))
         if isinstance(inner, dict) and "annotations" in inner:
             return inner
+    return None
+
+
+def is_label(value: dict) -> bool:
+    """Whether a JSON object is a bounding-box label, plain or wrapped."""
+    return "annotations" in value or _wrapped(value) is not None
+
+
+def class_map_names(meta: Any) -> dict[int, str]:
+    """The class names of a label's metadata (``{"class-map": {"0": "dog"}}``); {} when it has none."""
+    class_map = meta.get("class-map") if isinstance(meta, dict) else None
+    if not isinstance(class_map, dict):
+        return {}
+    return {int(k): v for k, v in class_map.items() if str(k).isdigit() and isinstance(v, str)}
+
+
+def unwrap_label(value: Any) -> dict:
+    """The bounding-box label, also when given wrapped as ``{"<attribute name>": label}``."""
+    inner = _wrapped(value)
+    if inner is not None:
+        return inner
     if not isinstance(value, dict):
         raise ValueError(f"the label must be a JSON object with 'annotations', not {shown(value, 60)}")
     if "annotations" not in value:
@@ -188,15 +209,11 @@ def _read_line(line: dict, attribute: str, where: str, resolve: Callable[[str], 
     if problems:
         data.issues.extend(Issue(where, p) for p in problems)
         return
-    meta = line.get(attribute + METADATA_SUFFIX)
-    class_map = meta.get("class-map") if isinstance(meta, dict) else None
-    if isinstance(class_map, dict):
-        for key, value in class_map.items():
-            if str(key).isdigit() and isinstance(value, str):
-                data.class_names.setdefault(int(key), value)
+    for cid, name in class_map_names(line.get(attribute + METADATA_SUFFIX)).items():
+        data.class_names.setdefault(cid, name)
     data.samples.append(Sample(ImageRef(str(image)), boxes, class_ids, np.zeros(len(class_ids), bool),
                                f"{where} ({ref})", width=width, height=height))
-    data.label_widths.append(2 + 5 * len(class_ids))
+    data.label_widths.append(2 + JSON_OBJECT_WIDTH * len(class_ids))
 
 
 def is_manifest(path: Path) -> bool:

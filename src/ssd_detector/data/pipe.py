@@ -179,8 +179,8 @@ class PipeFanout:
         # Only when a worker asks for this pass is the host's FIFO opened: SageMaker makes the
         # next one after this one is read.
         outputs = [self._open_writer(path) for path in targets]
-        source = PipeStream(fifo_path(self.source_dir, channel, epoch), str(fifo_path(self.source_dir, channel, epoch)),
-                            self.timeout, self._stop.is_set)
+        host_fifo = fifo_path(self.source_dir, channel, epoch)
+        source = PipeStream(host_fifo, str(host_fifo), self.timeout, self._stop.is_set)
         try:
             with source:
                 while True:

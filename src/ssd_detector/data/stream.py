@@ -24,12 +24,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from . import recordio
-from .channel import image_record_sample
+from .channel import JSON_OBJECT_WIDTH, image_record_sample
 from ..errors import DataError, Stopped, shown
 from .images import HeaderIncomplete, ImageError, image_kind, image_size
 from .labels import check_class_ids
 from .loader import Batch, LoaderError, TargetFn, Transform, make_batch, worker_given_batch, worker_pool
-from .manifest import parse_label
+from .manifest import class_map_names, is_label, parse_label
 from .pipe import PipeStream, fifo_path
 from .sample import ImageRef, Issue, Sample
 
@@ -161,9 +161,7 @@ def _manifest_sample(index: int, name: str, image: bytes, values: list[Any]) -> 
         return bad(f"a record after the image is neither an image nor a JSON object (starts {shown(other, 40)})")
     label = None
     for value in usable:
-        is_label = "annotations" in value or (len(value) == 1 and isinstance(next(iter(value.values())), dict)
-                                               and "annotations" in next(iter(value.values())))
-        if is_label:
+        if is_label(value):
             if label is not None:
                 return bad("two label records follow the image")
             label = value
@@ -172,34 +170,29 @@ def _manifest_sample(index: int, name: str, image: bytes, values: list[Any]) -> 
             return bad("the image has no label record after it (AttributeNames must list the label attribute "
                        "after \"source-ref\")")
         label = usable[0]  # not a bounding-box label: parse_label says why
-    try:
-        width, height = image_size(image)
-    except HeaderIncomplete as exc:
-        return bad(f"{exc} (truncated)")
-    except ImageError as exc:
-        return bad(str(exc))
+    header = _image_header(image)
+    if isinstance(header, str):
+        return bad(header)
+    width, height = header
     try:
         boxes, class_ids, problems = parse_label(label, width, height)
     except ValueError as exc:
         return bad(str(exc))
     sample = Sample(ImageRef("", data=image), boxes, class_ids, np.zeros(len(class_ids), bool), name,
                     width=width, height=height)
-    names = {}
+    names: dict[int, str] = {}
     for value in usable:  # the label's metadata, when AttributeNames also lists it: the class names
-        class_map = value.get("class-map")
-        if isinstance(class_map, dict):
-            names.update({int(k): v for k, v in class_map.items() if str(k).isdigit() and isinstance(v, str)})
-    return _Parsed(index, sample, problems, 2 + 5 * len(class_ids), names)
+        names.update(class_map_names(value))
+    return _Parsed(index, sample, problems, 2 + JSON_OBJECT_WIDTH * len(class_ids), names)
 
 
 PARSERS: dict[str, Callable[[Any, str], Iterator[_Parsed]]] = {"recordio": parse_recordio,
                                                                  "manifest": parse_manifest}
 
 
-def _check_image_header(sample: Sample) -> str | None:
-    """The cheap check (signature and size) every image gets while streaming; decoding happens
-    in the data workers."""
-    data = sample.image.read()
+def _image_header(data: bytes) -> tuple[int, int] | str:
+    """(width, height), or what is wrong: the cheap check (signature and size) every image gets
+    while streaming; decoding happens in the data workers."""
     try:
         width, height = image_size(data)
     except HeaderIncomplete as exc:
@@ -208,7 +201,7 @@ def _check_image_header(sample: Sample) -> str | None:
         return str(exc)
     if width <= 0 or height <= 0:
         return f"image header gives an empty size {width}x{height}"
-    return None
+    return width, height
 
 
 class StreamLoader:
@@ -305,9 +298,10 @@ class StreamLoader:
         sample = parsed.sample
         if sample is not None:
             problems += check_class_ids(sample.class_ids, self.num_classes)
-            header = _check_image_header(sample)
-            if header:
-                problems.append(header)
+            if not sample.width:  # a manifest's image had its header read when it was paired
+                header = _image_header(sample.image.read())
+                if isinstance(header, str):
+                    problems.append(header)
             if parsed.label_width > self.label_width:
                 problems.append(f"label_width={self.label_width} is too small: this image has {sample.num_objects} "
                                 f"objects, which needs a label width of at least {parsed.label_width}")
