@@ -15,12 +15,17 @@ SDK2_VERSION ?= 2.257.7
 SDK_STAMPS := .venv-sdk3/.installed-$(SDK3_VERSION) .venv-sdk2/.installed-$(SDK2_VERSION)
 
 IMAGE ?= ssd-detector
-# The CPU image's base: made by docker/prepare.sh with debootstrap (no registry needed); any
-# Debian/Ubuntu image with Python 3.10+ also works, e.g. CPU_BASE=debian:bookworm-slim.
+# The images' base: made by docker/prepare.sh with debootstrap (no registry needed); any
+# Debian bookworm image also works, e.g. CPU_BASE=debian:bookworm-slim. The GPU image takes its
+# CUDA libraries from wheels (CUDA_FROM=wheels); CUDA_FROM=base with nvidia/cuda images as
+# GPU_BASE and GPU_BUILD_BASE uses theirs.
 CPU_BASE ?= ssd-base:bookworm
+GPU_BASE ?= $(CPU_BASE)
+GPU_BUILD_BASE ?= $(GPU_BASE)
+CUDA_FROM ?= wheels
 FETCH_WEIGHTS ?= auto
 
-.PHONY: install sdk-venvs demo test test-unit test-integration bench-data bench-train bench-accuracy bench-serve bench-soak bench-scaling bench-pipe bench-deps lint clean image image-cpu image-test
+.PHONY: install sdk-venvs demo test test-unit test-integration bench-data bench-train bench-accuracy bench-serve bench-soak bench-scaling bench-pipe bench-deps lint clean image image-cpu image-test image-gpu-check
 
 install: $(STAMP)
 
@@ -81,12 +86,15 @@ bench-pipe: install
 bench-accuracy: install
 	$(PY) scripts/bench_accuracy.py
 
-# GPU image (the default): needs the NVIDIA CUDA base images from a registry.
-image:
-	docker build -t $(IMAGE):gpu --build-arg FETCH_WEIGHTS=$(FETCH_WEIGHTS) .
+# GPU image (the default), built offline like the CPU image: CUDA, cuDNN and NCCL from wheels.
+image: install
+	bash docker/prepare.sh gpu
+	docker build -t $(IMAGE):gpu --build-arg VARIANT=gpu --build-arg BASE_IMAGE=$(GPU_BASE) \
+		--build-arg BUILD_IMAGE=$(GPU_BUILD_BASE) --build-arg CUDA_FROM=$(CUDA_FROM) \
+		--build-arg FETCH_WEIGHTS=$(FETCH_WEIGHTS) .
 
 image-cpu: install
-	bash docker/prepare.sh
+	bash docker/prepare.sh cpu
 	docker build -t $(IMAGE):cpu --build-arg VARIANT=cpu --build-arg BASE_IMAGE=$(CPU_BASE) \
 		--build-arg BUILD_IMAGE=$(CPU_BASE) --build-arg FETCH_WEIGHTS=$(FETCH_WEIGHTS) .
 
@@ -95,6 +103,12 @@ image-test: install sdk-venvs
 	$(MAKE) image-cpu IMAGE=$(IMAGE)-test FETCH_WEIGHTS=0
 	SSD_IMAGE=$(IMAGE)-test:cpu $(PY) -m pytest -q -p no:cacheprovider tests/image; \
 		status=$$?; docker rmi -f $(IMAGE)-test:cpu >/dev/null; exit $$status
+
+# Builds the GPU image and checks it without a GPU: every library resolves (but the driver's),
+# CUDA versions, Horovod with NCCL, and serving on the CPU. Keeps the image ($(IMAGE):gpu).
+image-gpu-check: install
+	$(MAKE) image FETCH_WEIGHTS=0
+	SSD_GPU_IMAGE=$(IMAGE):gpu $(PY) -m pytest -q -p no:cacheprovider tests/image/test_gpu_image.py
 
 lint: install
 	$(PY) -m compileall -q src scripts tests container

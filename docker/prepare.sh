@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# Everything a CPU image build needs on a fresh Debian machine without a registry:
+# Everything an image build needs on a fresh Debian machine without a registry.
+# Usage: docker/prepare.sh [cpu|gpu] (default cpu); the variant decides the wheelhouse:
 #   1. a Docker engine: Debian's docker.io, and dockerd started in the background if none answers;
 #      Debian's docker-compose, which the SageMaker SDK's local mode runs;
 #   2. base image ssd-base:bookworm from debootstrap (minbase + Python 3.11) via `docker import`;
-#   3. a wheelhouse (docker/wheelhouse.sh) copied into wheelhouse/, so the build needs no index.
+#   3. the variant's wheelhouse (docker/wheelhouse.sh, cached in build/wheelhouse-VARIANT) linked
+#      into wheelhouse/, so the build needs no package index. wheelhouse/ then holds that variant's
+#      wheels only (the CPU build does not send the GPU's 2 GB to the engine).
 # Idempotent: each step is skipped when its result is there. Needs root for 1 and 2.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+variant=${1:-cpu}
+case "$variant" in
+    cpu) marker="mxnet-*.whl" ;;
+    gpu) marker="mxnet_cu112-*.whl" ;;
+    *) echo "prepare: the variant must be cpu or gpu, not $variant" >&2; exit 2 ;;
+esac
 base_image=${BASE_IMAGE_TAG:-ssd-base:bookworm}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 log=${DOCKERD_LOG:-/var/log/ssd-dockerd.log}
@@ -40,10 +49,14 @@ if ! docker image inspect "$base_image" >/dev/null 2>&1; then
     as_root tar -C "$rootfs" -c . | docker import - "$base_image" >/dev/null
 fi
 
-if ! compgen -G "$root/wheelhouse/mxnet-*.whl" >/dev/null; then
-    echo "prepare: filling wheelhouse/"
-    cache="$root/build/wheelhouse-cpu"
-    PYTHON=${PYTHON:-$root/.venv/bin/python} bash "$root/docker/wheelhouse.sh" "$cache" cpu
-    cp "$cache"/* "$root/wheelhouse/"
+if ! compgen -G "$root/wheelhouse/$marker" >/dev/null; then
+    cache="$root/build/wheelhouse-$variant"
+    if ! compgen -G "$cache/$marker" >/dev/null; then
+        echo "prepare: downloading the $variant wheelhouse into $cache"
+        PYTHON=${PYTHON:-$root/.venv/bin/python} bash "$root/docker/wheelhouse.sh" "$cache" "$variant"
+    fi
+    echo "prepare: wheelhouse/ <- $cache"
+    find "$root/wheelhouse" -mindepth 1 ! -name .keep -delete
+    cp -l "$cache"/* "$root/wheelhouse/" 2>/dev/null || cp "$cache"/* "$root/wheelhouse/"
 fi
-echo "prepare: docker engine up, $base_image present, wheelhouse/ filled"
+echo "prepare: docker engine up, $base_image present, wheelhouse/ holds the $variant wheels"

@@ -53,9 +53,9 @@ def endless(loader, set_epoch=None):
         epoch += 1
 
 
-def run_ours(rec: Path, base: str, size: int, batch: int, workers: int, warmup: int, count: int,
-             work: Path) -> dict:
-    import mxnet as mx
+def training_for(rec: Path, base: str, size: int, batch: int, workers: int, work: Path, contexts=None):
+    """The project's Training for a job of one RecordIO train channel (hyperparameters as the
+    benchmarks use them), on the given devices (default: every GPU of the host, else the CPU)."""
     from ssd_detector.sagemaker_env import Paths
     from ssd_detector.training.inputs import read_training_inputs
     from ssd_detector.training.loop import Training, host_contexts
@@ -70,7 +70,12 @@ def run_ours(rec: Path, base: str, size: int, batch: int, workers: int, warmup: 
         "num_classes": str(NUM_CLASSES), "base_network": base, "image_shape": str(size),
         "mini_batch_size": str(batch), "use_pretrained_model": "0", "learning_rate": "0.001"}))
     inputs = read_training_inputs(Paths(job), decode_images=False)
-    training = Training(inputs, host_contexts(), workers)
+    return Training(inputs, contexts or host_contexts(), workers)
+
+
+def run_ours(rec: Path, base: str, size: int, batch: int, workers: int, warmup: int, count: int,
+             work: Path) -> dict:
+    training = training_for(rec, base, size, batch, workers, work)
     loader = training.train_loader
 
     def step(b) -> int:

@@ -223,6 +223,13 @@ def _convert(args: argparse.Namespace, resolver: "ImageResolver") -> int:
     return 0
 
 
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .environment import describe
+
+    print(json.dumps(describe(), indent=2 if args.pretty else None))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssd-detector", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -281,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
     p.add_argument("--workers", type=int, help="instead of $SAGEMAKER_MODEL_SERVER_WORKERS or one per CPU/GPU")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("info", help="print what this installation is made of as JSON: MXNet and its "
+                                    "features, GPUs seen, Horovod's backends, the CUDA wheels")
+    p.add_argument("--pretty", action="store_true", help="indent the JSON")
+    p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("init-model", help="write an untrained model in the artifact's format (to try serve)")
     p.add_argument("out", type=Path, help="the model folder to write")

@@ -2,7 +2,6 @@
 SageMaker runs them. `make image-test` builds the CPU image and runs these (SSD_IMAGE names it)."""
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
@@ -10,7 +9,6 @@ import tarfile
 import socket
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,16 +16,11 @@ import pytest
 from ssd_detector.data.images import encode
 from ssd_detector.data.synthetic import SynthSpec, generate, make_image
 
+from docker_helpers import docker, name, request, wait_for_ping
+
 IMAGE = os.environ.get("SSD_IMAGE", "ssd-detector:cpu")
 HYPER = {"num_classes": "3", "base_network": "mobilenet-0.25", "image_shape": "64", "mini_batch_size": "8",
          "epochs": "2", "learning_rate": "0.02", "use_pretrained_model": "0"}
-
-
-def docker(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
-    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)}: {result.stderr[-2000:]}")
-    return result
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,10 +52,6 @@ def opt_ml(root: Path, data: Path, hyperparameters: dict, resources: dict | None
     return base
 
 
-def name(prefix: str) -> str:
-    return f"ssd-test-{prefix}-{uuid.uuid4().hex[:8]}"
-
-
 def test_train_writes_the_model_and_metric_lines(tmp_path: Path, data: Path):
     base = opt_ml(tmp_path, data, HYPER)
     result = docker("run", "--rm", "-v", f"{base}:/opt/ml", IMAGE, "train")
@@ -72,6 +61,19 @@ def test_train_writes_the_model_and_metric_lines(tmp_path: Path, data: Path):
     assert sorted(p.name for p in (base / "model").iterdir()) == [
         "classes.json", "hyperparams.json", "model_algo_1-0000.params", "model_algo_1-symbol.json"]
     assert not (base / "output/failure").exists()
+
+
+def test_train_and_serve_on_path_and_info():
+    paths = docker("run", "--rm", "--entrypoint", "sh", IMAGE, "-c", "command -v train serve", check=True).stdout.split()
+    assert paths == ["/opt/program/train", "/opt/program/serve"]
+    result = docker("run", "--rm", IMAGE, "info", check=True)
+    info = json.loads(result.stdout)
+    assert info["image_variant"] == "cpu" and info["mxnet"]["distribution"] == "mxnet", info
+    assert info["horovod"]["gloo"] and not info["horovod"]["nccl"], info
+    assert "libcuda" not in result.stderr  # the CPU image has no CUDA stub to choose
+    # `train` on PATH is the entry point's train: without a job it fails with its reason.
+    result = docker("run", "--rm", "--entrypoint", "train", IMAGE)
+    assert result.returncode == 1 and "/opt/ml/input/config" in result.stderr, result.stderr[-2000:]
 
 
 def test_bad_hyperparameters_exit_1_with_a_failure_file(tmp_path: Path, data: Path):
@@ -126,30 +128,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def request(port: int, method: str, path: str, body: bytes | None = None,
-            headers: dict | None = None) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-def wait_for_ping(port: int, explain, timeout: float = 120) -> None:  # noqa: ANN001 - () -> str
-    """Until /ping answers 200; explain() says why not when the time is up."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if request(port, "GET", "/ping")[0] == 200:
-                return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, explain()
-        time.sleep(0.5)
 
 
 def test_serve_answers_and_stops_within_30_seconds(tmp_path: Path, data: Path):

@@ -13,6 +13,7 @@ from pathlib import Path
 from gunicorn.app.base import BaseApplication
 from gunicorn.errors import AppImportError, HaltServer
 
+from ..environment import gpu_image_without_gpu
 from ..model import artifact
 from .settings import GRACEFUL_SECONDS, ServeSettings
 
@@ -115,6 +116,8 @@ def serve(settings: ServeSettings) -> int:
         model_dir = artifact.locate(settings.model_dir, extract_to=scratch / "model")
         image_shape = artifact.read_hyperparameters(model_dir).get("image_shape")
         settings = dataclasses.replace(settings, model_dir=model_dir)
+        if gpu_image_without_gpu(settings.gpus):
+            LOG.warning("no GPU is visible in this container: the GPU image serves on the CPU")
         if not settings.gpus:
             # MXNet reads these when it starts in each worker; a user's own values win.
             for name in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS"):

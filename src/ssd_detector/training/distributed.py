@@ -189,3 +189,15 @@ class HorovodWorld(World):
 def current_world() -> World:
     """A Horovod world when started as a worker by the launcher, else the single process."""
     return HorovodWorld() if is_worker() else World()
+
+
+def horovod_build() -> dict:
+    """What this Horovod was built with (for `ssd-detector info`): its version and, for each of
+    NCCL, Gloo and CUDA, whether it is in (NCCL as its version code, e.g. 22105 for 2.21.5)."""
+    try:
+        import horovod
+        import horovod.mxnet as hvd
+    except ImportError as exc:
+        return {"error": f"horovod.mxnet does not load: {exc}"}
+    return {"version": horovod.__version__, "nccl": int(hvd.nccl_built()), "gloo": bool(hvd.gloo_built()),
+            "cuda": bool(hvd.cuda_built()), "mpi": bool(hvd.mpi_built())}

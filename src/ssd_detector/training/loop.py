@@ -28,6 +28,7 @@ from ..data.pipe import PIPE_DIR_VAR, pipe_timeout
 from ..data.sample import Issue
 from ..data.stream import PassReport, StreamLoader, StreamSource
 from ..data.transforms import AugmentConfig, TrainTransform, ValTransform
+from ..environment import gpu_image_without_gpu
 from ..errors import DataError, HyperparameterError, Stopped, UserError
 from ..evaluation.voc_map import VOCMeanAP
 from ..model import artifact
@@ -64,6 +65,8 @@ def pipe_folder(paths: Paths) -> Path:
 def host_contexts() -> list[mx.Context]:
     """Every GPU of the host, else the CPU."""
     count = mx.context.num_gpus()
+    if gpu_image_without_gpu(count):
+        LOG.warning("no GPU is visible in this container: the GPU image trains on the CPU")
     return [mx.gpu(i) for i in range(count)] if count else [mx.cpu()]
 
 

@@ -1,0 +1,56 @@
+"""What this installation is made of, for `ssd-detector info`: MXNet and the features it was built
+with, the GPUs it sees, Horovod's collective backends, and the CUDA libraries (wheels) beside it.
+The GPU image's checks and scripts/gpu_check.sh read this instead of guessing."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+
+from . import __version__
+
+# The wheels that hold the CUDA libraries libmxnet.so of mxnet-cu112 links (docker/gpu-requirements.txt).
+CUDA_WHEELS = ("nvidia-cuda-runtime-cu11", "nvidia-cublas-cu11", "nvidia-cufft-cu11", "nvidia-curand-cu11",
+               "nvidia-cusolver-cu11", "nvidia-cuda-nvrtc-cu11", "nvidia-nvtx-cu11", "nvidia-cudnn-cu11",
+               "nvidia-nccl-cu11")
+IMAGE_VARIANT_VAR = "SSD_IMAGE_VARIANT"  # set by the image: gpu or cpu
+FEATURES = ("CUDA", "CUDNN", "NCCL", "CUDA_RTC", "MKLDNN", "OPENMP")
+
+
+def installed(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def gpu_image_without_gpu(gpus: int) -> bool:
+    """The GPU image started where no GPU is visible (a CPU instance): it then runs on the CPU."""
+    return gpus == 0 and os.environ.get(IMAGE_VARIANT_VAR) == "gpu"
+
+
+def describe() -> dict:
+    """One JSON-ready report. Loads MXNet and Horovod (this is a tool's process, not a server's)."""
+    import mxnet as mx
+
+    from .training.distributed import horovod_build
+
+    features = mx.runtime.Features()
+    try:
+        gpus = mx.context.num_gpus()
+        gpu_error = None
+    except mx.base.MXNetError as exc:
+        gpus, gpu_error = 0, str(exc).strip().splitlines()[0]
+    report = {
+        "ssd_detector": __version__,
+        "python": platform.python_version(),
+        "image_variant": os.environ.get(IMAGE_VARIANT_VAR),
+        "mxnet": {"version": mx.__version__, "distribution": "mxnet-cu112" if installed("mxnet-cu112") else "mxnet",
+                  "features": {name: features.is_enabled(name) for name in FEATURES}},
+        "gpus": gpus,
+        "horovod": horovod_build(),
+        "cuda_wheels": {name: version for name in CUDA_WHEELS if (version := installed(name))},
+    }
+    if gpu_error:
+        report["gpu_error"] = gpu_error
+    return report
