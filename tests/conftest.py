@@ -7,6 +7,8 @@ import pytest
 
 from ssd_detector.data.synthetic import SynthSpec, generate
 
+import ports  # tests/ports.py: this conftest puts the tests' folder on sys.path
+
 
 @pytest.fixture(scope="session")
 def synth_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -20,11 +22,7 @@ def synth_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def free_port() -> int:
     """A TCP port free on the loopback interface right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return ports.free_port()
 
 
 @pytest.fixture(scope="session")

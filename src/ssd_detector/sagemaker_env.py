@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -221,7 +220,3 @@ def read_resource_config(paths: Paths) -> ResourceConfig:
         current_instance_type=str(raw.get("current_instance_type") or "unknown"),
         extra={k: v for k, v in raw.items() if k not in known},
     )
-
-
-def local_hostname() -> str:
-    return socket.gethostname()

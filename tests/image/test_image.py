@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import tarfile
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from ssd_detector.data.images import encode
 from ssd_detector.data.synthetic import SynthSpec, generate, make_image
 
 from docker_helpers import docker, name, request, wait_for_ping
+from ports import free_port
 
 IMAGE = os.environ.get("SSD_IMAGE", "ssd-detector:cpu")
 HYPER = {"num_classes": "3", "base_network": "mobilenet-0.25", "image_shape": "64", "mini_batch_size": "8",
@@ -122,12 +122,6 @@ def test_docker_stop_while_waiting_for_the_job_to_form(tmp_path: Path, data: Pat
         assert state["ExitCode"] == 0, docker("logs", container).stderr[-2000:]
     finally:
         docker("rm", "-f", container)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_serve_answers_and_stops_within_30_seconds(tmp_path: Path, data: Path):

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,11 @@ import pytest
 
 from ssd_detector.data.synthetic import SynthSpec, generate
 from ssd_detector.training.metrics import METRIC_DEFINITIONS
+from ports import free_port
 
 CLI = [sys.executable, "-m", "ssd_detector.cli"]
 SMALL = {"num_classes": "3", "base_network": "mobilenet-0.25", "image_shape": "64", "mini_batch_size": "8",
          "learning_rate": "0.02", "use_pretrained_model": "0"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

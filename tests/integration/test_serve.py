@@ -23,14 +23,9 @@ import pytest
 
 from ssd_detector.data.images import encode
 from ssd_detector.data.synthetic import SynthSpec, make_image
+from ports import free_port
 
 CLI = [sys.executable, "-m", "ssd_detector.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import shown
 from . import recordio
-from .images import ImageError, decode_rgb, image_size_of_file
+from .images import IMAGE_CONTENT_TYPES, ImageError, decode_rgb, image_size_of_file
 from .labels import LabelError, check_boxes, check_class_ids, check_image_size, class_id_value, clip_boxes, \
     pixel_objects, unpack_detection_label
 from .sample import ImageRef, Issue, Sample, empty_objects
@@ -27,7 +27,6 @@ LOG = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 RECORDIO_CONTENT_TYPES = ("application/x-recordio",)
-IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "image/jpg")
 # JSON values, 5 per object, plus a 2-value header: the label width the built-in needs.
 JSON_OBJECT_WIDTH = 5
 

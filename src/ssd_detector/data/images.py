@@ -10,6 +10,8 @@ JPEG_SOI = b"\xff\xd8"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Larger images are refused before decoding (a small file can decode to gigabytes).
 MAX_PIXELS = 89_478_485  # PIL's decompression-bomb limit
+# The content types that name an encoded image: a training channel's (with annotations) and a request's.
+IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "image/jpg")
 
 
 class ImageError(ValueError):

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..boxes import box_iou
 from .images import encode
 from .sample import ImageRef, Sample
 from .writers import extension_for, manifest_line, write_json_item, write_recordio
@@ -110,17 +111,6 @@ def _draw(image: np.ndarray, kind: str, box: tuple[int, int, int, int], colour: 
         cv2.fillPoly(image, [_polygon(kind, x0, y0, w - 1, h - 1)], colour, cv2.LINE_AA)
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    if boxes.size == 0:
-        return np.zeros(0)
-    ix = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    iy = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
-    inter = ix * iy
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / (area + areas - inter)
-
-
 def make_image(rng: np.random.Generator, spec: SynthSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image (H, W, 3) uint8 RGB with its normalized boxes (N, 4) and class ids (N,)."""
     width, height = spec.width, spec.height
@@ -140,7 +130,7 @@ def make_image(rng: np.random.Generator, spec: SynthSpec) -> tuple[np.ndarray, n
         x0, y0 = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
         box = np.array([x0, y0, x0 + w, y0 + h], np.float32)
         placed = np.array(boxes, np.float32).reshape(-1, 4)  # (K, 4), also when K = 0
-        if np.any(_iou(box, placed) > 0.2):
+        if placed.size and np.any(box_iou(box[None], placed) > 0.2):
             continue
         cls = int(rng.integers(0, spec.classes))
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..boxes import box_iou
+
 MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32) * 255
 STD_RGB = np.array([0.229, 0.224, 0.225], np.float32) * 255
 # SSD's crop sampler: (min IoU with the objects, max IoU); None means no constraint.
@@ -44,16 +46,6 @@ class AugmentConfig:
     crop_aspect: tuple[float, float] = (0.5, 2.0)
     crop_trials: int = 50
     flip_prob: float = 0.5
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in a (M, 4) with every box in b (N, 4) -> (M, N)."""
-    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = ix * iy
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
 
 
 def colour_matrix(rng: np.random.Generator, cfg: AugmentConfig, mean_rgb: np.ndarray) -> np.ndarray:

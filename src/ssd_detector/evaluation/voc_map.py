@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data.transforms import box_iou
+from ..boxes import box_iou
 
 
 @dataclass

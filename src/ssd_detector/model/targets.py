@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.transforms import box_iou
+from ..boxes import box_iou
 
 VARIANCES = (0.1, 0.1, 0.2, 0.2)
 

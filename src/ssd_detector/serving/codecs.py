@@ -8,12 +8,11 @@ from typing import Callable
 
 import numpy as np
 
-from ..data.images import ImageError, decode_rgb, encode, image_kind
+from ..data.images import IMAGE_CONTENT_TYPES, ImageError, decode_rgb, encode, image_kind
 from ..drawing import draw
 from .errors import BadRequest, NotAcceptable, UnsupportedMediaType
 from .settings import ACCEPT_TYPES
 
-IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "image/jpg")
 # Clients that send bytes without saying what they are (the SDK's default Predictor sends
 # application/octet-stream): the body is taken when it is a JPEG or PNG, refused with 415 otherwise.
 SNIFFED_CONTENT_TYPES = ("application/octet-stream",)

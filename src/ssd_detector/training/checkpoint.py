@@ -37,7 +37,6 @@ class LoopState:
     best_map: float = -1.0
     best_epoch: int = -1
     epochs_without_improvement: int = 0
-    num_update: int = 0
 
 
 def _fsync(path: Path) -> None:
@@ -87,6 +86,8 @@ def save(directory: Path, net: gluon.Block, trainer: gluon.Trainer, state: LoopS
 
 def _read_state(folder: Path) -> LoopState:
     raw = json.loads((folder / STATE).read_text())
+    if isinstance(raw, dict):
+        raw.pop("num_update", None)  # written by earlier versions, never read (the trainer keeps its own)
     names = {f.name for f in fields(LoopState)}
     if not isinstance(raw, dict) or set(raw) != names:
         raise ValueError(f"{STATE} holds {sorted(raw) if isinstance(raw, dict) else raw!r}, not the fields "

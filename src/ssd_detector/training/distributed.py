@@ -22,10 +22,6 @@ PEER_LOST_TEXT = "Horovod has been shut down"
 # What a worker reports when it stops because another worker found the problem.
 PEER_FAILED_TEXT = "another worker found problems in the data and reports them; this worker stopped with it"
 
-RANK_VARS = ("HOROVOD_RANK", "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK", "HOROVOD_LOCAL_SIZE", "HOROVOD_CROSS_RANK",
-             "HOROVOD_CROSS_SIZE")
-
-
 @dataclass(frozen=True)
 class Slot:
     """One worker of the plan."""

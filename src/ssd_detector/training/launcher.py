@@ -24,7 +24,7 @@ from typing import Mapping
 from ..data.pipe import PIPE_DIR_VAR, PipeFanout, pipe_timeout
 from ..errors import JobFailed, Stopped
 from ..failure import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR
-from ..sagemaker_env import Paths, ResourceConfig, env_int, read_input_data_config, read_resource_config
+from ..sagemaker_env import BASE_DIR_ENV, Paths, ResourceConfig, env_int, read_input_data_config, read_resource_config
 from . import distributed, network
 
 LOG = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ class Launcher:
                                                     self.join_timeout + 30),
                    REASON_FILE_VAR: str(scratch / f"reason-{slot.rank}"),
                    JOINED_FILE_VAR: str(scratch / f"joined-{slot.rank}"),
-                   "SAGEMAKER_BASE_DIR": str(self.paths.base)}
+                   BASE_DIR_ENV: str(self.paths.base)}
             if (scratch / "pipes").is_dir():
                 env[PIPE_DIR_VAR] = str(scratch / "pipes" / str(slot.local_rank))
             # CPU workers share the cores (ignored on GPUs, where each worker has its own device).

@@ -36,7 +36,7 @@ from ..model.backbones import load_pretrained
 from ..model.loss import SSDLoss
 from ..model.ssd import SSD, SSDDetector, build_ssd, short_parameter_names
 from ..model.targets import TargetEncoder
-from ..sagemaker_env import Paths, require_job_config
+from ..sagemaker_env import Paths, env_int, require_job_config
 from . import checkpoint, distributed, launcher
 from .inputs import PipeChannel, TrainingInputs, format_issues, read_training_inputs
 from .metrics import MetricLog
@@ -74,15 +74,8 @@ def data_workers(contexts: list[mx.Context], environ: dict | None = None) -> int
     """Worker processes for data: $SSD_DATA_WORKERS, else all cores but one on GPU hosts and one
     on CPU hosts (where MXNet's own threads need the cores)."""
     env = os.environ if environ is None else environ
-    value = env.get(DATA_WORKERS_ENV)
-    if value:
-        try:
-            workers = int(value)
-        except ValueError:
-            workers = -1
-        if workers < 0:
-            raise UserError(f"{DATA_WORKERS_ENV}={value!r} must be a whole number >= 0")
-        return workers
+    if env.get(DATA_WORKERS_ENV, "").strip():
+        return env_int(env, DATA_WORKERS_ENV, 0, 0, 256)
     if contexts[0].device_type == "gpu":
         return max(1, (os.cpu_count() or 2) - 1)
     return 1
