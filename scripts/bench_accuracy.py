@@ -27,10 +27,9 @@ LOG = logging.getLogger("bench_accuracy")
 HYPERPARAMETERS = {
     "num_classes": "5", "base_network": "mobilenet-0.25", "image_shape": "256", "mini_batch_size": "16",
     "epochs": "27", "optimizer": "adam", "learning_rate": "0.01", "lr_scheduler_step": "21,26",
-    "lr_scheduler_factor": "0.1", "use_pretrained_model": "0",
+    "lr_scheduler_factor": "0.1", "use_pretrained_model": "0", "augmentation": "light",
 }
 TARGET_MAP = 0.85
-AUGMENT = "light"
 
 
 def make_sets(root: Path, train: int, validation: int, test: int, fmt: str = "recordio",
@@ -79,8 +78,8 @@ def main() -> int:
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--budget", type=float, default=900, help="seconds of training allowed")
     parser.add_argument("--hyperparameters", type=json.loads, default={}, help="JSON overriding the defaults")
-    parser.add_argument("--augment", default=AUGMENT, choices=("full", "light", "none"),
-                        help="the job's SSD_AUGMENT (default %(default)s)")
+    parser.add_argument("--augment", default=HYPERPARAMETERS["augmentation"], choices=("full", "light", "none"),
+                        help="the job's augmentation hyperparameter (default %(default)s)")
     parser.add_argument("--output", type=Path, default=Path("build/bench/accuracy.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
@@ -93,15 +92,15 @@ def main() -> int:
     (job / "input/config").mkdir(parents=True, exist_ok=True)
     if not (job / "input/data").exists():
         (job / "input/data").symlink_to(data.resolve())
-    hyperparameters = {**HYPERPARAMETERS, **{k: str(v) for k, v in args.hyperparameters.items()}}
+    hyperparameters = {**HYPERPARAMETERS, "augmentation": args.augment,
+                       **{k: str(v) for k, v in args.hyperparameters.items()}}
     (job / "input/config/hyperparameters.json").write_text(json.dumps(hyperparameters))
-    LOG.info("training %s with SSD_AUGMENT=%s", json.dumps(hyperparameters), args.augment)
+    LOG.info("training %s", json.dumps(hyperparameters))
     start = time.monotonic()
     log_path = args.root / "train.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "ssd_detector.cli", "train"], stdout=log, stderr=log,
-                                   env={**os.environ, "SAGEMAKER_BASE_DIR": str(job), "SSD_DATA_WORKERS": "1",
-                                        "SSD_AUGMENT": args.augment})
+                                   env={**os.environ, "SAGEMAKER_BASE_DIR": str(job), "SSD_DATA_WORKERS": "1"})
         try:
             code = process.wait(timeout=args.budget)
         except subprocess.TimeoutExpired:

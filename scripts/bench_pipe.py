@@ -36,7 +36,7 @@ LOG = logging.getLogger("bench_pipe")
 HYPERPARAMETERS = {
     "num_classes": "5", "base_network": "mobilenet-0.25", "image_shape": "256", "mini_batch_size": "16",
     "epochs": "24", "optimizer": "adam", "learning_rate": "0.01", "lr_scheduler_step": "17,22",
-    "lr_scheduler_factor": "0.1", "use_pretrained_model": "0",
+    "lr_scheduler_factor": "0.1", "use_pretrained_model": "0", "augmentation": "light",
 }
 SPEED_EPOCHS = 3  # per throughput job; the first is not counted (hybridization, cold pipeline)
 ATTRIBUTES = ["source-ref", "bounding-box"]
@@ -58,8 +58,7 @@ def train(base: Path, log_path: Path) -> tuple[float, list[float]]:
     start = time.monotonic()
     with open(log_path, "w") as log:
         code = subprocess.run([sys.executable, "-m", "ssd_detector.cli", "train"], stdout=log, stderr=log,
-                              env={**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SSD_DATA_WORKERS": "1",
-                                   "SSD_AUGMENT": "light"}).returncode
+                              env={**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SSD_DATA_WORKERS": "1"}).returncode
     if code != 0:
         raise SystemExit(f"training failed (exit {code}); see {log_path}")
     throughputs = [float(v) for v in re.findall(r"train throughput=(\S+) records/second", log_path.read_text())]

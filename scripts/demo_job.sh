@@ -10,7 +10,8 @@ rm -rf "$base/input/data/train" "$base/input/data/validation"
 cp -r "$demo/data/recordio/train" "$demo/data/recordio/validation" "$base/input/data/"
 cat > "$base/input/config/hyperparameters.json" <<'JSON'
 {"num_classes": "4", "base_network": "\"mobilenet-0.25\"", "image_shape": "256", "mini_batch_size": "16",
- "epochs": "8", "optimizer": "adam", "learning_rate": "0.01", "lr_scheduler_step": "7", "use_pretrained_model": "0"}
+ "epochs": "8", "optimizer": "adam", "learning_rate": "0.01", "lr_scheduler_step": "7", "use_pretrained_model": "0",
+ "augmentation": "light"}
 JSON
 cat > "$base/input/config/inputdataconfig.json" <<'JSON'
 {"train": {"ContentType": "application/x-recordio", "TrainingInputMode": "File", "RecordWrapperType": "None"},
@@ -21,7 +22,7 @@ echo "== checking the job's inputs"
 "$cli" check-job
 echo "== training from scratch with light augmentation (metric lines as SageMaker's built-in algorithm prints them)"
 rm -rf "$base/model" "$base/output"
-SSD_AUGMENT=light "$cli" train
+"$cli" train
 echo "== model files"
 ls -l "$base/model"
 echo "== predicting on 4 validation images; pictures with boxes in $demo/predictions"

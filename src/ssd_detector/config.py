@@ -23,6 +23,10 @@ LOG = logging.getLogger(__name__)
 BASE_NETWORKS = ("vgg-16", "resnet-50", "mobilenet-1.0", "mobilenet-0.25")
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adadelta")
 KV_STORES = ("device", "local", "dist_sync", "dist_device_sync", "dist_async")
+# full: SSD's augmentation (expand, IoU-constrained crop, colour, flip); light: colour and flip
+# only, object scales as in the data (faster from scratch when test images look like training
+# images); none: plain resized images (pre-augmented data, exact comparisons).
+AUGMENTATIONS = ("full", "light", "none")
 # Keys SageMaker or its SDKs add on their own; accepted silently and not validated.
 RESERVED_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
 MIN_IMAGE_SHAPE = 64
@@ -190,6 +194,7 @@ SCHEMA: tuple[Param, ...] = (
     Param("nms_topk", _parse_int, 400, f"an integer from 1 to {MAX_NMS_TOPK}, or -1 for no limit",
           lambda v: 1 <= v <= MAX_NMS_TOPK or v == -1),
     Param("overlap_threshold", _parse_float, 0.5, "a number in (0, 1]", _between(0, 1, low_open=True)),
+    Param("augmentation", _parse_str, "full", "one of " + ", ".join(AUGMENTATIONS), lambda v: v in AUGMENTATIONS),
     # The training's randomness: initialization, the order of the images, augmentation.
     Param("seed", _parse_int, 0, f"an integer from 0 to {MAX_SEED}", _between(0, MAX_SEED)),
     # Pipe mode: images held to mix the order within a pass over the stream (0: stream order).

@@ -76,12 +76,13 @@ def test_two_workers_on_one_host(tmp_path: Path, data: Path):
 def test_two_workers_update_like_one_with_twice_the_batch(tmp_path: Path, data: Path):
     """5 steps: 2 workers x batch 4 give the weights of 1 worker x batch 8 (no batch norm in
     vgg-16, no augmentation), since mini_batch_size is per host and split across its workers."""
-    hyper = {**SMALL, "base_network": "vgg-16", "image_shape": "96", "epochs": "1", "learning_rate": "0.001"}
+    hyper = {**SMALL, "base_network": "vgg-16", "image_shape": "96", "epochs": "1", "learning_rate": "0.001",
+             "augmentation": "none"}
     one = make_job(tmp_path / "one", data, hyper, validation=False)
     two = make_job(tmp_path / "two", data, hyper, validation=False)
-    code, log = finish(start(one, SSD_AUGMENT="0"))
+    code, log = finish(start(one))
     assert code == 0, log[-3000:]
-    code, log = finish(start(two, SSD_AUGMENT="0", SSD_WORKERS_PER_HOST="2", SSD_RENDEZVOUS_PORT=str(free_port())))
+    code, log = finish(start(two, SSD_WORKERS_PER_HOST="2", SSD_RENDEZVOUS_PORT=str(free_port())))
     assert code == 0, log[-3000:]
     assert "batch 4 each" in log
     a = mx.nd.load(str(one / "model/model_algo_1-0000.params"))

@@ -4,11 +4,13 @@ import re
 import numpy as np
 import pytest
 
-from ssd_detector.data.transforms import TrainTransform
+from ssd_detector.config import parse_hyperparameters
+from ssd_detector.data.transforms import TrainTransform, augment_config
 from ssd_detector.errors import HyperparameterError
 from ssd_detector.evaluation.voc_map import VOCMeanAP
 from ssd_detector.model.ssd import build_ssd
-from ssd_detector.training.loop import augment_config, data_workers, freeze_layers
+from ssd_detector.training.inputs import augmentation_from_environment
+from ssd_detector.training.loop import data_workers, freeze_layers
 from ssd_detector.training.metrics import METRIC_DEFINITIONS, MetricLog
 from ssd_detector.training.schedule import StepWithWarmup, batches_per_epoch
 
@@ -107,16 +109,17 @@ def test_data_workers_from_environment():
         data_workers([mx.cpu()], {"SSD_DATA_WORKERS": "x"})
 
 
-def test_augmentation_modes_from_environment():
-    full = augment_config({})
+def test_augmentation_modes():
+    full = augment_config("full")
     assert full.enabled and full.expand_prob > 0 and full.crop_prob > 0
-    assert augment_config({"SSD_AUGMENT": "1"}) == full
-    assert not augment_config({"SSD_AUGMENT": "none"}).enabled
-    assert not augment_config({"SSD_AUGMENT": "0"}).enabled
-    light = augment_config({"SSD_AUGMENT": "Light"})
+    assert not augment_config("none").enabled
+    light = augment_config("light")
     assert light.enabled and light.expand_prob == 0 and light.crop_prob == 0 and light.flip_prob > 0
-    with pytest.raises(Exception, match="SSD_AUGMENT='heavy'"):
-        augment_config({"SSD_AUGMENT": "heavy"})
+    hp = parse_hyperparameters({"num_classes": "2"})
+    assert hp.augmentation == "full"
+    assert parse_hyperparameters({"num_classes": "2", "augmentation": "light"}).augmentation == "light"
+    with pytest.raises(HyperparameterError, match="augmentation.*'heavy'.*one of full, light, none"):
+        parse_hyperparameters({"num_classes": "2", "augmentation": "heavy"})
     # Light augmentation keeps every object and its scale: boxes are the originals or their mirror.
     boxes = np.array([[0.1, 0.2, 0.3, 0.5], [0.6, 0.1, 0.9, 0.4]], np.float32)
     image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
@@ -126,6 +129,20 @@ def test_augmentation_modes_from_environment():
         assert out.shape == (3, 32, 32) and kept.all()
         mirrored = boxes[:, [2, 1, 0, 3]] * np.array([-1, 1, -1, 1], np.float32) + np.array([1, 0, 1, 0], np.float32)
         assert np.allclose(out_boxes, boxes, atol=1e-6) or np.allclose(out_boxes, mirrored, atol=1e-6)
+
+
+def test_the_deprecated_environment_variable_still_chooses_the_augmentation(caplog):
+    hp = parse_hyperparameters({"num_classes": "2"})
+    assert augmentation_from_environment(hp, {}) is hp
+    assert augmentation_from_environment(hp, {"SSD_AUGMENT": "0"}).augmentation == "none"
+    chosen = augmentation_from_environment(hp, {"SSD_AUGMENT": "Light"})
+    assert chosen.augmentation == "light" and chosen.to_strings()["augmentation"] == "light"
+    assert "SSD_AUGMENT is deprecated" in caplog.text and "augmentation=light" in caplog.text
+    given = parse_hyperparameters({"num_classes": "2", "augmentation": "none"})
+    assert augmentation_from_environment(given, {"SSD_AUGMENT": "full"}).augmentation == "none"
+    assert "SSD_AUGMENT='full' is ignored" in caplog.text
+    with pytest.raises(Exception, match="SSD_AUGMENT='heavy'"):
+        augmentation_from_environment(hp, {"SSD_AUGMENT": "heavy"})
 
 
 def test_horovod_worker_pins_the_gpu_of_its_local_rank():

@@ -48,6 +48,15 @@ class AugmentConfig:
     flip_prob: float = 0.5
 
 
+def augment_config(mode: str) -> AugmentConfig:
+    """The augmentation hyperparameter's modes (config.AUGMENTATIONS) as transform settings."""
+    if mode == "light":
+        return AugmentConfig(expand_prob=0.0, crop_prob=0.0)
+    if mode not in ("full", "none"):
+        raise ValueError(f"augmentation {mode!r} is not full, light or none")
+    return AugmentConfig(enabled=mode == "full")
+
+
 def colour_matrix(rng: np.random.Generator, cfg: AugmentConfig, mean_rgb: np.ndarray) -> np.ndarray:
     """Brightness, contrast, saturation and hue (each with its probability, in random order)
     composed into one affine colour map: (3, 4) so that out = M[:, :3] @ rgb + M[:, 3]."""

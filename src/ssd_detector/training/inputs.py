@@ -5,17 +5,21 @@ A job that would fail on its data fails here, in seconds, with every offender li
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ..config import Hyperparameters, parse_hyperparameters
 from ..data.channel import RECORDIO_CONTENT_TYPES, ChannelData, label_width_message, read_channel, validate
 from ..data.sample import Issue
-from ..errors import DataError, HyperparameterError, UserError
+from ..errors import DataError, HyperparameterError, UserError, shown
 from ..sagemaker_env import ChannelConfig, Paths, ResourceConfig, read_hyperparameters, read_input_data_config, \
     read_resource_config
 
 LOG = logging.getLogger(__name__)
+# Deprecated: the augmentation hyperparameter replaces it (read for one more release).
+AUGMENT_ENV = "SSD_AUGMENT"
+LEGACY_AUGMENT_VALUES = {"1": "full", "full": "full", "light": "light", "0": "none", "none": "none"}
 
 KNOWN_CHANNELS = ("train", "validation", "train_annotation", "validation_annotation", "model")
 # How many offenders a failure reason lists before giving the count.
@@ -113,9 +117,28 @@ def _load_channel(paths: Paths, channels: dict[str, ChannelConfig], split: str, 
     return data
 
 
+def augmentation_from_environment(hp: Hyperparameters, environ: Mapping[str, str]) -> Hyperparameters:
+    """SSD_AUGMENT, the augmentation hyperparameter's predecessor, still read for one release: it
+    applies when the hyperparameter is not given, and the mode it chose goes into hyperparams.json."""
+    value = environ.get(AUGMENT_ENV, "").strip()
+    if not value:
+        return hp
+    if "augmentation" in hp.given:
+        LOG.warning("%s=%s is ignored: the augmentation hyperparameter (%s) decides; %s goes away in the next "
+                    "release", AUGMENT_ENV, shown(value), hp.augmentation, AUGMENT_ENV)
+        return hp
+    mode = LEGACY_AUGMENT_VALUES.get(value.lower())
+    if mode is None:
+        raise UserError(f"{AUGMENT_ENV}={value!r} must be full (or 1), light, or none (or 0); better, leave it unset "
+                        f"and set the augmentation hyperparameter")
+    LOG.warning("%s is deprecated and goes away in the next release: set the hyperparameter augmentation=%s "
+                "instead", AUGMENT_ENV, mode)
+    return hp.with_value("augmentation", mode)
+
+
 def read_training_inputs(paths: Paths, decode_images: bool = True) -> TrainingInputs:
     """Reads and checks hyperparameters, resources and channels; raises UserError on any problem."""
-    hp = parse_hyperparameters(read_hyperparameters(paths))
+    hp = augmentation_from_environment(parse_hyperparameters(read_hyperparameters(paths)), os.environ)
     resources = read_resource_config(paths)
     channels = read_input_data_config(paths)
     _check_channel_config(channels)

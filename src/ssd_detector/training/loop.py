@@ -27,7 +27,7 @@ from ..data.loader import Batch, DetectionLoader, Transform
 from ..data.pipe import PIPE_DIR_VAR, pipe_timeout
 from ..data.sample import Issue
 from ..data.stream import PassReport, StreamLoader, StreamSource
-from ..data.transforms import AugmentConfig, TrainTransform, ValTransform
+from ..data.transforms import TrainTransform, ValTransform, augment_config
 from ..environment import gpu_image_without_gpu
 from ..errors import DataError, HyperparameterError, Stopped, UserError
 from ..evaluation.voc_map import VOCMeanAP
@@ -45,12 +45,6 @@ from .schedule import StepWithWarmup, batches_per_epoch
 LOG = logging.getLogger(__name__)
 
 DATA_WORKERS_ENV = "SSD_DATA_WORKERS"
-# SSD_AUGMENT: "full" (1, the default) is SSD's augmentation; "light" keeps the colour distortion
-# and the flip but not the expand and crop, so object scales stay as in the data (faster
-# convergence from scratch when test images look like training images); "none" (0) trains on
-# plain resized images (pre-augmented data; exact comparisons in tests).
-AUGMENT_ENV = "SSD_AUGMENT"
-AUGMENT_MODES = {"1": "full", "full": "full", "light": "light", "0": "none", "none": "none"}
 # Metric lines per epoch for the running training losses.
 LOG_LINES_PER_EPOCH = 10
 VALIDATION_BATCH = 16
@@ -79,19 +73,6 @@ def data_workers(contexts: list[mx.Context], environ: dict | None = None) -> int
     if contexts[0].device_type == "gpu":
         return max(1, (os.cpu_count() or 2) - 1)
     return 1
-
-
-def augment_config(environ: dict | None = None) -> AugmentConfig:
-    env = os.environ if environ is None else environ
-    value = env.get(AUGMENT_ENV, "full")
-    mode = AUGMENT_MODES.get(value.strip().lower())
-    if mode is None:
-        raise UserError(f"{AUGMENT_ENV}={value!r} must be full (or 1, the default), light, or none (or 0)")
-    if mode != "full":
-        LOG.info("%s=%s: augmentation %s", AUGMENT_ENV, value, mode)
-    if mode == "light":
-        return AugmentConfig(expand_prob=0.0, crop_prob=0.0)
-    return AugmentConfig(enabled=mode == "full")
 
 
 @dataclass
@@ -214,7 +195,7 @@ class Training:
         self.loss = SSDLoss()
         self.loss.hybridize()
 
-        train_transform = TrainTransform(hp.image_shape, augment_config())
+        train_transform = TrainTransform(hp.image_shape, augment_config(hp.augmentation))
         targets = TargetEncoder(self.net.anchors, hp.overlap_threshold)
         self.train_loader: DetectionLoader | StreamLoader
         if isinstance(inputs.train, PipeChannel):
