@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ssd_detector.sagemaker_env import write_job
+
 LOG = logging.getLogger("bench_accuracy")
 # The best recipe measured from scratch (README, Benchmarks): Adam at 0.01, batch 16, light
 # augmentation (colour and flip; SSD's expand and crop slow convergence from scratch several-fold).
@@ -85,16 +87,10 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     data, test_dir = make_sets(args.root, args.train, args.validation, args.test)
     job = args.root / "job"
-    for sub in ("model", "output", "input/config"):
-        path = job / sub
-        if path.exists() and sub != "input/config":
-            subprocess.run(["rm", "-rf", str(path)], check=True)
-    (job / "input/config").mkdir(parents=True, exist_ok=True)
-    if not (job / "input/data").exists():
-        (job / "input/data").symlink_to(data.resolve())
+    shutil.rmtree(job, ignore_errors=True)
     hyperparameters = {**HYPERPARAMETERS, "augmentation": args.augment,
                        **{k: str(v) for k, v in args.hyperparameters.items()}}
-    (job / "input/config/hyperparameters.json").write_text(json.dumps(hyperparameters))
+    write_job(job, hyperparameters, {d.name: d for d in data.iterdir() if d.is_dir()}, link=True)
     LOG.info("training %s", json.dumps(hyperparameters))
     start = time.monotonic()
     log_path = args.root / "train.log"

@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_accuracy import held_out_map, make_sets  # noqa: E402 - the scripts folder is not a package
 from pipe_feed import PipeFeeder, manifest_pass  # noqa: E402
 
+from ssd_detector.sagemaker_env import write_job  # noqa: E402
+
 LOG = logging.getLogger("bench_pipe")
 # bench_accuracy's recipe, long enough for the validation mAP to level off: before that, two runs
 # that differ only in the order of the images differ by more than the 0.02 compared here.
@@ -44,14 +46,9 @@ MIN_RATIO = 0.95
 MAX_MAP_GAP = 0.02
 
 
-def job_tree(root: Path, name: str, hyperparameters: dict, channels: dict) -> Path:
-    base = root / name
-    shutil.rmtree(base, ignore_errors=True)
-    (base / "input/config").mkdir(parents=True)
-    (base / "input/data").mkdir(parents=True)
-    (base / "input/config/hyperparameters.json").write_text(json.dumps(hyperparameters))
-    (base / "input/config/inputdataconfig.json").write_text(json.dumps(channels))
-    return base
+def job_tree(root: Path, name: str, hyperparameters: dict, config: dict, channels: dict | None = None) -> Path:
+    shutil.rmtree(root / name, ignore_errors=True)
+    return write_job(root / name, hyperparameters, channels, input_data_config=config).base
 
 
 def train(base: Path, log_path: Path) -> tuple[float, list[float]]:
@@ -124,9 +121,8 @@ def run_mode(mode: str, root: Path, data: Path, hyperparameters: dict, name: str
     """One job in File mode (RecordIO files) or Pipe mode (the manifests, fed through FIFOs)."""
     if mode == "file":
         channel = {"TrainingInputMode": "File", "ContentType": "application/x-recordio"}
-        base = job_tree(root, f"{name}-file", hyperparameters, {"train": channel, "validation": channel})
-        for split in ("train", "validation"):
-            shutil.copytree(data / "recordio" / split, base / "input/data" / split)
+        base = job_tree(root, f"{name}-file", hyperparameters, {"train": channel, "validation": channel},
+                        {split: data / "recordio" / split for split in ("train", "validation")})
         return (*train(base, root / f"{name}-file.log"), base / "model")
     channel = {"TrainingInputMode": "Pipe", "ContentType": "application/x-recordio", "RecordWrapperType": "RecordIO",
                "S3DistributionType": "FullyReplicated"}

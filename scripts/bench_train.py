@@ -56,20 +56,18 @@ def endless(loader, set_epoch=None):
 def training_for(rec: Path, base: str, size: int, batch: int, workers: int, work: Path, contexts=None):
     """The project's Training for a job of one RecordIO train channel (hyperparameters as the
     benchmarks use them), on the given devices (default: every GPU of the host, else the CPU)."""
-    from ssd_detector.sagemaker_env import Paths
+    import shutil
+
+    from ssd_detector.sagemaker_env import write_job
     from ssd_detector.training.inputs import read_training_inputs
     from ssd_detector.training.loop import Training, host_contexts
 
     job = work / f"job-{base}-{size}"
-    (job / "input/config").mkdir(parents=True, exist_ok=True)
-    (job / "input/data/train").mkdir(parents=True, exist_ok=True)
-    link = job / "input/data/train/train.rec"
-    if not link.exists():
-        link.symlink_to(rec.resolve())
-    (job / "input/config/hyperparameters.json").write_text(json.dumps({
-        "num_classes": str(NUM_CLASSES), "base_network": base, "image_shape": str(size),
-        "mini_batch_size": str(batch), "use_pretrained_model": "0", "learning_rate": "0.001"}))
-    inputs = read_training_inputs(Paths(job), decode_images=False)
+    shutil.rmtree(job, ignore_errors=True)
+    paths = write_job(job, {"num_classes": str(NUM_CLASSES), "base_network": base, "image_shape": str(size),
+                            "mini_batch_size": str(batch), "use_pretrained_model": "0", "learning_rate": "0.001"},
+                      {"train": rec}, link=True)
+    inputs = read_training_inputs(paths, decode_images=False)
     return Training(inputs, contexts or host_contexts(), workers)
 
 

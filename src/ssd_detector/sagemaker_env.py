@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -90,6 +91,37 @@ class Paths:
     @property
     def checkpoint_dir(self) -> Path:
         return self.base / "checkpoints"
+
+
+def write_job(base: Path, hyperparameters: Mapping[str, Any], channels: Mapping[str, Path] | None = None, *,
+              input_data_config: Mapping[str, Mapping[str, Any]] | None = None,
+              resource_config: Mapping[str, Any] | None = None, link: bool = False) -> Paths:
+    """Lays out a training job under base as SageMaker hands it to the container (the tree Paths
+    reads): input/config/hyperparameters.json (values as given; SageMaker's are strings),
+    inputdataconfig.json and resourceconfig.json when given, and input/data/<channel> for each
+    channel: a folder's contents, or one file, copied (link=True: symlinked, for large sets)."""
+    paths = Paths(Path(base))
+    paths.config_dir.mkdir(parents=True, exist_ok=True)
+    paths.data_dir.mkdir(parents=True, exist_ok=True)
+    paths.hyperparameters_file.write_text(json.dumps(dict(hyperparameters)))
+    if input_data_config is not None:
+        paths.input_data_config_file.write_text(json.dumps({k: dict(v) for k, v in input_data_config.items()}))
+    if resource_config is not None:
+        paths.resource_config_file.write_text(json.dumps(dict(resource_config)))
+    for name, source in (channels or {}).items():
+        source, target = Path(source), paths.channel_dir(name)
+        if source.is_dir():
+            if link:
+                target.symlink_to(source.resolve(), target_is_directory=True)
+            else:
+                shutil.copytree(source, target)
+        else:
+            target.mkdir(exist_ok=True)
+            if link:
+                (target / source.name).symlink_to(source.resolve())
+            else:
+                shutil.copy2(source, target / source.name)
+    return paths
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import pytest
 
 from ssd_detector.data.images import encode
 from ssd_detector.data.synthetic import SynthSpec, generate, make_image
+from ssd_detector.sagemaker_env import write_job
 
 from docker_helpers import docker, name, request, wait_for_ping
 
@@ -95,12 +96,9 @@ def test_cuda_versions_horovod_nccl_and_the_commands():
 
 @pytest.mark.slow
 def test_trains_and_serves_on_the_cpu_without_a_gpu(tmp_path: Path, free_port: int):
-    base = tmp_path / "opt_ml"
-    (base / "input/config").mkdir(parents=True)
-    generate(tmp_path / "data", SynthSpec(train=16, validation=4, classes=3, width=128, height=96, seed=4,
-                                          format="recordio"))
-    shutil.copytree(tmp_path / "data", base / "input/data")
-    (base / "input/config/hyperparameters.json").write_text(json.dumps(HYPER))
+    data = tmp_path / "data"
+    generate(data, SynthSpec(train=16, validation=4, classes=3, width=128, height=96, seed=4, format="recordio"))
+    base = write_job(tmp_path / "opt_ml", HYPER, {name: data / name for name in ("train", "validation")}).base
     os.chmod(base, 0o777)
     result = docker("run", "--rm", "-v", f"{base}:/opt/ml", IMAGE, "train")
     assert result.returncode == 0, result.stderr[-3000:]

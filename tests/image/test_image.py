@@ -14,6 +14,7 @@ import pytest
 
 from ssd_detector.data.images import encode
 from ssd_detector.data.synthetic import SynthSpec, generate, make_image
+from ssd_detector.sagemaker_env import write_job
 
 from docker_helpers import docker, name, request, wait_for_ping
 from ports import free_port
@@ -42,12 +43,8 @@ def data(tmp_path_factory) -> Path:
 
 
 def opt_ml(root: Path, data: Path, hyperparameters: dict, resources: dict | None = None) -> Path:
-    base = root / "opt_ml"
-    (base / "input/config").mkdir(parents=True)
-    shutil.copytree(data, base / "input/data")
-    (base / "input/config/hyperparameters.json").write_text(json.dumps(hyperparameters))
-    if resources:
-        (base / "input/config/resourceconfig.json").write_text(json.dumps(resources))
+    channels = {d.name: d for d in data.iterdir() if d.is_dir()}
+    base = write_job(root / "opt_ml", hyperparameters, channels, resource_config=resources).base
     os.chmod(base, 0o777)  # the container may run as another uid
     return base
 

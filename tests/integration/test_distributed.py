@@ -2,10 +2,8 @@
 by the project's launcher (no ssh, no mpirun), on one host and on two simulated hosts."""
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +15,7 @@ import numpy as np
 import pytest
 
 from ssd_detector.data.synthetic import SynthSpec, generate
+from ssd_detector.sagemaker_env import write_job
 from ssd_detector.training.metrics import METRIC_DEFINITIONS
 from ports import free_port
 
@@ -34,17 +33,9 @@ def data(tmp_path_factory) -> Path:
 
 def make_job(root: Path, data: Path, hyperparameters: dict, host: str | None = None,
              hosts: list[str] | None = None, validation: bool = True) -> Path:
-    base = root / (host or "opt_ml")
-    (base / "input/config").mkdir(parents=True)
-    (base / "input/data").mkdir()
-    shutil.copytree(data / "train", base / "input/data/train")
-    if validation:
-        shutil.copytree(data / "validation", base / "input/data/validation")
-    (base / "input/config/hyperparameters.json").write_text(json.dumps(hyperparameters))
-    if host:
-        (base / "input/config/resourceconfig.json").write_text(json.dumps(
-            {"current_host": host, "hosts": hosts, "network_interface_name": "lo"}))
-    return base
+    channels = {name: data / name for name in (("train", "validation") if validation else ("train",))}
+    resources = {"current_host": host, "hosts": hosts, "network_interface_name": "lo"} if host else None
+    return write_job(root / (host or "opt_ml"), hyperparameters, channels, resource_config=resources).base
 
 
 def start(base: Path, **env: str) -> subprocess.Popen:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ssd_detector.sagemaker_env import write_job
 from ssd_detector.training.metrics import METRIC_DEFINITIONS
 
 CLI = [sys.executable, "-m", "ssd_detector.cli"]
@@ -24,12 +25,7 @@ ATTRIBUTES = ["source-ref", "bounding-box"]
 
 
 def make_job(root: Path, hyperparameters: dict, channels: dict) -> Path:
-    base = root / "opt_ml"
-    (base / "input/config").mkdir(parents=True)
-    (base / "input/data").mkdir(parents=True)
-    (base / "input/config/hyperparameters.json").write_text(json.dumps(hyperparameters))
-    (base / "input/config/inputdataconfig.json").write_text(json.dumps(channels))
-    return base
+    return write_job(root / "opt_ml", hyperparameters, input_data_config=channels).base
 
 
 def run(base: Path, timeout: float = 300, **env) -> subprocess.CompletedProcess:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ssd_detector.data.synthetic import SynthSpec, generate
+from ssd_detector.sagemaker_env import write_job
 from ssd_detector.training.metrics import METRIC_DEFINITIONS
 
 CLI = [sys.executable, "-m", "ssd_detector.cli"]
@@ -21,11 +22,8 @@ TINY = {"num_classes": "3", "base_network": "mobilenet-0.25", "image_shape": "64
 
 
 def make_job(root: Path, synth_set: Path, hyperparameters: dict, fmt: str = "recordio") -> Path:
-    base = root / "opt_ml"
-    (base / "input/config").mkdir(parents=True)
-    shutil.copytree(synth_set / fmt, base / "input/data")
-    (base / "input/config/hyperparameters.json").write_text(json.dumps(hyperparameters))
-    return base
+    channels = {d.name: d for d in (synth_set / fmt).iterdir() if d.is_dir()}
+    return write_job(root / "opt_ml", hyperparameters, channels).base
 
 
 def train(base: Path, workers: str = "0", timeout: float = 600, **env) -> subprocess.CompletedProcess:
