@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from ssd_detector.sagemaker_env import write_job
+
 LOG = logging.getLogger("bench_scaling")
 THROUGHPUT = re.compile(r"#throughput_metric: host=\S+, train throughput=(\S+) records/second")
 
@@ -34,9 +36,7 @@ def free_port() -> int:
 def train_throughput(root: Path, data: Path, workers: int, hyperparameters: dict) -> float:
     base = root / f"job-{workers}"
     shutil.rmtree(base, ignore_errors=True)
-    (base / "input/config").mkdir(parents=True)
-    (base / "input/data").symlink_to(data.resolve())
-    (base / "input/config/hyperparameters.json").write_text(json.dumps(hyperparameters))
+    write_job(base, hyperparameters, {d.name: d for d in data.iterdir() if d.is_dir()}, link=True)
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SSD_WORKERS_PER_HOST": str(workers),
            "SSD_RENDEZVOUS_PORT": str(free_port()), "SSD_DATA_WORKERS": "1"}
     result = subprocess.run([sys.executable, "-m", "ssd_detector.cli", "train"], capture_output=True, text=True,

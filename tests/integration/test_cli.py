@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from ssd_detector.sagemaker_env import write_job
+
 CLI = [sys.executable, "-m", "ssd_detector.cli"]
 
 
@@ -52,11 +54,8 @@ def test_check_data_reports_errors_and_exits_1(made: Path, tmp_path: Path):
 
 
 def test_check_job_writes_failure_file_for_bad_hyperparameters(made: Path, tmp_path: Path):
-    base = tmp_path / "opt_ml"
-    (base / "input/config").mkdir(parents=True)
-    (base / "input/data").mkdir()
-    os.symlink(made / "recordio/train", base / "input/data/train")
-    (base / "input/config/hyperparameters.json").write_text(json.dumps({"num_classes": "3", "optimizer": "nag"}))
+    base = write_job(tmp_path / "opt_ml", {"num_classes": "3", "optimizer": "nag"},
+                     {"train": made / "recordio/train"}, link=True).base
     result = run("check-job", "--write-failure", env={"SAGEMAKER_BASE_DIR": str(base)})
     assert result.returncode == 1
     failure = (base / "output/failure").read_text()
@@ -90,13 +89,9 @@ def terminate_within_seconds(process: subprocess.Popen) -> str:
 def test_sigterm_before_training_stops_within_seconds(made: Path, tmp_path: Path):
     """While the job waits for a host that never comes up, SIGTERM stops it at once (as PID 1 in
     a container, Python's default would ignore it until the training loop's handler)."""
-    base = tmp_path / "opt_ml"
-    (base / "input/config").mkdir(parents=True)
-    (base / "input/data").mkdir()
-    os.symlink(made / "recordio/train", base / "input/data/train")
-    (base / "input/config/hyperparameters.json").write_text(json.dumps({"num_classes": "3"}))
-    (base / "input/config/resourceconfig.json").write_text(json.dumps(
-        {"current_host": "algo-2", "hosts": ["algo-1", "algo-2"], "network_interface_name": "lo"}))
+    base = write_job(tmp_path / "opt_ml", {"num_classes": "3"}, {"train": made / "recordio/train"}, link=True,
+                     resource_config={"current_host": "algo-2", "hosts": ["algo-1", "algo-2"],
+                                      "network_interface_name": "lo"}).base
     process = subprocess.Popen([*CLI, "train"], stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SSD_JOIN_TIMEOUT": "300",
                                     "SSD_WORKERS_PER_HOST": "1"})
