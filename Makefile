@@ -113,6 +113,7 @@ image-gpu-check: install
 lint: install
 	$(PY) -m compileall -q src scripts tests container
 	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf build .pytest_cache

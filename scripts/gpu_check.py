@@ -239,12 +239,15 @@ def section_bench_train(args: argparse.Namespace) -> dict:
         import gluoncv  # noqa: F401 - only whether it is there
     except ImportError:
         # Into the scratch folder, not the image's venv (the check runs as the calling user).
+        # As scripts/install.sh --bench does: GluonCV asks for opencv-python, which would shadow
+        # the image's opencv-python-headless, so it comes without dependencies, and these with it.
         target = Path(args.work) / "pydeps"
-        install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(target), "-c",
-                                  str(HERE.parent / "docker/constraints.txt"), "gluoncv"],
-                                 capture_output=True, text=True, timeout=600)
-        if install.returncode != 0:
-            return {"skipped": f"GluonCV could not be installed: {install.stderr.strip()[-500:]}"}
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--target", str(target), "-c",
+               str(HERE.parent / "docker/constraints.txt")]
+        for packages in (["--no-deps", "gluoncv"], ["tqdm", "portalocker", "Pillow", "scipy<=1.15.3", "yacs", "autocfg"]):
+            install = subprocess.run(pip + packages, capture_output=True, text=True, timeout=600)
+            if install.returncode != 0:
+                return {"skipped": f"GluonCV could not be installed: {install.stderr.strip()[-500:]}"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(target)]))
     output = Path(args.work) / "bench-train.json"
     done = subprocess.run([sys.executable, str(HERE / "bench_train.py"), "--data", str(Path(args.work) / "bench-data"),

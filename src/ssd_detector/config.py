@@ -8,6 +8,7 @@ value and what would be accepted.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import logging
@@ -210,21 +211,48 @@ SCHEMA_BY_NAME: dict[str, Param] = {p.name: p for p in SCHEMA}
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    """The resolved, typed hyperparameters of one job."""
+    """The resolved, typed hyperparameters of one job: one field per SCHEMA entry (a unit test
+    keeps the two in step), plus the names the job gave explicitly."""
 
-    values: Mapping[str, Any]
-    given: frozenset[str]
+    num_classes: int
+    num_training_samples: int | None
+    base_network: str
+    use_pretrained_model: int
+    image_shape: int
+    epochs: int
+    mini_batch_size: int
+    learning_rate: float
+    lr_scheduler_step: tuple[int, ...]
+    lr_scheduler_factor: float
+    optimizer: str
+    momentum: float
+    weight_decay: float
+    early_stopping: bool
+    early_stopping_min_epochs: int
+    early_stopping_patience: int
+    early_stopping_tolerance: float
+    freeze_layer_pattern: str
+    label_width: int
+    nms_threshold: float
+    nms_topk: int
+    overlap_threshold: float
+    augmentation: str
+    seed: int
+    pipe_shuffle_buffer: int
+    kv_store: str
+    _kvstore: str
+    _num_kv_servers: str
+    given: frozenset[str] = frozenset()
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    @property
+    def values(self) -> dict[str, Any]:
+        """Every hyperparameter by name, in SCHEMA's order."""
+        return {param.name: getattr(self, param.name) for param in SCHEMA}
 
     def with_value(self, name: str, value: Any) -> "Hyperparameters":
-        updated = dict(self.values)
-        updated[name] = value
-        return Hyperparameters(values=updated, given=self.given)
+        if name not in SCHEMA_BY_NAME:
+            raise KeyError(f"no hyperparameter {name!r}")
+        return dataclasses.replace(self, **{name: value})
 
     def to_strings(self) -> dict[str, str]:
         """Every value as the built-in writes it to ``hyperparams.json``."""
@@ -280,7 +308,7 @@ def parse_hyperparameters(raw: Mapping[str, Any]) -> Hyperparameters:
         raise HyperparameterError("invalid hyperparameters: " + "; ".join(problems))
     _warn_combinations(values)
     given = frozenset(name for name in raw if name in SCHEMA_BY_NAME)
-    return Hyperparameters(values=values, given=given)
+    return Hyperparameters(**values, given=given)
 
 
 def _check_combinations(values: Mapping[str, Any]) -> list[str]:

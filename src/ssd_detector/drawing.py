@@ -12,7 +12,7 @@ def draw(image_rgb: np.ndarray, rows: np.ndarray, class_names: dict[int, str] | 
     thickness = max(1, round(min(h, w) / 300))
     for cls, score, x0, y0, x1, y1 in rows:
         hue = int(cls) * 47 % 180
-        colour = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2RGB)[0, 0].tolist()
+        colour = cv2.cvtColor(np.array([[[hue, 220, 255]]], np.uint8), cv2.COLOR_HSV2RGB)[0, 0].tolist()
         p0, p1 = (int(x0 * w), int(y0 * h)), (int(x1 * w), int(y1 * h))
         cv2.rectangle(out, p0, p1, colour, thickness)
         name = (class_names or {}).get(int(cls), str(int(cls)))

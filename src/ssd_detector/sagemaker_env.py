@@ -206,7 +206,7 @@ def read_input_data_config(paths: Paths) -> dict[str, ChannelConfig]:
         for name, spec in raw.items():
             if not isinstance(spec, dict):
                 raise UserError(f"input data config: channel {name!r} must map to an object, not {spec!r}")
-            fields = {key: spec.get(key, default) for key, default in (
+            fields: dict[str, Any] = {key: spec.get(key, default) for key, default in (
                 ("ContentType", None), ("TrainingInputMode", "File"), ("RecordWrapperType", "None"),
                 ("S3DistributionType", "FullyReplicated"))}
             for key, value in fields.items():
@@ -246,7 +246,7 @@ def read_resource_config(paths: Paths) -> ResourceConfig:
         raise UserError(f"resource config: network_interface_name must be a string, not {interface!r}")
     known = {"current_host", "hosts", "network_interface_name", "current_instance_type"}
     return ResourceConfig(
-        current_host=current,
+        current_host=str(current),
         hosts=tuple(sorted(hosts)),
         network_interface_name=interface or "eth0",
         current_instance_type=str(raw.get("current_instance_type") or "unknown"),

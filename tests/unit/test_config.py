@@ -168,3 +168,19 @@ def test_our_own_hyperparameters_seed_and_pipe_shuffle_buffer():
         parse_hyperparameters({"num_classes": "2", "seed": "-1"})
     with pytest.raises(HyperparameterError, match="pipe_shuffle_buffer='lots' is not valid"):
         parse_hyperparameters({"num_classes": "2", "pipe_shuffle_buffer": "lots"})
+
+
+def test_the_typed_fields_are_the_schema():
+    import dataclasses
+
+    from ssd_detector.config import SCHEMA, Hyperparameters
+
+    fields = [f.name for f in dataclasses.fields(Hyperparameters) if f.name != "given"]
+    assert fields == [param.name for param in SCHEMA]
+    hp = parse_hyperparameters({"num_classes": "3"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        hp.epochs = 3  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        hp.epoch  # noqa: B018 - a misspelt name is an error
+    with pytest.raises(KeyError, match="epoch"):
+        hp.with_value("epoch", 3)

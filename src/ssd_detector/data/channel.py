@@ -54,7 +54,7 @@ class ChannelData:
 
 def _files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
     """Files under path (recursively, as SageMaker copies an S3 prefix) with the given suffixes."""
-    found = []
+    found: list[Path] = []
     for root, dirs, names in os.walk(path, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(Path(root) / n for n in sorted(names)

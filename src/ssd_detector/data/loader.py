@@ -59,7 +59,7 @@ def shard_indices(order: np.ndarray, part_index: int, num_parts: int, equal: boo
     return order[part_index::num_parts]
 
 
-def make_batch(samples: Sequence[Sample] | Mapping[int, Sample], indices: Sequence[int], transform: Transform,
+def make_batch(samples: Sequence[Sample] | Mapping[int, Sample], indices: Sequence[int] | np.ndarray, transform: Transform,
                seed: int, epoch: int, max_objects: int | None, targets: TargetFn | None = None,
                tolerant: bool = False) -> Batch:
     """The batch of samples[i] for i in indices. tolerant: an image that cannot be used becomes a

@@ -109,11 +109,15 @@ def _decode_json(payload: bytes) -> Any:
         return None
 
 
+def _payload_ref(payload: bytes) -> Callable[[int], ImageRef]:
+    """The image of a record: its payload from the label's end on."""
+    return lambda start: ImageRef("", data=payload[start:])
+
+
 def parse_recordio(stream: Any, where: str) -> Iterator[_Parsed]:
     for record in recordio.iter_records(stream, where):
         name = f"{where} record {record.index}"
-        sample, problems, width = image_record_sample(
-            record.payload, name, lambda start, payload=record.payload: ImageRef("", data=payload[start:]))
+        sample, problems, width = image_record_sample(record.payload, name, _payload_ref(record.payload))
         yield _Parsed(record.index, sample, problems, width)
 
 

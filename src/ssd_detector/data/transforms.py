@@ -163,7 +163,7 @@ def _geometry(rng: np.random.Generator, boxes: np.ndarray, cfg: AugmentConfig
         out_boxes = out_boxes[:, [2, 1, 0, 3]] * np.array([-1, 1, -1, 1], np.float32) + np.array([1, 0, 1, 0],
                                                                                                   np.float32)
     # The crop window in canvas units -> source-normalized units.
-    window = (crop - np.array([ox, oy, ox, oy], np.float32)) * ratio
+    window = np.asarray((crop - np.array([ox, oy, ox, oy], np.float32)) * ratio, np.float32)
     return window, out_boxes.astype(np.float32), kept, flip
 
 

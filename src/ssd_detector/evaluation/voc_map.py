@@ -22,7 +22,7 @@ class VOCMeanAP:
     voc07: bool = True
     _scores: list[list[np.ndarray]] = field(default_factory=list)
     _hits: list[list[np.ndarray]] = field(default_factory=list)
-    _positives: np.ndarray = field(default=None)  # type: ignore[assignment]
+    _positives: np.ndarray = field(default=None)  # type: ignore[arg-type]  # set in __post_init__
 
     def __post_init__(self) -> None:
         self.reset()

@@ -55,7 +55,8 @@ def _safe_extract(archive: Path, target: Path) -> None:
     root = target.resolve()
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            members, total = [], 0
+            members: list[tarfile.TarInfo] = []
+            total = 0
             for member in tar:
                 if len(members) >= MAX_ARCHIVE_MEMBERS:
                     raise UserError(f"{archive}: more than {MAX_ARCHIVE_MEMBERS} members; a model archive holds "

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.errors import AppImportError, HaltServer
@@ -21,7 +22,7 @@ LOG = logging.getLogger(__name__)
 WORKER_AGE_VAR = "SSD_SERVE_WORKER_AGE"  # set in each worker by post_fork: 1, 2, ... (respawns count on)
 
 
-_BOOTING: dict[str, object] = {}  # this worker process's gunicorn worker, while it loads the model
+_BOOTING: dict[str, Any] = {}  # this worker process's gunicorn worker, while it loads the model
 
 
 def _post_fork(server, worker) -> None:

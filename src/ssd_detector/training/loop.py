@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import mxnet as mx
 import numpy as np
@@ -89,7 +89,7 @@ class StopRequested:
 
     def __init__(self) -> None:
         self.flag = False
-        self._previous = None
+        self._previous: Any = None
 
     def install(self) -> None:
         self._previous = signal.signal(signal.SIGTERM, self._handle)
@@ -215,6 +215,7 @@ class Training:
         elif inputs.validation is not None:
             self.val_loader = DetectionLoader(inputs.validation.samples, VALIDATION_BATCH,
                                               ValTransform(hp.image_shape), shuffle=False, num_workers=workers)
+        assert hp.num_training_samples is not None  # counted by read_training_inputs when not given
         self.updates_per_epoch = batches_per_epoch(hp.num_training_samples, self.batch_size * self.world.size)
         optimizer, params = make_optimizer(hp, self.updates_per_epoch)
         self.schedule: StepWithWarmup = params["lr_scheduler"]
@@ -324,6 +325,7 @@ class Training:
         seen = batches = 0
         start = time.perf_counter()
         for index, batch in enumerate(self._train_batches(epoch)):
+            assert batch.cls_targets is not None and batch.box_targets is not None  # training batches carry targets
             ce, l1, stop = self.train_step(batch.images, batch.cls_targets, batch.box_targets)
             launcher.mark_progress()
             if not (math.isfinite(ce) and math.isfinite(l1)):
