@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 from ..data.images import MAX_PIXELS
 from . import codecs
 from .errors import HTTPError, PayloadTooLarge, RequestTimeout
-from .settings import BATCH_STRATEGY, ServeSettings
+from .settings import BATCH_STRATEGY, PAYLOAD_VAR, ServeSettings
 
 LOG = logging.getLogger(__name__)
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
@@ -66,7 +66,7 @@ def _read_body(limit: int) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"the body is {length} bytes, over the limit of {limit} bytes "
-                              f"({limit // (1024 * 1024)} MB, SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+                              f"({limit // (1024 * 1024)} MB, {PAYLOAD_VAR})")
     expected = length if length is not None else limit
     allowed = BODY_BASE_SECONDS + BODY_SECONDS_PER_MB * expected / (1024 * 1024)
     deadline = time.monotonic() + allowed
@@ -88,7 +88,7 @@ def _read_body(limit: int) -> bytes:
         raise RequestTimeout(f"no part of the body arrived for {IDLE_SECONDS} s ({size} bytes so far)") from None
     if size > limit:
         raise PayloadTooLarge(f"the body is over the limit of {limit} bytes "
-                              f"({limit // (1024 * 1024)} MB, SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+                              f"({limit // (1024 * 1024)} MB, {PAYLOAD_VAR})")
     return b"".join(parts)
 
 
