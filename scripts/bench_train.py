@@ -60,7 +60,8 @@ def training_for(rec: Path, base: str, size: int, batch: int, workers: int, work
 
     from ssd_detector.sagemaker_env import write_job
     from ssd_detector.training.inputs import read_training_inputs
-    from ssd_detector.training.loop import Training, host_contexts
+    from ssd_detector.training.assembly import host_contexts
+    from ssd_detector.training.loop import Training
 
     job = work / f"job-{base}-{size}"
     shutil.rmtree(job, ignore_errors=True)
@@ -96,7 +97,7 @@ def run_gluoncv(rec: Path, model: str, size: int, batch: int, workers: int, warm
     from gluoncv.data.transforms.presets.ssd import SSDDefaultTrainTransform
     from gluoncv.loss import SSDMultiBoxLoss
     from mxnet import autograd, gluon
-    from ssd_detector.training.loop import host_contexts
+    from ssd_detector.training.assembly import host_contexts
 
     contexts = host_contexts()  # every GPU of the host, else the CPU: the same devices as ours
     net = model_zoo.get_model(model, classes=[str(i) for i in range(NUM_CLASSES)], pretrained_base=False,

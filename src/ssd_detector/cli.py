@@ -108,7 +108,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .failure import run_job
     from .sagemaker_env import Paths
     from .training.launcher import worker_failure_file
-    from .training.loop import train
+    from .training.entry import train
 
     paths = Paths(Path(args.base_dir)) if args.base_dir else Paths.from_env()
     return run_job(lambda: train(paths), worker_failure_file(paths))

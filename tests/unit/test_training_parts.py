@@ -10,7 +10,7 @@ from ssd_detector.errors import HyperparameterError
 from ssd_detector.evaluation.voc_map import VOCMeanAP
 from ssd_detector.model.ssd import build_ssd
 from ssd_detector.training.inputs import augmentation_from_environment
-from ssd_detector.training.loop import data_workers, freeze_layers
+from ssd_detector.training.assembly import data_workers, freeze_layers
 from ssd_detector.training.metrics import METRIC_DEFINITIONS, MetricLog
 from ssd_detector.training.schedule import StepWithWarmup, batches_per_epoch
 
@@ -149,7 +149,7 @@ def test_horovod_worker_pins_the_gpu_of_its_local_rank():
     """No GPU here: the contexts are compared, not used."""
     import mxnet as mx
 
-    from ssd_detector.training.loop import worker_contexts
+    from ssd_detector.training.assembly import worker_contexts
 
     assert worker_contexts(3, 8) == [mx.gpu(3)]
     assert worker_contexts(0, 0) == [mx.cpu()]

@@ -111,6 +111,14 @@ def read_hyperparameters(model_dir: Path) -> dict[str, str]:
     return json.loads(path.read_text())
 
 
+def read_parameters(model_dir: Path) -> dict:
+    """The saved network's parameters by name (MXNet's arg:/aux: prefixes dropped), as NDArrays."""
+    import mxnet as mx
+
+    saved = mx.nd.load(str(model_dir / PARAMS_FILE))
+    return {k.split(":", 1)[1] if k.startswith(("arg:", "aux:")) else k: v for k, v in saved.items()}
+
+
 def read_class_names(model_dir: Path) -> dict[int, str]:
     path = model_dir / CLASSES_FILE
     if not path.is_file():

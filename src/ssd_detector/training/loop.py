@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import signal
 import tempfile
 import time
@@ -22,29 +21,27 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from ..config import Hyperparameters
 from ..data.loader import Batch, DetectionLoader, Transform
 from ..data.pipe import PIPE_DIR_VAR, pipe_timeout
 from ..data.sample import Issue
 from ..data.stream import PassReport, StreamLoader, StreamSource
 from ..data.transforms import TrainTransform, ValTransform, augment_config
-from ..environment import gpu_image_without_gpu
 from ..errors import DataError, HyperparameterError, Stopped, UserError
 from ..evaluation.voc_map import VOCMeanAP
 from ..model import artifact
 from ..model.backbones import load_pretrained
 from ..model.loss import SSDLoss
-from ..model.ssd import SSD, SSDDetector, build_ssd, short_parameter_names
+from ..model.ssd import SSDDetector, build_ssd
 from ..model.targets import TargetEncoder
-from ..sagemaker_env import Paths, env_int, require_job_config
+from ..sagemaker_env import Paths
 from . import checkpoint, distributed, launcher
-from .inputs import PipeChannel, TrainingInputs, format_issues, read_training_inputs
+from .inputs import PipeChannel, TrainingInputs, format_issues
 from .metrics import MetricLog
+from .assembly import freeze_layers, load_earlier_model, make_optimizer
 from .schedule import StepWithWarmup, batches_per_epoch
 
 LOG = logging.getLogger(__name__)
 
-DATA_WORKERS_ENV = "SSD_DATA_WORKERS"
 # Metric lines per epoch for the running training losses.
 LOG_LINES_PER_EPOCH = 10
 VALIDATION_BATCH = 16
@@ -54,25 +51,6 @@ def pipe_folder(paths: Paths) -> Path:
     """Where this process finds its FIFOs: SageMaker's, or its own copies when the host's workers
     share the streams (the launcher's fan-out)."""
     return Path(os.environ[PIPE_DIR_VAR]) if os.environ.get(PIPE_DIR_VAR) else paths.data_dir
-
-
-def host_contexts() -> list[mx.Context]:
-    """Every GPU of the host, else the CPU."""
-    count = mx.context.num_gpus()
-    if gpu_image_without_gpu(count):
-        LOG.warning("no GPU is visible in this container: the GPU image trains on the CPU")
-    return [mx.gpu(i) for i in range(count)] if count else [mx.cpu()]
-
-
-def data_workers(contexts: list[mx.Context], environ: dict | None = None) -> int:
-    """Worker processes for data: $SSD_DATA_WORKERS, else all cores but one on GPU hosts and one
-    on CPU hosts (where MXNet's own threads need the cores)."""
-    env = os.environ if environ is None else environ
-    if env.get(DATA_WORKERS_ENV, "").strip():
-        return env_int(env, DATA_WORKERS_ENV, 0, 0, 256)
-    if contexts[0].device_type == "gpu":
-        return max(1, (os.cpu_count() or 2) - 1)
-    return 1
 
 
 @dataclass
@@ -101,62 +79,6 @@ class StopRequested:
     def uninstall(self) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
-
-
-def freeze_layers(net: SSD, pattern: str) -> list[str]:
-    """Stops gradients for parameters whose short name matches (re.match) the pattern."""
-    if not pattern:
-        return []
-    names = short_parameter_names(net)
-    regex = re.compile(pattern)
-    frozen = [name for name in names if regex.match(name)]
-    if not frozen:
-        examples = ", ".join(n for n in list(names)[2:8])
-        raise HyperparameterError(
-            f"freeze_layer_pattern={pattern!r} matches no parameter of {net.base_network}; "
-            f"names look like {examples}")
-    for name in frozen:
-        names[name].grad_req = "null"
-    LOG.info("froze %d parameters matching %r (first: %s)", len(frozen), pattern, ", ".join(frozen[:5]))
-    return frozen
-
-
-def load_earlier_model(net: SSD, model_dir: Path, hp: Hyperparameters) -> None:
-    """Incremental training: start from an earlier artifact of this algorithm. A different
-    num_classes keeps everything but the class predictors, which start afresh."""
-    earlier = artifact.read_hyperparameters(model_dir)
-    if earlier.get("base_network") != hp.base_network:
-        raise UserError(f"the model channel holds a {earlier.get('base_network')!r} model but "
-                        f"base_network={hp.base_network!r}; incremental training needs the same base network")
-    saved = mx.nd.load(str(model_dir / artifact.PARAMS_FILE))
-    saved = {k.split(":", 1)[1] if k.startswith(("arg:", "aux:")) else k: v for k, v in saved.items()}
-    reinitialized = []
-    for name, param in net.collect_params().items():
-        if name not in saved:
-            raise UserError(f"the model in the model channel lacks parameter {name}; was it trained by "
-                            "this algorithm?")
-        if saved[name].shape != param.shape:
-            reinitialized.append(name)
-            continue
-        param.set_data(saved[name])
-    if reinitialized:
-        LOG.warning("model channel: num_classes %s -> %d; re-initialized the class predictors (%s)",
-                    earlier.get("num_classes"), hp.num_classes, ", ".join(reinitialized))
-    LOG.info("initialized from the model in %s", model_dir)
-
-
-def make_optimizer(hp: Hyperparameters, updates_per_epoch: int) -> tuple[str, dict]:
-    schedule = StepWithWarmup(hp.learning_rate, hp.lr_scheduler_step, hp.lr_scheduler_factor, updates_per_epoch)
-    params: dict = {"learning_rate": hp.learning_rate, "lr_scheduler": schedule}
-    if hp.optimizer == "sgd":
-        params.update(momentum=hp.momentum, wd=hp.weight_decay)
-    elif hp.optimizer == "rmsprop":
-        params.update(wd=hp.weight_decay)
-    elif "weight_decay" in hp.given:
-        LOG.warning("weight_decay applies to sgd and rmsprop only; ignored with optimizer=%s", hp.optimizer)
-    if hp.optimizer != "sgd" and "momentum" in hp.given:
-        LOG.warning("momentum applies to sgd only; ignored with optimizer=%s", hp.optimizer)
-    return hp.optimizer, params
 
 
 class Training:
@@ -514,45 +436,3 @@ class Training:
                 self._save_model()
             LOG.info("best validation mAP %.6f at epoch %d", self.state.best_map, self.state.best_epoch)
         LOG.info("training finished; model in %s", self.paths.model_dir)
-
-
-def train_single(paths: Paths) -> None:
-    """A job of one worker: this process, every device of the host."""
-    inputs = read_training_inputs(paths)
-    contexts = host_contexts()
-    Training(inputs, contexts, data_workers(contexts)).run()
-
-
-def worker_contexts(local_rank: int, gpus: int) -> list[mx.Context]:
-    """A Horovod worker's device: the GPU of its local rank, else the CPU."""
-    return [mx.gpu(local_rank % gpus)] if gpus else [mx.cpu()]
-
-
-def train_worker(paths: Paths) -> None:
-    """One Horovod worker started by the launcher: one device, one shard of the data."""
-    # Inputs first: every host checks the same data, so a data error is reported by all alike.
-    inputs = read_training_inputs(paths)
-    world = distributed.current_world()
-    launcher.mark_joined()
-    if not world.is_root:
-        logging.getLogger("ssd_detector").setLevel(logging.WARNING)  # rank 0 tells the story
-    try:
-        gpus = mx.context.num_gpus()
-        contexts = worker_contexts(world.local_rank, gpus)
-        workers = data_workers(contexts)
-        if contexts[0].device_type == "gpu" and not os.environ.get(DATA_WORKERS_ENV):
-            workers = max(1, workers // world.local_size)  # the host's cores, shared by its workers
-        Training(inputs, contexts, workers, world).run()
-    except BaseException:
-        world.shutdown(clean=False)
-        raise
-    world.shutdown()
-
-
-def train(paths: Paths) -> None:
-    """The ``train`` entry point of a host: a worker of a distributed job, or its launcher."""
-    require_job_config(paths)
-    if distributed.is_worker():
-        train_worker(paths)
-    else:
-        launcher.launch(paths, train_single)

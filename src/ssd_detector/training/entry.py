@@ -1,0 +1,51 @@
+"""The ``train`` command of a host: in the launcher's process, or as one Horovod worker the
+launcher started; either way it ends in Training.run()."""
+from __future__ import annotations
+
+import logging
+import os
+
+import mxnet as mx
+
+from ..sagemaker_env import Paths, require_job_config
+from . import distributed, launcher
+from .assembly import DATA_WORKERS_ENV, data_workers, host_contexts, worker_contexts
+from .inputs import read_training_inputs
+from .loop import Training
+
+
+def train_single(paths: Paths) -> None:
+    """A job of one worker: this process, every device of the host."""
+    inputs = read_training_inputs(paths)
+    contexts = host_contexts()
+    Training(inputs, contexts, data_workers(contexts)).run()
+
+
+def train_worker(paths: Paths) -> None:
+    """One Horovod worker started by the launcher: one device, one shard of the data."""
+    # Inputs first: every host checks the same data, so a data error is reported by all alike.
+    inputs = read_training_inputs(paths)
+    world = distributed.current_world()
+    launcher.mark_joined()
+    if not world.is_root:
+        logging.getLogger("ssd_detector").setLevel(logging.WARNING)  # rank 0 tells the story
+    try:
+        gpus = mx.context.num_gpus()
+        contexts = worker_contexts(world.local_rank, gpus)
+        workers = data_workers(contexts)
+        if contexts[0].device_type == "gpu" and not os.environ.get(DATA_WORKERS_ENV):
+            workers = max(1, workers // world.local_size)  # the host's cores, shared by its workers
+        Training(inputs, contexts, workers, world).run()
+    except BaseException:
+        world.shutdown(clean=False)
+        raise
+    world.shutdown()
+
+
+def train(paths: Paths) -> None:
+    """The ``train`` entry point of a host: a worker of a distributed job, or its launcher."""
+    require_job_config(paths)
+    if distributed.is_worker():
+        train_worker(paths)
+    else:
+        launcher.launch(paths, train_single)
