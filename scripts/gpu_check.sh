@@ -5,6 +5,7 @@
 # against GluonCV (installed in the throwaway container when it can be). Findings: one JSON file.
 #
 # Usage: scripts/gpu_check.sh [IMAGE] [OUTPUT]   (defaults: ssd-detector:gpu, ./gpu-check.json)
+# The scripts run from this checkout inside the image: build the image from the same checkout.
 # GPU_CHECK_ARGS adds gpu_check.py options, e.g. "--sections train_steps,allreduce".
 # GPU_CHECK_DEVICE=cpu runs everything on the CPU with a tiny network and no --gpus: the check of
 # this script on a machine without a GPU (tests/image/test_gpu_image.py does that).

@@ -61,7 +61,8 @@ def test_train_writes_the_model_and_metric_lines(tmp_path: Path, data: Path):
 
 
 def test_train_and_serve_on_path_and_info():
-    paths = docker("run", "--rm", "--entrypoint", "sh", IMAGE, "-c", "command -v train serve", check=True).stdout.split()
+    paths = docker("run", "--rm", "--entrypoint", "sh", IMAGE, "-c", "command -v train; command -v serve",
+                   check=True).stdout.split()
     assert paths == ["/opt/program/train", "/opt/program/serve"]
     result = docker("run", "--rm", IMAGE, "info", check=True)
     info = json.loads(result.stdout)
