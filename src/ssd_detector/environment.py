@@ -9,10 +9,6 @@ import platform
 
 from . import __version__
 
-# The wheels that hold the CUDA libraries libmxnet.so of mxnet-cu112 links (docker/gpu-requirements.txt).
-CUDA_WHEELS = ("nvidia-cuda-runtime-cu11", "nvidia-cublas-cu11", "nvidia-cufft-cu11", "nvidia-curand-cu11",
-               "nvidia-cusolver-cu11", "nvidia-cuda-nvrtc-cu11", "nvidia-nvtx-cu11", "nvidia-cudnn-cu11",
-               "nvidia-nccl-cu11")
 IMAGE_VARIANT_VAR = "SSD_IMAGE_VARIANT"  # set by the image: gpu or cpu
 FEATURES = ("CUDA", "CUDNN", "NCCL", "CUDA_RTC", "MKLDNN", "OPENMP")
 
@@ -22,6 +18,16 @@ def installed(distribution: str) -> str | None:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def cuda_wheels() -> dict[str, str]:
+    """The CUDA 11 library wheels installed beside MXNet (docker/gpu-requirements.txt), by name."""
+    found = {}
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower()
+        if name.startswith("nvidia-") and name.endswith("-cu11"):
+            found[name] = dist.version
+    return dict(sorted(found.items()))
 
 
 def gpu_image_without_gpu(gpus: int) -> bool:
@@ -49,7 +55,7 @@ def describe() -> dict:
                   "features": {name: features.is_enabled(name) for name in FEATURES}},
         "gpus": gpus,
         "horovod": horovod_build(),
-        "cuda_wheels": {name: version for name in CUDA_WHEELS if (version := installed(name))},
+        "cuda_wheels": cuda_wheels(),
     }
     if gpu_error:
         report["gpu_error"] = gpu_error

@@ -10,8 +10,6 @@ import tarfile
 import time
 from pathlib import Path
 
-import pytest
-
 from ssd_detector.data.synthetic import SynthSpec, generate
 from ssd_detector.sagemaker_env import write_job
 from ssd_detector.training.metrics import METRIC_DEFINITIONS

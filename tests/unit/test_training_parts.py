@@ -109,6 +109,17 @@ def test_data_workers_from_environment():
         data_workers([mx.cpu()], {"SSD_DATA_WORKERS": "x"})
 
 
+def test_data_workers_on_a_gpu_host_share_its_cores(monkeypatch):
+    """No GPU here: the contexts are only looked at."""
+    import mxnet as mx
+    monkeypatch.setattr("os.cpu_count", lambda: 9)
+    assert data_workers([mx.gpu(0)], {}) == 8
+    assert data_workers([mx.gpu(0)], {}, sharing=4) == 2
+    assert data_workers([mx.gpu(0)], {}, sharing=16) == 1
+    assert data_workers([mx.gpu(0)], {"SSD_DATA_WORKERS": "3"}, sharing=4) == 3
+    assert data_workers([mx.gpu(0)], {"SSD_DATA_WORKERS": " "}, sharing=4) == 2
+
+
 def test_augmentation_modes():
     full = augment_config("full")
     assert full.enabled and full.expand_prob > 0 and full.crop_prob > 0

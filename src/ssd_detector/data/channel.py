@@ -21,7 +21,7 @@ from . import recordio
 from .images import IMAGE_CONTENT_TYPES, ImageError, decode_rgb, image_size_of_file
 from .labels import LabelError, check_boxes, check_class_ids, check_image_size, class_id_value, clip_boxes, \
     pixel_objects, unpack_detection_label
-from .sample import ImageRef, Issue, Sample, empty_objects
+from .sample import ImageRef, Issue, Sample
 
 LOG = logging.getLogger(__name__)
 

@@ -64,10 +64,13 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     for _ in range(int(rng.integers(0, 8))):
         p0 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         p1 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-        r, g, b = (int(c) for c in rng.integers(0, 256, 3))
-        colour = (r, g, b)
-        cv2.line(image, p0, p1, colour, int(rng.integers(1, 4)), cv2.LINE_AA)
+        cv2.line(image, p0, p1, _colour(rng), int(rng.integers(1, 4)), cv2.LINE_AA)
     return image
+
+
+def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    r, g, b = (int(c) for c in rng.integers(0, 256, 3))
+    return r, g, b
 
 
 def _polygon(kind: str, x0: int, y0: int, w: int, h: int) -> np.ndarray:
@@ -135,9 +138,7 @@ def make_image(rng: np.random.Generator, spec: SynthSpec) -> tuple[np.ndarray, n
         if placed.size and np.any(box_iou(box[None], placed) > 0.2):
             continue
         cls = int(rng.integers(0, spec.classes))
-        r, g, b = (int(c) for c in rng.integers(0, 256, 3))
-        colour = (r, g, b)
-        _draw(image, SHAPES[cls], (x0, y0, x0 + w, y0 + h), colour)
+        _draw(image, SHAPES[cls], (x0, y0, x0 + w, y0 + h), _colour(rng))
         boxes.append([x0, y0, x0 + w, y0 + h])
         classes.append(cls)
     scale = np.array([width, height, width, height], np.float32)

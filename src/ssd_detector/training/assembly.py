@@ -23,22 +23,29 @@ LOG = logging.getLogger(__name__)
 DATA_WORKERS_ENV = "SSD_DATA_WORKERS"
 
 
-def host_contexts() -> list[mx.Context]:
-    """Every GPU of the host, else the CPU."""
+def visible_gpus() -> int:
+    """The GPUs MXNet sees; says so when the GPU image runs where there are none."""
     count = mx.context.num_gpus()
     if gpu_image_without_gpu(count):
         LOG.warning("no GPU is visible in this container: the GPU image trains on the CPU")
+    return count
+
+
+def host_contexts() -> list[mx.Context]:
+    """Every GPU of the host, else the CPU."""
+    count = visible_gpus()
     return [mx.gpu(i) for i in range(count)] if count else [mx.cpu()]
 
 
-def data_workers(contexts: list[mx.Context], environ: dict | None = None) -> int:
-    """Worker processes for data: $SSD_DATA_WORKERS, else all cores but one on GPU hosts and one
-    on CPU hosts (where MXNet's own threads need the cores)."""
+def data_workers(contexts: list[mx.Context], environ: dict | None = None, sharing: int = 1) -> int:
+    """Worker processes for data: $SSD_DATA_WORKERS, else on GPU hosts all cores but one, shared
+    by the host's `sharing` training workers, and one on CPU hosts (where MXNet's own threads
+    need the cores)."""
     env = os.environ if environ is None else environ
     if env.get(DATA_WORKERS_ENV, "").strip():
         return env_int(env, DATA_WORKERS_ENV, 0, 0, 256)
     if contexts[0].device_type == "gpu":
-        return max(1, (os.cpu_count() or 2) - 1)
+        return max(1, max(1, (os.cpu_count() or 2) - 1) // sharing)
     return 1
 
 

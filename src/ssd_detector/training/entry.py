@@ -3,13 +3,10 @@ launcher started; either way it ends in Training.run()."""
 from __future__ import annotations
 
 import logging
-import os
-
-import mxnet as mx
 
 from ..sagemaker_env import Paths, require_job_config
 from . import distributed, launcher
-from .assembly import DATA_WORKERS_ENV, data_workers, host_contexts, worker_contexts
+from .assembly import data_workers, host_contexts, visible_gpus, worker_contexts
 from .inputs import read_training_inputs
 from .loop import Training
 
@@ -30,12 +27,8 @@ def train_worker(paths: Paths) -> None:
     if not world.is_root:
         logging.getLogger("ssd_detector").setLevel(logging.WARNING)  # rank 0 tells the story
     try:
-        gpus = mx.context.num_gpus()
-        contexts = worker_contexts(world.local_rank, gpus)
-        workers = data_workers(contexts)
-        if contexts[0].device_type == "gpu" and not os.environ.get(DATA_WORKERS_ENV):
-            workers = max(1, workers // world.local_size)  # the host's cores, shared by its workers
-        Training(inputs, contexts, workers, world).run()
+        contexts = worker_contexts(world.local_rank, visible_gpus())
+        Training(inputs, contexts, data_workers(contexts, sharing=world.local_size), world).run()
     except BaseException:
         world.shutdown(clean=False)
         raise

@@ -35,9 +35,9 @@ from ..model.ssd import SSDDetector, build_ssd
 from ..model.targets import TargetEncoder
 from ..sagemaker_env import Paths
 from . import checkpoint, distributed, launcher
+from .assembly import freeze_layers, load_earlier_model, make_optimizer
 from .inputs import PipeChannel, TrainingInputs, format_issues
 from .metrics import MetricLog
-from .assembly import freeze_layers, load_earlier_model, make_optimizer
 from .schedule import StepWithWarmup, batches_per_epoch
 
 LOG = logging.getLogger(__name__)
