@@ -60,7 +60,7 @@ def held_out_map(model_dir: Path, test_dir: Path) -> float:
     from ssd_detector.evaluation.voc_map import VOCMeanAP
     from ssd_detector.inference import Predictor
 
-    predictor = Predictor(model_dir)
+    predictor = Predictor.load(model_dir)
     samples = read_channel(test_dir).samples
     metric = VOCMeanAP(5, 0.5, voc07=True)
     for start in range(0, len(samples), 16):

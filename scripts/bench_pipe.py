@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_accuracy import held_out_map, make_sets  # noqa: E402 - the scripts folder is not a package
-from pipe_feed import PipeFeeder, manifest_pass  # noqa: E402
+from bench_accuracy import held_out_map, make_sets  # the scripts folder is not a package
+from pipe_feed import PipeFeeder, manifest_pass
 
-from ssd_detector.sagemaker_env import write_job  # noqa: E402
+from ssd_detector.sagemaker_env import write_job
 
 LOG = logging.getLogger("bench_pipe")
 # bench_accuracy's recipe, long enough for the validation mAP to level off: before that, two runs

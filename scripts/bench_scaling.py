@@ -15,22 +15,17 @@ import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from script_helpers import free_port
 from ssd_detector.sagemaker_env import write_job
 
 LOG = logging.getLogger("bench_scaling")
 THROUGHPUT = re.compile(r"#throughput_metric: host=\S+, train throughput=(\S+) records/second")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_throughput(root: Path, data: Path, workers: int, hyperparameters: dict) -> float:

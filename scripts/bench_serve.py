@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,15 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from script_helpers import free_port
 
 LOG = logging.getLogger("bench_serve")
 TARGET_OVERHEAD = 1.10
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def invoke(port: int, body: bytes) -> float:
@@ -126,7 +121,7 @@ def main() -> int:
     LOG.info("model %s@%d (untrained), 640x480 JPEG of %d bytes, %d CPUs", args.base_network, args.image_shape,
              len(jpeg), cpus)
 
-    predictor = Predictor(model)
+    predictor = Predictor.load(model)
 
     def bare() -> float:
         start = time.perf_counter()

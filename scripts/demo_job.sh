@@ -5,18 +5,23 @@
 set -euo pipefail
 demo=$1
 base=${SAGEMAKER_BASE_DIR:?set SAGEMAKER_BASE_DIR}
-mkdir -p "$base/input/config" "$base/input/data"
-rm -rf "$base/input/data/train" "$base/input/data/validation"
-cp -r "$demo/data/recordio/train" "$demo/data/recordio/validation" "$base/input/data/"
-cat > "$base/input/config/hyperparameters.json" <<'JSON'
-{"num_classes": "4", "base_network": "\"mobilenet-0.25\"", "image_shape": "256", "mini_batch_size": "16",
- "epochs": "8", "optimizer": "adam", "learning_rate": "0.01", "lr_scheduler_step": "7", "use_pretrained_model": "0",
- "augmentation": "light"}
-JSON
-cat > "$base/input/config/inputdataconfig.json" <<'JSON'
-{"train": {"ContentType": "application/x-recordio", "TrainingInputMode": "File", "RecordWrapperType": "None"},
- "validation": {"ContentType": "application/x-recordio", "TrainingInputMode": "File", "RecordWrapperType": "None"}}
-JSON
+rm -rf "$base/input"
+# The job tree as SageMaker lays it out, written by the same function the tests and benchmarks use.
+"$(dirname "$0")/../.venv/bin/python" - "$base" "$demo/data/recordio" <<'PY'
+import sys
+from pathlib import Path
+
+from ssd_detector.sagemaker_env import write_job
+
+base, data = Path(sys.argv[1]), Path(sys.argv[2])
+file_mode = {"ContentType": "application/x-recordio", "TrainingInputMode": "File", "RecordWrapperType": "None"}
+# base_network JSON-quoted, as SDK v3 sends strings
+write_job(base, {"num_classes": "4", "base_network": '"mobilenet-0.25"', "image_shape": "256",
+                 "mini_batch_size": "16", "epochs": "8", "optimizer": "adam", "learning_rate": "0.01",
+                 "lr_scheduler_step": "7", "use_pretrained_model": "0", "augmentation": "light"},
+          {"train": data / "train", "validation": data / "validation"},
+          input_data_config={"train": file_mode, "validation": file_mode})
+PY
 cli="$(dirname "$0")/../.venv/bin/ssd-detector"
 echo "== checking the job's inputs"
 "$cli" check-job

@@ -172,7 +172,7 @@ def section_train_steps(args: argparse.Namespace) -> dict:
                        "--warmup", str(args.warmup)]
             try:
                 results[f"{config} {precision}"] = run_json(command, 900)
-            except Exception as exc:  # noqa: BLE001 - recorded; the other sections still run
+            except Exception as exc:  # recorded; the other sections still run
                 results[f"{config} {precision}"] = {"error": str(exc)}
     return results
 
@@ -236,7 +236,7 @@ def section_bench_train(args: argparse.Namespace) -> dict:
         return {"skipped": "--quick"}
     env = dict(os.environ)
     try:
-        import gluoncv  # noqa: F401 - only whether it is there
+        import gluoncv  # only whether it is there
     except ImportError:
         # Into the scratch folder, not the image's venv (the check runs as the calling user).
         # As scripts/install.sh --bench does: GluonCV asks for opencv-python, which would shadow
@@ -318,7 +318,7 @@ def main() -> int:
         begun = time.monotonic()
         try:
             findings[name] = section(args)
-        except Exception as exc:  # noqa: BLE001 - recorded; the other sections still run
+        except Exception as exc:  # recorded; the other sections still run
             findings[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
         findings[name + "_seconds"] = round(time.monotonic() - begun, 1)
     findings["seconds"] = round(time.monotonic() - started, 1)

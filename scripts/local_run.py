@@ -33,19 +33,12 @@ import tarfile
 import uuid
 from pathlib import Path
 
+from script_helpers import parse_pairs
+
 LOG = logging.getLogger("local_run")
 DEFAULT_CONTENT_TYPES = {".rec": "application/x-recordio", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
                          ".png": "image/png", ".json": "application/json"}
 
-
-def parse_pairs(values: list[str], what: str) -> dict[str, str]:
-    pairs = {}
-    for value in values:
-        key, sep, rest = value.partition("=")
-        if not sep or not key or not rest:
-            raise SystemExit(f"--{what} {value!r}: expected NAME=VALUE")
-        pairs[key] = rest
-    return pairs
 
 
 def fetch_s3(uri: str, target: Path) -> None:
@@ -153,13 +146,16 @@ def train(args: argparse.Namespace) -> int:
         raise SystemExit(f"--output {out} is not empty")
     out.mkdir(parents=True, exist_ok=True)
     hyperparameters = json.loads(args.hyperparameters.read_text())
-    sources = parse_pairs(args.channel, "channel")
-    content_types = parse_pairs(args.content_type, "content-type")
-    distributions = parse_pairs(args.distribution, "distribution")
+    try:
+        sources = parse_pairs(args.channel, "channel")
+        content_types = parse_pairs(args.content_type, "content-type")
+        distributions = parse_pairs(args.distribution, "distribution")
+        attribute_names = {k: v.split(",") for k, v in parse_pairs(args.attribute_names, "attribute-names").items()}
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     for name, value in distributions.items():
         if value not in ("FullyReplicated", "ShardedByS3Key"):
             raise SystemExit(f"--distribution {name}={value}: FullyReplicated or ShardedByS3Key")
-    attribute_names = {k: v.split(",") for k, v in parse_pairs(args.attribute_names, "attribute-names").items()}
     channels = {}
     for name, source in sources.items():
         if source.startswith("s3://"):
@@ -220,7 +216,7 @@ def serve(args: argparse.Namespace) -> int:
     process = subprocess.Popen(["docker", "run", "--rm", "--name", container, "-p", f"{args.port}:8080",
                                 "-v", f"{model.parent}:/opt/ml/model:ro", args.image, "serve"])
 
-    def stop(signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+    def stop(signum, frame) -> None:  # signal handler signature
         subprocess.run(["docker", "stop", "-t", "30", container], capture_output=True)
 
     signal.signal(signal.SIGTERM, stop)

@@ -139,7 +139,7 @@ class PipeFeeder:
                 finally:
                     path.unlink(missing_ok=True)
                 number += 1
-        except BaseException as exc:  # noqa: BLE001 - kept for the owner to report
+        except BaseException as exc:  # kept for the owner to report
             LOG.error("feeding %s failed: %s", self.channel, exc)
             self.error = exc
 

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from script_helpers import parse_pairs
+
 LOG = logging.getLogger("sagemaker_launch")
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 ENDPOINT_VARIANT = "AllTraffic"
@@ -87,15 +89,6 @@ class LaunchSpec:
     def max_wait(self) -> int | None:
         return self.max_run * 2 if self.spot else None
 
-
-def parse_pairs(values: list[str], what: str) -> dict[str, str]:
-    pairs = {}
-    for value in values:
-        key, sep, rest = value.partition("=")
-        if not sep or not key or not rest:
-            raise ValueError(f"--{what} {value!r}: expected NAME=VALUE")
-        pairs[key] = rest
-    return pairs
 
 
 def _s3(uri: str | None, what: str) -> None:

@@ -1,10 +1,12 @@
-"""A TCP port free on the loopback interface, for servers and rendezvous the tests start."""
+"""A TCP port free on the loopback interface, for servers and rendezvous the tests start: the
+scripts' helper, so there is one."""
 from __future__ import annotations
 
-import socket
+import sys
+from pathlib import Path
 
+SCRIPTS = str(Path(__file__).resolve().parents[1] / "scripts")
+if SCRIPTS not in sys.path:
+    sys.path.append(SCRIPTS)
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from script_helpers import free_port  # re-exported for the tests

@@ -107,11 +107,11 @@ def _cmd_check_job(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .failure import run_job
     from .sagemaker_env import Paths
-    from .training.launcher import worker_failure_file
     from .training.entry import train
+    from .training.protocol import failure_file
 
     paths = Paths(Path(args.base_dir)) if args.base_dir else Paths.from_env()
-    return run_job(lambda: train(paths), worker_failure_file(paths))
+    return run_job(lambda: train(paths), failure_file(paths))
 
 
 def _stop_on_sigterm(reason: str) -> None:
@@ -130,7 +130,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if not 0 <= args.threshold <= 1:
         raise UserError(f"--threshold {args.threshold} must be in [0, 1]")
-    predictor = Predictor(args.model_dir)
+    predictor = Predictor.load(args.model_dir)
     results = {}
     if args.draw:
         args.draw.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,27 @@
-"""What this installation is made of, for `ssd-detector info`: MXNet and the features it was built
-with, the GPUs it sees, Horovod's collective backends, and the CUDA libraries (wheels) beside it.
-The GPU image's checks and scripts/gpu_check.sh read this instead of guessing."""
+"""What this machine and installation are: the GPUs a process may use (one count for training and
+serving), and for `ssd-detector info` MXNet and the features it was built with, Horovod's
+collective backends, and the CUDA libraries (wheels) beside it. The GPU image's checks and
+scripts/gpu_check.sh read this instead of guessing."""
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Mapping
 
 from . import __version__
+from .errors import UserError
+from .sagemaker_env import env_int
+
+LOG = logging.getLogger(__name__)
 
 IMAGE_VARIANT_VAR = "SSD_IMAGE_VARIANT"  # set by the image: gpu or cpu
+GPUS_VAR = "SSD_NUM_GPUS"  # how many GPUs to use, everywhere (0: the CPU even where there are GPUs)
+NVIDIA_DRIVER_DIR = Path("/proc/driver/nvidia")  # absent: no NVIDIA driver, so no GPU to use
 FEATURES = ("CUDA", "CUDNN", "NCCL", "CUDA_RTC", "MKLDNN", "OPENMP")
 
 
@@ -30,6 +42,52 @@ def cuda_wheels() -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
+def gpu_count(environ: Mapping[str, str] | None = None) -> int:
+    """The GPUs this process uses: $SSD_NUM_GPUS when set, else every GPU MXNet sees.
+
+    Without an NVIDIA driver that is none, known without loading MXNet. Otherwise MXNet counts:
+    in this process when it is loaded already (a training or serving worker, which also checks
+    $SSD_NUM_GPUS against it), else in a child process, so that a launcher or gunicorn's master
+    never starts MXNet's engine threads (its forks would inherit them)."""
+    env = os.environ if environ is None else environ
+    wanted = env_int(env, GPUS_VAR, 0, 0, 1024) if env.get(GPUS_VAR, "").strip() else None
+    if "mxnet" in sys.modules:
+        seen = _mxnet_gpus() if NVIDIA_DRIVER_DIR.exists() else 0
+    elif wanted is not None:
+        return wanted
+    elif not NVIDIA_DRIVER_DIR.exists():
+        return 0
+    else:
+        seen = _mxnet_gpus_in_child(env)
+    if wanted is None:
+        return seen
+    if wanted > seen:
+        raise UserError(f"environment variable {GPUS_VAR}={wanted} asks for more GPUs than MXNet sees here "
+                        f"({seen}); use at most {seen}, or unset it to use every GPU")
+    return wanted
+
+
+def _mxnet_gpus() -> int:
+    import mxnet as mx
+
+    try:
+        return mx.context.num_gpus()
+    except mx.base.MXNetError as exc:  # a CUDA build where the driver does not answer
+        LOG.warning("MXNet cannot count GPUs (%s); using none", str(exc).strip().splitlines()[0])
+        return 0
+
+
+def _mxnet_gpus_in_child(environ: Mapping[str, str]) -> int:
+    result = subprocess.run([sys.executable, "-c", f"from {__package__}.environment import _mxnet_gpus; "
+                             "print(_mxnet_gpus())"],
+                            capture_output=True, text=True, timeout=300, env=dict(environ))
+    try:
+        return int(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        LOG.warning("could not count GPUs (%s); assuming none", result.stderr.strip()[-300:])
+        return 0
+
+
 def gpu_image_without_gpu(gpus: int) -> bool:
     """The GPU image started where no GPU is visible (a CPU instance): it then runs on the CPU."""
     return gpus == 0 and os.environ.get(IMAGE_VARIANT_VAR) == "gpu"
@@ -43,9 +101,9 @@ def describe() -> dict:
 
     features = mx.runtime.Features()
     try:
-        gpus = mx.context.num_gpus()
+        gpus = gpu_count()
         gpu_error = None
-    except mx.base.MXNetError as exc:
+    except (mx.base.MXNetError, UserError) as exc:
         gpus, gpu_error = 0, str(exc).strip().splitlines()[0]
     report = {
         "ssd_detector": __version__,

@@ -56,7 +56,7 @@ def run_job(job: Callable[[], None], failure_file: Path) -> int:
     except KeyboardInterrupt:
         write_failure(failure_file, "job interrupted")
         return EXIT_INTERNAL_ERROR
-    except Exception as exc:  # noqa: BLE001 - every other failure is reported, never lost
+    except Exception as exc:  # every other failure is reported, never lost
         reason = internal_error_reason(exc)
         LOG.error("%s", reason)
         write_failure(failure_file, reason)

@@ -19,10 +19,17 @@ NO_BOXES = np.zeros((0, 4), np.float32)
 
 
 class Predictor:
-    """Loads ``model_algo_1-symbol.json`` + ``-0000.params`` and the image size from ``hyperparams.json``."""
+    """Loads ``model_algo_1-symbol.json`` + ``-0000.params`` and the image size from ``hyperparams.json``
+    of an unpacked model folder; ``Predictor.load`` takes a model.tar.gz too."""
+
+    @classmethod
+    def load(cls, path: Path | str, ctx: mx.Context | None = None, extract_to: Path | None = None) -> "Predictor":
+        """The model at path: an artifact folder, a model.tar.gz, or a folder holding one (unpacked
+        to extract_to, default beside it)."""
+        return cls(artifact.locate(path, extract_to), ctx)
 
     def __init__(self, model_dir: Path | str, ctx: mx.Context | None = None) -> None:
-        self.model_dir = artifact.locate(model_dir)
+        self.model_dir = artifact.require_folder(Path(model_dir))
         self.ctx = ctx or mx.cpu()
         hyperparameters = artifact.read_hyperparameters(self.model_dir)
         try:

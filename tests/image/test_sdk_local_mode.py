@@ -43,7 +43,7 @@ def remove_containers_of(image: str) -> None:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def engine():  # noqa: ANN201 - a fixture that yields
+def engine():  # a fixture that yields
     usable = shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True,
                                                        timeout=60).returncode == 0
     if not usable:

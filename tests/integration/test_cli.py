@@ -60,7 +60,7 @@ def test_check_job_writes_failure_file_for_bad_hyperparameters(made: Path, tmp_p
     assert result.returncode == 1
     failure = (base / "output/failure").read_text()
     assert "optimizer='nag'" in failure and "one of sgd, adam, rmsprop, adadelta" in failure
-    (base / "input/config/hyperparameters.json").write_text(json.dumps({"num_classes": "3"}))
+    write_job(base, {"num_classes": "3"})  # the same job, its hyperparameters corrected
     (base / "output/failure").unlink()
     result = run("check-job", env={"SAGEMAKER_BASE_DIR": str(base)})
     assert result.returncode == 0, result.stderr

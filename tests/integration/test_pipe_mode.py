@@ -24,8 +24,9 @@ PIPE_MANIFEST = {**PIPE_RECORDIO, "RecordWrapperType": "RecordIO"}
 ATTRIBUTES = ["source-ref", "bounding-box"]
 
 
-def make_job(root: Path, hyperparameters: dict, channels: dict) -> Path:
-    return write_job(root / "opt_ml", hyperparameters, input_data_config=channels).base
+def make_job(root: Path, hyperparameters: dict, channels: dict, resource_config: dict | None = None) -> Path:
+    return write_job(root / "opt_ml", hyperparameters, input_data_config=channels,
+                     resource_config=resource_config).base
 
 
 def run(base: Path, timeout: float = 300, **env) -> subprocess.CompletedProcess:
@@ -39,7 +40,7 @@ def metric(log: str, name: str) -> list[float]:
     return [float(m.group(1)) for m in re.finditer(regex, log)]
 
 
-def fed_run(feed, base: Path, passes: dict, **env) -> tuple[subprocess.CompletedProcess, list[int]]:  # noqa: ANN001
+def fed_run(feed, base: Path, passes: dict, **env) -> tuple[subprocess.CompletedProcess, list[int]]:
     """Runs `train` while SageMaker's side (feed: scripts/pipe_feed.py) feeds each channel's FIFOs;
     returns the result and how many passes of each channel were read to the end."""
     folder = base / "input/data"
@@ -180,9 +181,8 @@ def test_two_hosts_with_a_sharded_manifest(tmp_path: Path, synth_set: Path, free
     channels = {"train": {**PIPE_MANIFEST, "S3DistributionType": "ShardedByS3Key"}, "validation": PIPE_RECORDIO}
     bases, running = [], []
     for index, host in enumerate(hosts):
-        base = make_job(tmp_path / host, {**TINY, "num_training_samples": "12"}, channels)
-        (base / "input/config/resourceconfig.json").write_text(json.dumps(
-            {"current_host": host, "hosts": hosts, "network_interface_name": "lo"}))
+        base = make_job(tmp_path / host, {**TINY, "num_training_samples": "12"}, channels,
+                        {"current_host": host, "hosts": hosts, "network_interface_name": "lo"})
         bases.append(base)
         running += [pipe_feed.PipeFeeder(base / "input/data", "train", pipe_feed.manifest_pass(
                         synth_set / "manifest/train.manifest", ATTRIBUTES, index, 2, "ShardedByS3Key")).start(),

@@ -109,8 +109,7 @@ def test_sigterm_saves_a_checkpoint_and_a_restart_resumes(tmp_path: Path, synth_
     state = json.loads((saved / "ssd-checkpoint.json").read_text())
     assert state["next_epoch"] == 1
     # A restart (as spot training does) resumes at the interrupted epoch.
-    (base / "input/config/hyperparameters.json").write_text(json.dumps({**TINY, "epochs": "2",
-                                                                       "mini_batch_size": "2"}))
+    write_job(base, {**TINY, "epochs": "2", "mini_batch_size": "2"})
     result = train(base)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from checkpoint" in result.stderr and "at epoch 1" in result.stderr

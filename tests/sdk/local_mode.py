@@ -58,7 +58,7 @@ def v3_train(args: argparse.Namespace) -> dict:
     return {"model_tar": str(root / "compressed_artifacts/model.tar.gz")}
 
 
-def v2_session():  # noqa: ANN201 - sagemaker.local.LocalSession
+def v2_session():  # sagemaker.local.LocalSession
     import boto3
     from sagemaker.local import LocalSession
 

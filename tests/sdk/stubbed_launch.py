@@ -82,7 +82,7 @@ def stubbed_session(plan: dict[str, list], calls: list) -> Any:
 def main() -> int:
     plan = json.loads(Path(sys.argv[1]).read_text())
     offline_environment()
-    sys.path[:0] = [str(ROOT / "src")]
+    sys.path[:0] = [str(ROOT / "src"), str(ROOT / "scripts")]
     spec = importlib.util.spec_from_file_location("sagemaker_launch", ROOT / "scripts/sagemaker_launch.py")
     launch = importlib.util.module_from_spec(spec)
     sys.modules["sagemaker_launch"] = launch
@@ -92,7 +92,7 @@ def main() -> int:
     try:
         with contextlib.redirect_stdout(out):
             rc = launch.main(plan["argv"], boto_session=stubbed_session(plan["responses"], calls))
-    except Exception:  # noqa: BLE001 - reported to the test, which shows it
+    except Exception:  # reported to the test, which shows it
         rc, error = -1, traceback.format_exc()
     sdk = importlib.metadata.version("sagemaker")
     print(json.dumps({"rc": rc, "calls": calls, "stdout": out.getvalue(), "error": error, "sdk": sdk}))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mxnet as mx
 import numpy as np
+import pytest
 from mxnet import gluon
 
 from ssd_detector.training import checkpoint
@@ -79,3 +80,14 @@ def test_a_flat_checkpoint_of_an_earlier_release_still_resumes(tmp_path: Path):
     state = checkpoint.load(tmp_path, fresh, fresh_trainer)
     assert state is not None and state.next_epoch == 3
     np.testing.assert_array_equal(weights(fresh), weights(net))
+
+
+def test_loop_state_travels_as_one_array():
+    """What the workers agree on after a resume: the whole state in one broadcast."""
+    state = checkpoint.LoopState(next_epoch=7, best_map=0.625, best_epoch=5, epochs_without_improvement=2)
+    values = state.to_array()
+    assert values.dtype == np.float64 and values.shape == (4,)
+    assert checkpoint.LoopState.from_array(values) == state
+    assert checkpoint.LoopState.from_array(np.array([7.0000001, 0.625, 4.9999999, 2.0])) == state  # floats back to ints
+    with pytest.raises(ValueError, match="4 numbers"):
+        checkpoint.LoopState.from_array(np.zeros(3))

@@ -181,6 +181,6 @@ def test_the_typed_fields_are_the_schema():
     with pytest.raises(dataclasses.FrozenInstanceError):
         hp.epochs = 3  # type: ignore[misc]
     with pytest.raises(AttributeError):
-        hp.epoch  # noqa: B018 - a misspelt name is an error
+        hp.epoch  # a misspelt name is an error
     with pytest.raises(KeyError, match="epoch"):
         hp.with_value("epoch", 3)

@@ -27,3 +27,34 @@ def test_only_the_gpu_image_without_a_gpu_says_so(monkeypatch):
     assert not gpu_image_without_gpu(0)
     monkeypatch.delenv(IMAGE_VARIANT_VAR)
     assert not gpu_image_without_gpu(0)
+
+
+def test_gpu_count_is_the_setting_or_what_mxnet_sees(monkeypatch, tmp_path):
+    """A CPU machine: no driver means no GPU; with a (stand-in) driver folder MXNet is asked, and
+    sees none, so asking for one is refused by name."""
+    import pytest
+
+    from ssd_detector import environment
+    from ssd_detector.errors import UserError
+
+    monkeypatch.setattr(environment, "NVIDIA_DRIVER_DIR", tmp_path / "absent")
+    assert environment.gpu_count({}) == 0
+    monkeypatch.setattr(environment, "NVIDIA_DRIVER_DIR", tmp_path)
+    import mxnet  # loaded: the path a training or serving worker takes
+    assert mxnet.context.num_gpus() == 0
+    assert environment.gpu_count({}) == 0 and environment.gpu_count({"SSD_NUM_GPUS": "0"}) == 0
+    with pytest.raises(UserError, match="SSD_NUM_GPUS=2 asks for more GPUs than MXNet sees here"):
+        environment.gpu_count({"SSD_NUM_GPUS": "2"})
+    with pytest.raises(UserError, match="SSD_NUM_GPUS='two'"):
+        environment.gpu_count({"SSD_NUM_GPUS": "two"})
+    assert environment._mxnet_gpus_in_child({}) == 0
+
+
+def test_a_process_without_mxnet_counts_without_loading_it():
+    """The launcher and gunicorn's master: the setting is taken as it is, and MXNet stays unloaded."""
+    code = ("import sys; from ssd_detector.environment import gpu_count; from ssd_detector.training.launcher "
+            "import workers_per_host; print(gpu_count({'SSD_NUM_GPUS': '3'}), gpu_count({}), "
+            "workers_per_host({'SSD_NUM_GPUS': '4'}), workers_per_host({}), 'mxnet' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3", "0", "4", "1", "False"]

@@ -205,7 +205,7 @@ def test_manifest_stream_parser_lists_problems_never_crashes(data: bytes):
     import io
 
     from ssd_detector.data.recordio import RecordIOFormatError
-    from ssd_detector.data.stream import StreamFormatError, parse_manifest
+    from ssd_detector.data.stream_records import StreamFormatError, parse_manifest
 
     try:
         parsed = list(parse_manifest(io.BytesIO(data), "train_0"))

@@ -1,6 +1,5 @@
 """Images + JSON annotations: every bad-data case is reported with where and what."""
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

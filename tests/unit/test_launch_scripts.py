@@ -20,6 +20,8 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def load(name: str):
+    if str(SCRIPTS) not in sys.path:
+        sys.path.append(str(SCRIPTS))  # where a script finds script_helpers, as when run as a file
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

@@ -186,7 +186,7 @@ def test_model_archive_cannot_write_beside_the_model_folder(tmp_path: Path):
     assert not (tmp_path / "model-x").exists()
 
 
-def _archive_with(tmp_path: Path, *members) -> Path:  # noqa: ANN002 - (TarInfo, bytes | None)
+def _archive_with(tmp_path: Path, *members) -> Path:  # (TarInfo, bytes | None)
     import io
     import tarfile
 
@@ -197,7 +197,7 @@ def _archive_with(tmp_path: Path, *members) -> Path:  # noqa: ANN002 - (TarInfo,
     return archive
 
 
-def _member(name: str, kind: bytes = b"0", size: int = 0, mode: int = 0o644):  # noqa: ANN202 - TarInfo
+def _member(name: str, kind: bytes = b"0", size: int = 0, mode: int = 0o644):  # TarInfo
     import tarfile
 
     info = tarfile.TarInfo(name)

@@ -50,7 +50,7 @@ def test_the_launcher_gives_workers_an_interface_this_host_has(tmp_path: Path, m
     job = launcher.Launcher(Paths(tmp_path), resources, per_host=2, environ={})
     seen = {}
 
-    def start(slots, address, scratch):  # noqa: ANN001 - stands in for Launcher._start
+    def start(slots, address, scratch, shared_pipes):  # stands in for Launcher._start
         seen["interface"] = job.interface
     monkeypatch.setattr(job, "_start", start)
     monkeypatch.setattr(job, "_watch", lambda deadline: None)

@@ -16,7 +16,8 @@ from ssd_detector.data.images import encode
 from ssd_detector.data.loader import Batch
 from ssd_detector.data.manifest import ImageResolver, parse_label, read_manifest
 from ssd_detector.data.pipe import PipeFanout, PipeStalled, PipeStream
-from ssd_detector.data.stream import StreamFormatError, StreamLoader, StreamSource, parse_manifest
+from ssd_detector.data.stream import StreamLoader, StreamSource
+from ssd_detector.data.stream_records import StreamFormatError, parse_manifest
 from ssd_detector.data.transforms import ValTransform
 from ssd_detector.errors import Stopped
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from ssd_detector.config import parse_hyperparameters
 from ssd_detector.errors import DataError, HyperparameterError, UserError
 from ssd_detector.sagemaker_env import Paths
-from ssd_detector.training.inputs import read_training_inputs
+from ssd_detector.training.inputs import augmentation_from_environment, read_training_inputs
 
 
 def job_tree(tmp_path: Path, synth_set: Path, fmt: str, hyperparameters: dict, config: dict | None = None) -> Paths:
@@ -97,3 +98,17 @@ def test_no_validation_channel_is_allowed(tmp_path, synth_set, caplog):
         inputs = read_training_inputs(paths)
     assert inputs.validation is None
     assert any("no validation channel" in r.getMessage() for r in caplog.records)
+
+
+def test_the_deprecated_environment_variable_still_chooses_the_augmentation(caplog):
+    hp = parse_hyperparameters({"num_classes": "2"})
+    assert augmentation_from_environment(hp, {}) is hp
+    assert augmentation_from_environment(hp, {"SSD_AUGMENT": "0"}).augmentation == "none"
+    chosen = augmentation_from_environment(hp, {"SSD_AUGMENT": "Light"})
+    assert chosen.augmentation == "light" and chosen.to_strings()["augmentation"] == "light"
+    assert "SSD_AUGMENT is deprecated" in caplog.text and "augmentation=light" in caplog.text
+    given = parse_hyperparameters({"num_classes": "2", "augmentation": "none"})
+    assert augmentation_from_environment(given, {"SSD_AUGMENT": "full"}).augmentation == "none"
+    assert "SSD_AUGMENT='full' is ignored" in caplog.text
+    with pytest.raises(Exception, match="SSD_AUGMENT='heavy'"):
+        augmentation_from_environment(hp, {"SSD_AUGMENT": "heavy"})

@@ -5,8 +5,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from ssd_detector.config import parse_hyperparameters
 from ssd_detector.data import transforms
-from ssd_detector.data.transforms import AugmentConfig, TrainTransform, ValTransform, box_iou, colour_matrix
+from ssd_detector.boxes import box_iou
+from ssd_detector.data.transforms import AugmentConfig, TrainTransform, ValTransform, augment_config, colour_matrix
+from ssd_detector.errors import HyperparameterError
 
 
 def scene(rng: np.random.Generator, width: int = 200, height: int = 150, n: int = 4):
@@ -123,3 +126,25 @@ def test_output_sizes(size):
     image, boxes = scene(np.random.default_rng(0))
     out, _, _ = TrainTransform(size)(image, boxes, np.random.default_rng(0))
     assert out.shape == (3, size, size)
+
+
+def test_augmentation_modes():
+    full = augment_config("full")
+    assert full.enabled and full.expand_prob > 0 and full.crop_prob > 0
+    assert not augment_config("none").enabled
+    light = augment_config("light")
+    assert light.enabled and light.expand_prob == 0 and light.crop_prob == 0 and light.flip_prob > 0
+    hp = parse_hyperparameters({"num_classes": "2"})
+    assert hp.augmentation == "full"
+    assert parse_hyperparameters({"num_classes": "2", "augmentation": "light"}).augmentation == "light"
+    with pytest.raises(HyperparameterError, match="augmentation.*'heavy'.*one of full, light, none"):
+        parse_hyperparameters({"num_classes": "2", "augmentation": "heavy"})
+    # Light augmentation keeps every object and its scale: boxes are the originals or their mirror.
+    boxes = np.array([[0.1, 0.2, 0.3, 0.5], [0.6, 0.1, 0.9, 0.4]], np.float32)
+    image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    transform = TrainTransform(32, light)
+    for seed in range(8):
+        out, out_boxes, kept = transform(image, boxes, np.random.default_rng(seed))
+        assert out.shape == (3, 32, 32) and kept.all()
+        mirrored = boxes[:, [2, 1, 0, 3]] * np.array([-1, 1, -1, 1], np.float32) + np.array([1, 0, 1, 0], np.float32)
+        assert np.allclose(out_boxes, boxes, atol=1e-6) or np.allclose(out_boxes, mirrored, atol=1e-6)

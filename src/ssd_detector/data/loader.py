@@ -73,7 +73,7 @@ def make_batch(samples: Sequence[Sample] | Mapping[int, Sample], indices: Sequen
         try:
             image = decode_rgb(sample.image.read())
             out, boxes, kept = transform(image, sample.boxes, rng)
-        except Exception as exc:  # noqa: BLE001 - the sample is named, whatever went wrong
+        except Exception as exc:  # the sample is named, whatever went wrong
             if not tolerant:
                 raise LoaderError(f"{sample.where}: {type(exc).__name__}: {exc}") from exc
             issues.append(Issue(sample.where, str(exc)))

@@ -139,7 +139,7 @@ class ImageResolver:
             try:
                 import boto3
                 self._s3 = boto3.client("s3")
-            except Exception as exc:  # noqa: BLE001 - no boto3, no credentials, no region
+            except Exception as exc:  # no boto3, no credentials, no region
                 raise FileNotFoundError(f"{ref} is not under --images and S3 is not reachable: {exc}") from None
             self._downloads = tempfile.TemporaryDirectory(prefix="ssd-manifest-")
         assert self._downloads is not None
@@ -147,7 +147,7 @@ class ImageResolver:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._s3.download_file(bucket, key, str(target))
-        except Exception as exc:  # noqa: BLE001 - botocore's errors name the object
+        except Exception as exc:  # botocore's errors name the object
             raise FileNotFoundError(f"cannot download {ref}: {exc}") from None
         return target
 

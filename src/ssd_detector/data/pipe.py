@@ -27,7 +27,6 @@ from ..sagemaker_env import env_int
 LOG = logging.getLogger(__name__)
 
 PIPE_TIMEOUT_VAR = "SSD_PIPE_TIMEOUT"  # seconds a FIFO may keep us waiting: to appear, to open, for bytes
-PIPE_DIR_VAR = "SSD_PIPE_DIR"  # where a worker finds its FIFOs (set by the launcher for shared streams)
 DEFAULT_PIPE_TIMEOUT = 900
 POLL_MS = 250
 CHUNK = 1 << 20
@@ -166,7 +165,7 @@ class PipeFanout:
                 epoch += 1
         except Stopped:
             return
-        except BaseException as exc:  # noqa: BLE001 - kept for the launcher; the workers time out meanwhile
+        except BaseException as exc:  # kept for the launcher; the workers time out meanwhile
             LOG.error("Pipe mode: sharing %s_%d between the workers failed: %s", channel, epoch, exc)
             self.error = exc
 

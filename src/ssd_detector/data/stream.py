@@ -1,16 +1,15 @@
 """Pipe-mode channels read as streams: records -> samples -> shuffle buffer -> batches.
 
-One pass reads one FIFO (``data.pipe``) to its end. A reader thread parses the records (RecordIO
-image records, or an augmented manifest's image and label records) and checks every label as
-File mode does; the samples this worker owns go through a shuffle buffer of a set size to the
-data workers, which decode, augment and build the SSD targets as for File mode. Memory is
-bounded by the shuffle buffer, a short queue and the batches in flight, whatever the channel's
+One pass reads one FIFO (``data.pipe``) to its end. A reader thread parses the records
+(``data.stream_records``: RecordIO image records, or an augmented manifest's image and label
+records) and checks every label as File mode does; the samples this worker owns go through a
+shuffle buffer of a set size to the data workers, which decode, augment and build the SSD targets
+as for File mode. Memory is bounded by the shuffle buffer, a short queue and the batches in flight, whatever the channel's
 size. Problems are collected, never skipped silently: ``PassReport`` holds them for the caller,
 which fails the job at the end of the pass.
 """
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -23,15 +22,13 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ..errors import Stopped
 from . import recordio
-from .channel import JSON_OBJECT_WIDTH, image_record_sample
-from ..errors import DataError, Stopped, shown
-from .images import HeaderIncomplete, ImageError, image_kind, image_size
 from .labels import check_class_ids
 from .loader import Batch, LoaderError, TargetFn, Transform, make_batch, worker_given_batch, worker_pool
-from .manifest import class_map_names, is_label, parse_label
 from .pipe import PipeStream, fifo_path
 from .sample import ImageRef, Issue, Sample
+from .stream_records import PARSERS, Parsed, StreamFormatError, image_header
 
 LOG = logging.getLogger(__name__)
 
@@ -39,10 +36,6 @@ FORMATS = ("recordio", "manifest")
 # Issues kept word for word per pass; beyond this only counted.
 KEPT_ISSUES = 100
 _END = object()
-
-
-class StreamFormatError(DataError):
-    """The stream cannot be read on (truncated, not RecordIO, records out of order)."""
 
 
 @dataclass(frozen=True)
@@ -91,121 +84,6 @@ class _Pass:
         self.closing.set()
         if self.thread is not None:
             self.thread.join(timeout=10)
-
-
-@dataclass
-class _Parsed:
-    index: int  # image index in the stream
-    sample: Sample | None
-    problems: list[str]
-    label_width: int
-    class_names: dict[int, str] = field(default_factory=dict)
-
-
-def _decode_json(payload: bytes) -> Any:
-    try:
-        return json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError):
-        return None
-
-
-def _payload_ref(payload: bytes) -> Callable[[int], ImageRef]:
-    """The image of a record: its payload from the label's end on."""
-    return lambda start: ImageRef("", data=payload[start:])
-
-
-def parse_recordio(stream: Any, where: str) -> Iterator[_Parsed]:
-    for record in recordio.iter_records(stream, where):
-        name = f"{where} record {record.index}"
-        sample, problems, width = image_record_sample(record.payload, name, _payload_ref(record.payload))
-        yield _Parsed(record.index, sample, problems, width)
-
-
-def parse_manifest(stream: Any, where: str) -> Iterator[_Parsed]:
-    """Records of an augmented manifest streamed with RecordWrapperType RecordIO: per line the
-    image's bytes, then the label attribute's JSON (and any further attributes' JSON)."""
-    index = -1
-    image: bytes | None = None
-    first_record = 0
-    labels: list[Any] = []
-
-    def finish() -> _Parsed:
-        name = f"{where} image {index} (records {first_record}-{record_index - 1})"
-        return _manifest_sample(index, name, image or b"", labels)
-
-    record_index = 0
-    for record in recordio.iter_records(stream, where):
-        record_index = record.index
-        if image_kind(record.payload) is not None:
-            if index >= 0:
-                yield finish()
-            index, image, first_record, labels = index + 1, record.payload, record.index, []
-            continue
-        value = _decode_json(record.payload)
-        if index < 0:
-            if value is not None:
-                raise StreamFormatError(
-                    f"{where}: record 0 is JSON, not an image: AttributeNames must list \"source-ref\" first, then "
-                    "the label attribute (SageMaker streams the attributes in that order)")
-            raise StreamFormatError(f"{where}: record 0 is neither a JPEG/PNG image nor JSON; is this an augmented "
-                                    "manifest channel with RecordWrapperType RecordIO?")
-        labels.append(value if value is not None else record.payload[:40])
-    record_index += 1
-    if index >= 0:
-        yield finish()
-
-
-def _manifest_sample(index: int, name: str, image: bytes, values: list[Any]) -> _Parsed:
-    def bad(problem: str) -> _Parsed:
-        return _Parsed(index, None, [problem], 0)
-
-    usable = [v for v in values if isinstance(v, dict)]
-    if len(usable) < len(values):
-        other = next(v for v in values if not isinstance(v, dict))
-        return bad(f"a record after the image is neither an image nor a JSON object (starts {shown(other, 40)})")
-    label = None
-    for value in usable:
-        if is_label(value):
-            if label is not None:
-                return bad("two label records follow the image")
-            label = value
-    if label is None:
-        if not values:
-            return bad("the image has no label record after it (AttributeNames must list the label attribute "
-                       "after \"source-ref\")")
-        label = usable[0]  # not a bounding-box label: parse_label says why
-    header = _image_header(image)
-    if isinstance(header, str):
-        return bad(header)
-    width, height = header
-    try:
-        boxes, class_ids, problems = parse_label(label, width, height)
-    except ValueError as exc:
-        return bad(str(exc))
-    sample = Sample(ImageRef("", data=image), boxes, class_ids, np.zeros(len(class_ids), bool), name,
-                    width=width, height=height)
-    names: dict[int, str] = {}
-    for value in usable:  # the label's metadata, when AttributeNames also lists it: the class names
-        names.update(class_map_names(value))
-    return _Parsed(index, sample, problems, 2 + JSON_OBJECT_WIDTH * len(class_ids), names)
-
-
-PARSERS: dict[str, Callable[[Any, str], Iterator[_Parsed]]] = {"recordio": parse_recordio,
-                                                                 "manifest": parse_manifest}
-
-
-def _image_header(data: bytes) -> tuple[int, int] | str:
-    """(width, height), or what is wrong: the cheap check (signature and size) every image gets
-    while streaming; decoding happens in the data workers."""
-    try:
-        width, height = image_size(data)
-    except HeaderIncomplete as exc:
-        return f"{exc} (truncated)"
-    except ImageError as exc:
-        return str(exc)
-    if width <= 0 or height <= 0:
-        return f"image header gives an empty size {width}x{height}"
-    return width, height
 
 
 class StreamLoader:
@@ -293,17 +171,17 @@ class StreamLoader:
             self._put(out, _END, closing)
         except recordio.RecordIOFormatError as exc:
             self._put(out, StreamFormatError(f"{exc} (Pipe mode, {user_path})"), closing)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
+        except BaseException as exc:  # handed to the consuming thread
             self._put(out, exc, closing)
 
-    def _account(self, parsed: _Parsed, report: PassReport) -> None:
+    def _account(self, parsed: Parsed, report: PassReport) -> None:
         report.images = max(report.images, parsed.index + 1)
         problems = list(parsed.problems)
         sample = parsed.sample
         if sample is not None:
             problems += check_class_ids(sample.class_ids, self.num_classes)
             if not sample.width:  # a manifest's image had its header read when it was paired
-                header = _image_header(sample.image.read())
+                header = image_header(sample.image.read())
                 if isinstance(header, str):
                     problems.append(header)
             if parsed.label_width > self.label_width:
@@ -360,7 +238,7 @@ class StreamLoader:
             try:
                 future.set_result(make_batch(chunk, list(chunk), self.transform, self.seed, self._epoch,
                                              self.max_objects, self.targets, tolerant=True))
-            except BaseException as exc:  # noqa: BLE001 - raised when the result is asked for
+            except BaseException as exc:  # raised when the result is asked for
                 future.set_exception(exc)
             return future
         return self._pool_ready().submit(worker_given_batch, self._epoch, chunk)

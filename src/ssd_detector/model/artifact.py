@@ -104,6 +104,14 @@ def locate(path: Path | str, extract_to: Path | None = None) -> Path:
     raise UserError(f"no model at {path}: expected {SYMBOL_FILE} and {PARAMS_FILE}, or a {ARCHIVE}")
 
 
+def require_folder(path: Path) -> Path:
+    """path, when it is an unpacked artifact (see locate for one that may be an archive)."""
+    missing = [name for name in (SYMBOL_FILE, PARAMS_FILE, HYPERPARAMS_FILE) if not (path / name).is_file()]
+    if missing:
+        raise UserError(f"{path} is not an unpacked model: it lacks {', '.join(missing)}")
+    return path
+
+
 def read_hyperparameters(model_dir: Path) -> dict[str, str]:
     path = model_dir / HYPERPARAMS_FILE
     if not path.is_file():

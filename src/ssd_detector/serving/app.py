@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from typing import Protocol
 
@@ -42,7 +43,8 @@ DRAIN_SECONDS = 2.0
 CHUNK = 1 << 20
 
 
-def _socket():  # noqa: ANN202 - the client's socket.socket, when gunicorn serves
+def _socket() -> socket.socket | None:
+    """The client's socket, when gunicorn serves (the Flask test client has none)."""
     return request.environ.get("gunicorn.socket")
 
 

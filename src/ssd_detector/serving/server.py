@@ -1,4 +1,4 @@
-"""gunicorn serving the app: settings checked and the model located in the master, the model
+"""gunicorn serving the app: settings checked and the model located (once) in the master, the model
 loaded in each worker after fork (MXNet is never loaded in the master), threads shared out."""
 from __future__ import annotations
 
@@ -59,17 +59,12 @@ def load_app(settings: ServeSettings):
 
     cv2.setNumThreads(settings.threads_per_worker)
     age = int(os.environ.get(WORKER_AGE_VAR, "1"))
-    ctx = mx.cpu()
-    if settings.gpus:
-        gpu = worker_gpu(age, mx.context.num_gpus())
-        if gpu is not None:
-            ctx = mx.gpu(gpu)
-        else:
-            LOG.warning("%d GPU(s) found but this MXNet has no GPU support; serving on the CPU", settings.gpus)
+    gpu = worker_gpu(age, settings.gpus)  # counted by the master (environment.gpu_count)
+    ctx = mx.cpu() if gpu is None else mx.gpu(gpu)
     loading = _heartbeat_while_loading()
     try:
         predictor = Predictor(settings.model_dir, ctx=ctx)
-    except Exception as exc:  # noqa: BLE001 - one clear line instead of a worker traceback
+    except Exception as exc:  # one clear line instead of a worker traceback
         first_line = (str(exc).strip().splitlines() or [""])[-1][:500]
         message = (f"worker {age} cannot load the model in {settings.model_dir}: {type(exc).__name__}: "
                    f"{first_line}")

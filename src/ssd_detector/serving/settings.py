@@ -2,12 +2,12 @@
 is named in the error. Variable names live here and nowhere else."""
 from __future__ import annotations
 
-import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from ..environment import gpu_count
 from ..errors import UserError
 from ..sagemaker_env import env_int
 
@@ -16,7 +16,6 @@ WORKERS_VARS = ("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS")
 TIMEOUT_VARS = ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT")
 PAYLOAD_VAR = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
 DEFAULT_ACCEPT_VAR = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"
-GPUS_VAR = "SSD_NUM_GPUS"  # overrides GPU detection (0 forces CPU)
 DEFAULT_PORT = 8080
 DEFAULT_TIMEOUT = 60
 DEFAULT_PAYLOAD_MB = 6
@@ -30,17 +29,6 @@ ACCEPT_TYPES = ("application/json", "application/json;annotation=1", "image/png"
                 "application/jsonlines")
 # SageMaker sends SIGKILL 30 s after SIGTERM: workers get this long to finish their request.
 GRACEFUL_SECONDS = 25
-
-
-def count_gpus(environ: Mapping[str, str]) -> int:
-    """GPUs visible to this container, found without loading MXNet (the master must not)."""
-    if environ.get(GPUS_VAR, "").strip():
-        return env_int(environ, (GPUS_VAR,), 0, 0, 1024)
-    found = len(glob.glob("/proc/driver/nvidia/gpus/*"))
-    visible = environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        found = min(found, len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"]))
-    return found
 
 
 @dataclass(frozen=True)
@@ -66,11 +54,13 @@ class ServeSettings:
 
     @classmethod
     def from_env(cls, model_dir: Path, environ: Mapping[str, str] | None = None, cpu_count: int | None = None,
-                 *, port: int | None = None, workers: int | None = None, host: str | None = None) -> ServeSettings:
-        """Keyword arguments (command-line options) win over the environment."""
+                 *, port: int | None = None, workers: int | None = None, host: str | None = None,
+                 gpus: int | None = None) -> ServeSettings:
+        """Keyword arguments (command-line options) win over the environment; cpu_count and gpus
+        default to this machine's (environment.gpu_count)."""
         environ = os.environ if environ is None else environ
         cpus = cpu_count or os.cpu_count() or 1
-        gpus = count_gpus(environ)
+        gpus = gpu_count(environ) if gpus is None else gpus
         if workers is not None and not 1 <= workers <= 256:
             raise UserError(f"--workers {workers} must be from 1 to 256")
         if port is not None and not 1 <= port <= 65535:

@@ -1,31 +1,48 @@
-"""The pieces a training job is assembled from, decided before the first step: the devices
-and data workers of this process, the starting weights (an earlier model), frozen layers, and the
-optimizer with its schedule."""
+"""A training job assembled from its inputs before the first step, top-down: the devices and
+data workers of this process, the network with its starting weights (an earlier model, ImageNet
+weights, or none) and frozen layers, the loaders (File or Pipe mode), and the optimizer with its
+schedule in a (distributed) trainer. ``assemble`` returns all of it as one ``Job``."""
 from __future__ import annotations
 
 import logging
 import os
 import re
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import mxnet as mx
+from mxnet import gluon
 
 from ..config import Hyperparameters
-from ..environment import gpu_image_without_gpu
+from ..data.loader import DetectionLoader, Transform
+from ..data.pipe import pipe_timeout
+from ..data.stream import StreamLoader, StreamSource
+from ..data.transforms import TrainTransform, ValTransform, augment_config
+from ..environment import gpu_count, gpu_image_without_gpu
 from ..errors import HyperparameterError, UserError
 from ..model import artifact
-from ..model.ssd import SSD, short_parameter_names
-from ..sagemaker_env import env_int
-from .schedule import StepWithWarmup
+from ..model.backbones import load_pretrained
+from ..model.loss import SSDLoss
+from ..model.ssd import SSD, SSDDetector, build_ssd, short_parameter_names
+from ..model.targets import TargetEncoder
+from ..sagemaker_env import Paths, env_int
+from . import distributed
+from .inputs import PipeChannel, TrainingInputs
+from .protocol import pipe_folder
+from .schedule import StepWithWarmup, batches_per_epoch
 
 LOG = logging.getLogger(__name__)
 
 DATA_WORKERS_ENV = "SSD_DATA_WORKERS"
+VALIDATION_BATCH = 16
 
 
 def visible_gpus() -> int:
-    """The GPUs MXNet sees; says so when the GPU image runs where there are none."""
-    count = mx.context.num_gpus()
+    """The GPUs this process trains on (environment.gpu_count); says so when the GPU image runs
+    where there are none."""
+    count = gpu_count()
     if gpu_image_without_gpu(count):
         LOG.warning("no GPU is visible in this container: the GPU image trains on the CPU")
     return count
@@ -107,3 +124,114 @@ def make_optimizer(hp: Hyperparameters, updates_per_epoch: int) -> tuple[str, di
     if hp.optimizer != "sgd" and "momentum" in hp.given:
         LOG.warning("momentum applies to sgd only; ignored with optimizer=%s", hp.optimizer)
     return hp.optimizer, params
+
+
+# ------------------------------------------------------------------------------------ the job
+Loader = DetectionLoader | StreamLoader
+
+
+@dataclass
+class Job:
+    """Everything the loop runs, built before its first step."""
+    net: SSD
+    detector: SSDDetector  # the network with decoding and NMS: validation and the artifact
+    loss: SSDLoss
+    train_loader: Loader
+    val_loader: Loader | None
+    trainer: gluon.Trainer
+    schedule: StepWithWarmup
+    batch_size: int  # per worker
+    updates_per_epoch: int
+
+
+def assemble(inputs: TrainingInputs, contexts: list[mx.Context], workers: int, world: distributed.World,
+             should_stop: Callable[[], bool]) -> Job:
+    """The job of this process: `workers` data workers, `world` its place among the job's workers,
+    should_stop asked by Pipe-mode readers while they wait for data (SIGTERM)."""
+    hp = inputs.hyperparameters
+    batch_size = worker_batch_size(hp.mini_batch_size, world.local_size)
+    mx.random.seed(hp.seed)
+    net = build_network(hp, contexts, inputs.paths.channel_dir("model"))
+    detector = SSDDetector(net, nms_threshold=hp.nms_threshold, nms_topk=hp.nms_topk)
+    detector.hybridize(static_alloc=True)
+    loss = SSDLoss()
+    loss.hybridize()
+    train_loader, val_loader = make_loaders(inputs, net, batch_size, workers, world, should_stop)
+    assert hp.num_training_samples is not None  # counted by read_training_inputs when not given
+    updates_per_epoch = batches_per_epoch(hp.num_training_samples, batch_size * world.size)
+    optimizer, params = make_optimizer(hp, updates_per_epoch)
+    trainable = {k: v for k, v in net.collect_params().items() if v.grad_req != "null"}
+    trainer = world.trainer(trainable, optimizer, params, kvstore="device" if len(contexts) > 1 else None)
+    return Job(net, detector, loss, train_loader, val_loader, trainer, params["lr_scheduler"], batch_size,
+               updates_per_epoch)
+
+
+def worker_batch_size(mini_batch_size: int, local_size: int) -> int:
+    """mini_batch_size is per host (the built-in's meaning), split across the host's workers."""
+    if mini_batch_size < local_size:
+        raise HyperparameterError(f"mini_batch_size={mini_batch_size} is smaller than the {local_size} workers "
+                                  f"of a host; use at least {local_size}")
+    return mini_batch_size // local_size
+
+
+def build_network(hp: Hyperparameters, contexts: list[mx.Context], model_channel: Path) -> SSD:
+    """The SSD on contexts: from the model channel's earlier model when there is one, else with
+    ImageNet weights (use_pretrained_model) or from scratch; then frozen layers, hybridized."""
+    net = build_ssd(hp.base_network, hp.num_classes, hp.image_shape)
+    net.initialize(mx.init.Xavier(magnitude=2), ctx=contexts)
+    net.materialize(contexts[0])
+    if model_channel.exists():
+        with tempfile.TemporaryDirectory(prefix="ssd-model-") as extracted:
+            load_earlier_model(net, artifact.locate(model_channel, Path(extracted)), hp)
+    elif hp.use_pretrained_model:
+        load_pretrained(net.features, hp.base_network)
+    else:
+        LOG.info("use_pretrained_model=0: training %s from scratch", hp.base_network)
+    freeze_layers(net, hp.freeze_layer_pattern)
+    net.hybridize(static_alloc=True, static_shape=True)
+    return net
+
+
+def make_loaders(inputs: TrainingInputs, net: SSD, batch_size: int, workers: int, world: distributed.World,
+                 should_stop: Callable[[], bool]) -> tuple[Loader, Loader | None]:
+    """The training loader (with SSD targets for net's anchors) and the validation loader, if any."""
+    hp = inputs.hyperparameters
+    train_transform = TrainTransform(hp.image_shape, augment_config(hp.augmentation))
+    targets = TargetEncoder(net.anchors, hp.overlap_threshold)
+    train: Loader
+    if isinstance(inputs.train, PipeChannel):
+        train = stream_loader(inputs.train, inputs.paths, hp, batch_size, train_transform, workers, targets,
+                              world, should_stop)
+    else:
+        # Rank r takes every size-th sample of the epoch's order, padded so every worker runs the
+        # same number of steps; batch j of all workers is batch j of one process with the global batch.
+        train = DetectionLoader(inputs.train.samples, batch_size, train_transform, shuffle=True, seed=hp.seed,
+                                part_index=world.rank, num_parts=world.size, equal_parts=world.size > 1,
+                                num_workers=workers, targets=targets)
+    validation: Loader | None = None
+    if isinstance(inputs.validation, PipeChannel):
+        # Every worker validates on the whole stream (rank 0's figure is broadcast).
+        validation = stream_loader(inputs.validation, inputs.paths, hp, VALIDATION_BATCH,
+                                   ValTransform(hp.image_shape), workers, None, world, should_stop, whole=True)
+    elif inputs.validation is not None:
+        validation = DetectionLoader(inputs.validation.samples, VALIDATION_BATCH, ValTransform(hp.image_shape),
+                                     shuffle=False, num_workers=workers)
+    return train, validation
+
+
+def stream_loader(channel: PipeChannel, paths: Paths, hp: Hyperparameters, batch_size: int, transform: Transform,
+                  workers: int, targets: TargetEncoder | None, world: distributed.World,
+                  should_stop: Callable[[], bool], whole: bool = False) -> StreamLoader:
+    """A Pipe-mode channel. With FullyReplicated every host gets the whole stream, so the job's
+    workers take disjoint parts; with ShardedByS3Key a host's workers split what it gets."""
+    if whole:
+        part, parts = 0, 1
+    elif channel.distribution == "ShardedByS3Key":
+        part, parts = world.local_rank, world.local_size
+    else:
+        part, parts = world.rank, world.size
+    source = StreamSource(channel.name, channel.format, pipe_folder(paths), paths.data_dir,
+                          part_index=part, num_parts=parts)
+    return StreamLoader(source, batch_size, transform, num_classes=hp.num_classes, label_width=hp.label_width,
+                        shuffle_buffer=0 if whole else hp.pipe_shuffle_buffer, seed=hp.seed, num_workers=workers,
+                        targets=targets, should_stop=should_stop, timeout=pipe_timeout())

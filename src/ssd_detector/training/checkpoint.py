@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
 from mxnet import gluon
 
 LOG = logging.getLogger(__name__)
@@ -37,6 +38,19 @@ class LoopState:
     best_map: float = -1.0
     best_epoch: int = -1
     epochs_without_improvement: int = 0
+
+    def to_array(self) -> np.ndarray:
+        """-> (4,) float64, to send to the other workers whole."""
+        return np.array([self.next_epoch, self.best_map, self.best_epoch, self.epochs_without_improvement],
+                        np.float64)
+
+    @classmethod
+    def from_array(cls, values: np.ndarray) -> "LoopState":
+        """The inverse of to_array."""
+        if np.shape(values) != (4,):
+            raise ValueError(f"a loop state is 4 numbers, got shape {np.shape(values)}")
+        next_epoch, best_map, best_epoch, without = (float(v) for v in values)
+        return cls(round(next_epoch), best_map, round(best_epoch), round(without))
 
 
 def _fsync(path: Path) -> None:
@@ -109,7 +123,7 @@ def load(directory: Path, net: gluon.Block, trainer: gluon.Trainer) -> LoopState
                 state = _read_state(folder)
                 net.load_parameters(str(folder / PARAMS), ctx=net.collect_params().list_ctx())
                 trainer.load_states(str(folder / STATES))
-            except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is skipped, and said
+            except Exception as exc:  # any unreadable checkpoint is skipped, and said
                 LOG.warning("skipping checkpoint %s: it does not load (%s: %s)", folder, type(exc).__name__,
                             str(exc).splitlines()[0][:300] if str(exc) else "")
                 continue

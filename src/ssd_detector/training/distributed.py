@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -106,13 +106,19 @@ class World:
     def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
         return values
 
-    def broadcast_float(self, value: float) -> float:
-        return value
+    def broadcast_array(self, values: np.ndarray) -> np.ndarray:
+        """Rank 0's values, on every worker (float64)."""
+        return np.asarray(values, np.float64)
 
-    def broadcast_parameters(self, params) -> None:  # noqa: ANN001 - a gluon ParameterDict
+    def broadcast_float(self, value: float) -> float:
+        return float(self.broadcast_array(np.array([value]))[0])
+
+    def broadcast_parameters(self, params: Mapping[str, Any]) -> None:
+        """params: a gluon ParameterDict; every worker gets rank 0's values."""
         pass
 
-    def trainer(self, params, optimizer: str, optimizer_params: dict, kvstore: str | None):  # noqa: ANN001
+    def trainer(self, params: Mapping[str, Any], optimizer: str, optimizer_params: dict,
+                kvstore: str | None) -> Any:
         from mxnet import gluon
 
         return gluon.Trainer(params, optimizer, optimizer_params, kvstore=kvstore)
@@ -142,13 +148,13 @@ class HorovodWorld(World):
         tensor = mx.nd.array(values, dtype="float64")  # exact sums of counts and flags
         return self._hvd.allreduce(tensor, average=False, name="allreduce_sum").asnumpy()
 
-    def broadcast_float(self, value: float) -> float:
+    def broadcast_array(self, values: np.ndarray) -> np.ndarray:
         import mxnet as mx
 
-        tensor = mx.nd.array([value], dtype="float64")
-        return float(self._hvd.broadcast(tensor, root_rank=0, name="broadcast_float").asscalar())
+        tensor = mx.nd.array(values, dtype="float64")
+        return self._hvd.broadcast(tensor, root_rank=0, name=f"broadcast_array.{tensor.size}").asnumpy()
 
-    def broadcast_parameters(self, params) -> None:  # noqa: ANN001
+    def broadcast_parameters(self, params: Mapping[str, Any]) -> None:
         import mxnet as mx
 
         # After a forward pass on the CPU, oneDNN may hold weights in a blocked layout whose bytes
@@ -162,7 +168,8 @@ class HorovodWorld(World):
         for param, copy in plain:
             param.set_data(copy)
 
-    def trainer(self, params, optimizer: str, optimizer_params: dict, kvstore: str | None):  # noqa: ANN001
+    def trainer(self, params: Mapping[str, Any], optimizer: str, optimizer_params: dict,
+                kvstore: str | None) -> Any:
         return self._hvd.DistributedTrainer(params, optimizer, optimizer_params)
 
     def gradient_scale(self) -> float:

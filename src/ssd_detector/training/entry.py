@@ -1,11 +1,11 @@
-"""The ``train`` command of a host: in the launcher's process, or as one Horovod worker the
-launcher started; either way it ends in Training.run()."""
+"""The ``train`` command of a host: the whole job in this process, the launcher of this host's
+Horovod workers, or one such worker; training itself ends in Training.run()."""
 from __future__ import annotations
 
 import logging
 
 from ..sagemaker_env import Paths, require_job_config
-from . import distributed, launcher
+from . import distributed, launcher, protocol
 from .assembly import data_workers, host_contexts, visible_gpus, worker_contexts
 from .inputs import read_training_inputs
 from .loop import Training
@@ -23,7 +23,7 @@ def train_worker(paths: Paths) -> None:
     # Inputs first: every host checks the same data, so a data error is reported by all alike.
     inputs = read_training_inputs(paths)
     world = distributed.current_world()
-    launcher.mark_joined()
+    protocol.mark_joined()
     if not world.is_root:
         logging.getLogger("ssd_detector").setLevel(logging.WARNING)  # rank 0 tells the story
     try:
@@ -36,9 +36,14 @@ def train_worker(paths: Paths) -> None:
 
 
 def train(paths: Paths) -> None:
-    """The ``train`` entry point of a host: a worker of a distributed job, or its launcher."""
+    """The ``train`` entry point of a host: a worker of a distributed job, the launcher of this
+    host's workers, or the whole job in this process."""
     require_job_config(paths)
     if distributed.is_worker():
         train_worker(paths)
+        return
+    host_launcher = launcher.for_host(paths)
+    if host_launcher is None:
+        train_single(paths)
     else:
-        launcher.launch(paths, train_single)
+        host_launcher.run()

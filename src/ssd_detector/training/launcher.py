@@ -19,24 +19,24 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Mapping
 
-from ..data.pipe import PIPE_DIR_VAR, PipeFanout, pipe_timeout
+from ..data.pipe import PipeFanout, pipe_timeout
+from ..environment import gpu_count
 from ..errors import JobFailed, Stopped
 from ..failure import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR
 from ..sagemaker_env import BASE_DIR_ENV, Paths, ResourceConfig, env_int, read_input_data_config, read_resource_config
 from . import distributed, network
+from .protocol import WorkerFiles, shared_pipe_dir
 
 LOG = logging.getLogger(__name__)
 
 WORKERS_PER_HOST_VAR = "SSD_WORKERS_PER_HOST"
 RENDEZVOUS_PORT_VAR = "SSD_RENDEZVOUS_PORT"
 JOIN_TIMEOUT_VAR = "SSD_JOIN_TIMEOUT"  # seconds for every host to join
-REASON_FILE_VAR = "SSD_WORKER_REASON_FILE"  # where a worker writes why it failed
-JOINED_FILE_VAR = "SSD_WORKER_JOINED_FILE"  # a worker creates it once Horovod is up, then touches it as it works
 PROGRESS_TIMEOUT_VAR = "SSD_PROGRESS_TIMEOUT"  # seconds a joined worker may go without progress
 DEFAULT_PROGRESS_TIMEOUT = 1800
-PROGRESS_EVERY = 5.0  # a worker touches its file at most this often (seconds)
 DEFAULT_RENDEZVOUS_PORT = 7777
 DEFAULT_JOIN_TIMEOUT = 300
 POLL_SECONDS = 0.2
@@ -44,47 +44,10 @@ POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 10
 
 
-def count_gpus() -> int:
-    """GPUs this host's MXNet can use; asked in a child process so the launcher never loads MXNet
-    (its engine threads must not be inherited by anything we start)."""
-    result = subprocess.run([sys.executable, "-c", "import mxnet; print(mxnet.context.num_gpus())"],
-                            capture_output=True, text=True, timeout=300)
-    try:
-        return int(result.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        LOG.warning("could not count GPUs (%s); assuming none", result.stderr.strip()[-300:])
-        return 0
-
-
 def workers_per_host(environ: Mapping[str, str]) -> int:
     if environ.get(WORKERS_PER_HOST_VAR, "").strip():
         return env_int(environ, WORKERS_PER_HOST_VAR, 1, 1, 64)
-    return max(1, count_gpus())
-
-
-def worker_failure_file(paths: Paths, environ: Mapping[str, str] | None = None) -> Path:
-    """Where this process reports its failure: its launcher's reason file for a worker, else
-    the job's failure file."""
-    env = os.environ if environ is None else environ
-    return Path(env[REASON_FILE_VAR]) if env.get(REASON_FILE_VAR) else paths.failure_file
-
-
-def mark_joined(environ: Mapping[str, str] | None = None) -> None:
-    env = os.environ if environ is None else environ
-    if env.get(JOINED_FILE_VAR):
-        Path(env[JOINED_FILE_VAR]).touch()
-
-
-_last_progress = [0.0]
-
-
-def mark_progress() -> None:
-    """A worker's sign of life for its launcher (a training or validation batch done); cheap
-    enough to call every batch."""
-    now = time.monotonic()
-    if now - _last_progress[0] >= PROGRESS_EVERY:
-        _last_progress[0] = now
-        mark_joined()
+    return max(1, gpu_count(environ))
 
 
 def resolve(host: str, deadline: float) -> str:
@@ -116,8 +79,7 @@ def wait_for_port(host: str, address: str, port: int, deadline: float, timeout: 
 class Worker:
     slot: distributed.Slot
     process: subprocess.Popen
-    reason_file: Path
-    joined_file: Path
+    files: WorkerFiles
 
     def describe(self) -> str:
         return f"rank {self.slot.rank} on host {self.slot.hostname}"
@@ -142,15 +104,13 @@ def _first_cause(failed: list[tuple[Worker, int]]) -> tuple[Worker, int]:
 def _blame_order(worker: Worker, code: int) -> int:
     if code < 0:
         return 0
-    reason = worker.reason_file.read_text() if worker.reason_file.exists() else ""
-    if not reason.strip():
+    if not worker.files.reason():
         return 3
-    consequence = distributed.PEER_LOST_TEXT in reason or distributed.PEER_FAILED_TEXT in reason
-    return 2 if consequence else 1
+    return 2 if worker.files.reason_is_consequence() else 1
 
 
 def _failure(worker: Worker, code: int) -> JobFailed:
-    reason = worker.reason_file.read_text().strip() if worker.reason_file.exists() else ""
+    reason = worker.files.reason()
     if reason:
         exit_code = EXIT_USER_ERROR if code == EXIT_USER_ERROR else EXIT_INTERNAL_ERROR
         return JobFailed(f"worker {worker.describe()}: {reason}", exit_code)
@@ -172,7 +132,7 @@ class Launcher:
         self.interface = resources.network_interface_name  # checked against this host's in run()
         self._terminating = False
 
-    def _forward_sigterm(self, signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+    def _forward_sigterm(self, signum: int, frame: FrameType | None) -> None:
         if not self.workers:  # still waiting for the rendezvous host: nothing to hand it to
             raise Stopped("SIGTERM while waiting for the job to form")
         LOG.warning("SIGTERM: passing it to the %d worker(s) of this host", len(self.workers))
@@ -224,7 +184,7 @@ class Launcher:
             with tempfile.TemporaryDirectory(prefix="ssd-workers-") as scratch:
                 fanout = self._share_pipes(mine, Path(scratch))
                 try:
-                    self._start(mine, address, Path(scratch))
+                    self._start(mine, address, Path(scratch), shared_pipes=fanout is not None)
                     self._watch(deadline)
                 finally:
                     if fanout is not None:
@@ -243,26 +203,24 @@ class Launcher:
                  if spec.input_mode == "Pipe" and name in ("train", "validation")]
         if not piped or len(slots) < 2:
             return None
-        folders = [scratch / "pipes" / str(slot.local_rank) for slot in slots]
+        folders = [shared_pipe_dir(scratch, slot.local_rank) for slot in slots]
         LOG.info("Pipe mode: sharing %s between the %d workers of this host", ", ".join(piped), len(slots))
         return PipeFanout(self.paths.data_dir, folders, piped, pipe_timeout(self.environ)).start()
 
-    def _start(self, slots: list[distributed.Slot], address: str, scratch: Path) -> None:
+    def _start(self, slots: list[distributed.Slot], address: str, scratch: Path, shared_pipes: bool) -> None:
         cpus = os.cpu_count() or 1
         for slot in slots:
+            files = WorkerFiles.in_scratch(scratch, slot.rank, slot.local_rank, shared_pipes)
             env = {**self.environ,
                    # Gloo's own timeout comes later than ours, so that the clearer message is ours.
                    **distributed.worker_environment(slot, address, self.port, self.interface,
                                                     self.join_timeout + 30),
-                   REASON_FILE_VAR: str(scratch / f"reason-{slot.rank}"),
-                   JOINED_FILE_VAR: str(scratch / f"joined-{slot.rank}"),
+                   **files.environment(),
                    BASE_DIR_ENV: str(self.paths.base)}
-            if (scratch / "pipes").is_dir():
-                env[PIPE_DIR_VAR] = str(scratch / "pipes" / str(slot.local_rank))
             # CPU workers share the cores (ignored on GPUs, where each worker has its own device).
             env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // len(slots))))
             process = subprocess.Popen([sys.executable, "-m", "ssd_detector.cli", "train"], env=env)
-            self.workers.append(Worker(slot, process, Path(env[REASON_FILE_VAR]), Path(env[JOINED_FILE_VAR])))
+            self.workers.append(Worker(slot, process, files))
             LOG.info("started worker rank %d (local rank %d), pid %d", slot.rank, slot.local_rank, process.pid)
 
     def _watch(self, join_deadline: float) -> None:
@@ -283,10 +241,10 @@ class Launcher:
             if joined and not self._terminating:
                 self._check_progress()
             if not joined:
-                joined = all(w.joined_file.exists() for w in self.workers)
+                joined = all(w.files.joined() for w in self.workers)
                 if not joined and time.monotonic() > join_deadline and not self._terminating:
                     self._stop_all()
-                    waiting = [w.describe() for w in self.workers if not w.joined_file.exists()]
+                    waiting = [w.describe() for w in self.workers if not w.files.joined()]
                     raise JobFailed(
                         f"the job did not form within {self.join_timeout} s ({JOIN_TIMEOUT_VAR}): "
                         f"{', '.join(waiting)} still waiting for the other hosts "
@@ -299,7 +257,7 @@ class Launcher:
         (a hang in a collective, a deadlocked data worker): bounded, with a reason."""
         now = time.time()
         try:
-            quiet = [(now - w.joined_file.stat().st_mtime, w) for w in self.workers if w.process.poll() is None]
+            quiet = [(w.files.quiet_seconds(now), w) for w in self.workers if w.process.poll() is None]
         except OSError:
             return  # a worker's file is being replaced; look again next time
         if not quiet:
@@ -315,11 +273,12 @@ class Launcher:
                 EXIT_INTERNAL_ERROR)
 
 
-def launch(paths: Paths, train_here) -> None:  # noqa: ANN001 - the in-process training function
-    """The train entry point of a host: one worker in this process, or a distributed job."""
+def for_host(paths: Paths, environ: Mapping[str, str] | None = None) -> Launcher | None:
+    """This host's launcher of a distributed job, or None when the whole job is one worker (which
+    then trains in this process)."""
+    env = os.environ if environ is None else environ
     resources = read_resource_config(paths)
-    per_host = workers_per_host(os.environ)
+    per_host = workers_per_host(env)
     if per_host * len(resources.hosts) == 1:
-        train_here(paths)
-        return
-    Launcher(paths, resources, per_host).run()
+        return None
+    return Launcher(paths, resources, per_host, env)

@@ -1,56 +1,40 @@
-"""Training one host: every device of the host, data in worker processes, validation each epoch.
-
-Order of a job: read and check the inputs, build the network (ImageNet or earlier-model
-weights), freeze layers, resume from a checkpoint if one exists, then per epoch: train, log
-the metric lines, validate (VOC07 mAP), keep the best model in ``model/``, checkpoint, and stop
-early when asked to. SIGTERM finishes the current batch, saves a checkpoint and exits cleanly.
+"""The epoch loop of one worker: train, log the metric lines, validate (VOC07 mAP), keep the
+best model in ``model/``, checkpoint, and stop early when asked to. The job it runs is built by
+``assembly.assemble``; a resume starts from the newest checkpoint. SIGTERM finishes the current
+batch, saves a checkpoint and exits cleanly.
 """
 from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from types import FrameType
 from typing import Any, Iterator
 
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from ..data.loader import Batch, DetectionLoader, Transform
-from ..data.pipe import PIPE_DIR_VAR, pipe_timeout
+from ..data.loader import Batch, DetectionLoader
 from ..data.sample import Issue
-from ..data.stream import PassReport, StreamLoader, StreamSource
-from ..data.transforms import TrainTransform, ValTransform, augment_config
-from ..errors import DataError, HyperparameterError, Stopped, UserError
+from ..data.stream import PassReport, StreamLoader
+from ..errors import DataError, Stopped, UserError
 from ..evaluation.voc_map import VOCMeanAP
 from ..model import artifact
-from ..model.backbones import load_pretrained
-from ..model.loss import SSDLoss
-from ..model.ssd import SSDDetector, build_ssd
-from ..model.targets import TargetEncoder
-from ..sagemaker_env import Paths
-from . import checkpoint, distributed, launcher
-from .assembly import freeze_layers, load_earlier_model, make_optimizer
-from .inputs import PipeChannel, TrainingInputs, format_issues
+from . import checkpoint, distributed
+from .assembly import assemble
+from .early_stopping import EarlyStopping
+from .inputs import TrainingInputs, format_issues
 from .metrics import MetricLog
-from .schedule import StepWithWarmup, batches_per_epoch
+from .protocol import mark_progress
+from .schedule import batches_per_epoch
 
 LOG = logging.getLogger(__name__)
 
 # Metric lines per epoch for the running training losses.
 LOG_LINES_PER_EPOCH = 10
-VALIDATION_BATCH = 16
-
-
-def pipe_folder(paths: Paths) -> Path:
-    """Where this process finds its FIFOs: SageMaker's, or its own copies when the host's workers
-    share the streams (the launcher's fan-out)."""
-    return Path(os.environ[PIPE_DIR_VAR]) if os.environ.get(PIPE_DIR_VAR) else paths.data_dir
 
 
 @dataclass
@@ -72,7 +56,7 @@ class StopRequested:
     def install(self) -> None:
         self._previous = signal.signal(signal.SIGTERM, self._handle)
 
-    def _handle(self, signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         LOG.warning("SIGTERM received: finishing the current batch, then saving and exiting")
         self.flag = True
 
@@ -82,6 +66,8 @@ class StopRequested:
 
 
 class Training:
+    """One worker's training: the job ``assemble`` builds, run epoch by epoch by ``run``."""
+
     def __init__(self, inputs: TrainingInputs, contexts: list[mx.Context], workers: int,
                  world: distributed.World | None = None) -> None:
         self.inputs = inputs
@@ -92,79 +78,14 @@ class Training:
         # Only rank 0 logs metric lines and writes model/ and checkpoints.
         self.metrics = MetricLog(inputs.resources.current_host, enabled=self.world.is_root)
         self.stop = StopRequested()
-        hp = self.hp
-        # mini_batch_size is per host (the built-in's meaning), split across the host's workers.
-        self.batch_size = hp.mini_batch_size // self.world.local_size
-        if self.batch_size < 1:
-            raise HyperparameterError(f"mini_batch_size={hp.mini_batch_size} is smaller than the "
-                                      f"{self.world.local_size} workers of a host; use at least {self.world.local_size}")
-        mx.random.seed(hp.seed)
-        self.net = build_ssd(hp.base_network, hp.num_classes, hp.image_shape)
-        self.net.initialize(mx.init.Xavier(magnitude=2), ctx=contexts)
-        self.net.materialize(contexts[0])
-        self.detector = SSDDetector(self.net, nms_threshold=hp.nms_threshold, nms_topk=hp.nms_topk)
-        model_channel = self.paths.channel_dir("model")
-        if model_channel.exists():
-            with tempfile.TemporaryDirectory(prefix="ssd-model-") as extracted:
-                load_earlier_model(self.net, artifact.locate(model_channel, Path(extracted)), hp)
-        elif hp.use_pretrained_model:
-            load_pretrained(self.net.features, hp.base_network)
-        else:
-            LOG.info("use_pretrained_model=0: training %s from scratch", hp.base_network)
-        freeze_layers(self.net, hp.freeze_layer_pattern)
-        self.net.hybridize(static_alloc=True, static_shape=True)
-        self.detector.hybridize(static_alloc=True)
-        self.loss = SSDLoss()
-        self.loss.hybridize()
-
-        train_transform = TrainTransform(hp.image_shape, augment_config(hp.augmentation))
-        targets = TargetEncoder(self.net.anchors, hp.overlap_threshold)
-        self.train_loader: DetectionLoader | StreamLoader
-        if isinstance(inputs.train, PipeChannel):
-            self.train_loader = self._stream(inputs.train, self.batch_size, train_transform, workers, targets)
-        else:
-            # Rank r takes every size-th sample of the epoch's order, padded so every worker runs the
-            # same number of steps; batch j of all workers is batch j of one process with the global batch.
-            self.train_loader = DetectionLoader(
-                inputs.train.samples, self.batch_size, train_transform, shuffle=True, seed=hp.seed,
-                part_index=self.world.rank, num_parts=self.world.size, equal_parts=self.world.size > 1,
-                num_workers=workers, targets=targets)
-        self.val_loader: DetectionLoader | StreamLoader | None = None
-        if isinstance(inputs.validation, PipeChannel):
-            # Every worker validates on the whole stream (rank 0's figure is broadcast).
-            self.val_loader = self._stream(inputs.validation, VALIDATION_BATCH, ValTransform(hp.image_shape),
-                                           workers, None, whole=True)
-        elif inputs.validation is not None:
-            self.val_loader = DetectionLoader(inputs.validation.samples, VALIDATION_BATCH,
-                                              ValTransform(hp.image_shape), shuffle=False, num_workers=workers)
-        assert hp.num_training_samples is not None  # counted by read_training_inputs when not given
-        self.updates_per_epoch = batches_per_epoch(hp.num_training_samples, self.batch_size * self.world.size)
-        optimizer, params = make_optimizer(hp, self.updates_per_epoch)
-        self.schedule: StepWithWarmup = params["lr_scheduler"]
-        trainable = {k: v for k, v in self.net.collect_params().items() if v.grad_req != "null"}
-        self.trainer = self.world.trainer(trainable, optimizer, params,
-                                          kvstore="device" if len(contexts) > 1 else None)
+        self.early_stopping = EarlyStopping.from_hyperparameters(self.hp)
+        job = assemble(inputs, contexts, workers, self.world, should_stop=lambda: self.stop.flag)
+        self.net, self.detector, self.loss = job.net, job.detector, job.loss
+        self.train_loader, self.val_loader = job.train_loader, job.val_loader
+        self.trainer, self.schedule = job.trainer, job.schedule
+        self.batch_size, self.updates_per_epoch = job.batch_size, job.updates_per_epoch
         self.state = checkpoint.LoopState()
         self._pass_stopped = False  # the last pass over a Pipe-mode train channel ended by SIGTERM
-
-    def _stream(self, channel: PipeChannel, batch_size: int, transform: Transform, workers: int,
-                targets: TargetEncoder | None, whole: bool = False) -> StreamLoader:
-        """A Pipe-mode channel. With FullyReplicated every host gets the whole stream, so the job's
-        workers take disjoint parts; with ShardedByS3Key a host's workers split what it gets."""
-        world = self.world
-        if whole:
-            part, parts = 0, 1
-        elif channel.distribution == "ShardedByS3Key":
-            part, parts = world.local_rank, world.local_size
-        else:
-            part, parts = world.rank, world.size
-        source = StreamSource(channel.name, channel.format, pipe_folder(self.paths), self.paths.data_dir,
-                              part_index=part, num_parts=parts)
-        return StreamLoader(source, batch_size, transform, num_classes=self.hp.num_classes,
-                            label_width=self.hp.label_width,
-                            shuffle_buffer=0 if whole else self.hp.pipe_shuffle_buffer, seed=self.hp.seed,
-                            num_workers=workers, targets=targets, should_stop=lambda: self.stop.flag,
-                            timeout=pipe_timeout())
 
     # ----------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -249,7 +170,7 @@ class Training:
         for index, batch in enumerate(self._train_batches(epoch)):
             assert batch.cls_targets is not None and batch.box_targets is not None  # training batches carry targets
             ce, l1, stop = self.train_step(batch.images, batch.cls_targets, batch.box_targets)
-            launcher.mark_progress()
+            mark_progress()
             if not (math.isfinite(ce) and math.isfinite(l1)):
                 raise UserError(f"training diverged at epoch {epoch}, batch {index}: loss is not finite "
                                 f"(cross_entropy={ce}, smooth_l1={l1}); lower learning_rate (now "
@@ -346,11 +267,7 @@ class Training:
         if self.world.size == 1:
             return
         self.world.broadcast_parameters(self.net.collect_params())
-        state = self.state
-        state.next_epoch = int(self.world.broadcast_float(state.next_epoch))
-        state.best_map = self.world.broadcast_float(state.best_map)
-        state.best_epoch = int(self.world.broadcast_float(state.best_epoch))
-        state.epochs_without_improvement = int(self.world.broadcast_float(state.epochs_without_improvement))
+        self.state = checkpoint.LoopState.from_array(self.world.broadcast_array(self.state.to_array()))
 
     def validate(self, epoch: int = 0) -> float:
         """VOC07 mAP over the whole validation set. Every worker runs it (no slower than rank 0
@@ -372,7 +289,7 @@ class Training:
     def _validate_here(self, epoch: int) -> float:
         metric = VOCMeanAP(self.hp.num_classes, self.hp.overlap_threshold, voc07=True)
         for batch in self._validation_batches(epoch):
-            launcher.mark_progress()
+            mark_progress()
             contexts = self.contexts[:len(batch.images)]
             xs = gluon.utils.split_and_load(batch.images, contexts, even_split=False)
             detections = np.concatenate([self.detector(x).asnumpy() for x in xs])  # (B, N, 6)
@@ -385,7 +302,6 @@ class Training:
 
     def end_epoch(self, epoch: int, result: EpochResult) -> bool:
         """Logs, validates, keeps the best model and checkpoints; returns whether to stop early."""
-        hp = self.hp
         throughput = result.images / max(result.seconds, 1e-9)
         self.metrics.throughput(throughput)
         summary = (f"Epoch {epoch}: cross_entropy={result.cross_entropy:.4f} smooth_l1={result.smooth_l1:.4f} "
@@ -395,24 +311,18 @@ class Training:
             value = self.validate(epoch)
             self.metrics.validation_map(epoch, value)
             summary += f", validation mAP={value:.4f}"
-            best = self.state.best_map
-            improved = value > best and (best <= 0 or (value - best) / best > hp.early_stopping_tolerance)
-            if improved:
-                self.state.best_map, self.state.best_epoch = value, epoch
-                self.state.epochs_without_improvement = 0
+            verdict = self.early_stopping.observe(self.state, epoch, value)
+            if verdict.improved:
                 LOG.info("Updating the best model with validation-mAP=%.6f", value)
                 self._save_model()
-            else:
-                self.state.epochs_without_improvement += 1
-            if (hp.early_stopping and epoch + 1 >= hp.early_stopping_min_epochs
-                    and self.state.epochs_without_improvement >= hp.early_stopping_patience):
+            if verdict.stop:
                 LOG.info("early stopping after epoch %d: no improvement of validation mAP over %.4f for %d epochs",
                          epoch, self.state.best_map, self.state.epochs_without_improvement)
                 stop_early = True
         else:
             self._save_model()
         LOG.info("%s", summary)
-        self.metrics.progress(100.0 * (epoch + 1) / hp.epochs)
+        self.metrics.progress(100.0 * (epoch + 1) / self.hp.epochs)
         self.state.next_epoch = epoch + 1
         self._checkpoint()
         return stop_early
