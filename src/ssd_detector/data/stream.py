@@ -4,8 +4,8 @@ One pass reads one FIFO (``data.pipe``) to its end. A reader thread parses the r
 (``data.stream_records``: RecordIO image records, or an augmented manifest's image and label
 records) and checks every label as File mode does; the samples this worker owns go through a
 shuffle buffer of a set size to the data workers, which decode, augment and build the SSD targets
-as for File mode. Memory is bounded by the shuffle buffer, a short queue and the batches in flight, whatever the channel's
-size. Problems are collected, never skipped silently: ``PassReport`` holds them for the caller,
+as for File mode. Memory is bounded by the shuffle buffer, a short queue and the batches in
+flight, whatever the channel's size. Problems are collected, never skipped silently: ``PassReport`` holds them for the caller,
 which fails the job at the end of the pass.
 """
 from __future__ import annotations

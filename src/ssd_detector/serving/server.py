@@ -14,7 +14,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.errors import AppImportError, HaltServer
 
-from ..environment import gpu_image_without_gpu
+from ..environment import gpu_count, gpu_image_without_gpu
 from ..model import artifact
 from .settings import GRACEFUL_SECONDS, ServeSettings
 
@@ -59,10 +59,12 @@ def load_app(settings: ServeSettings):
 
     cv2.setNumThreads(settings.threads_per_worker)
     age = int(os.environ.get(WORKER_AGE_VAR, "1"))
-    gpu = worker_gpu(age, settings.gpus)  # counted by the master (environment.gpu_count)
-    ctx = mx.cpu() if gpu is None else mx.gpu(gpu)
     loading = _heartbeat_while_loading()
     try:
+        # The master counted without MXNet; with MXNet loaded, gpu_count also checks SSD_NUM_GPUS
+        # against the GPUs it sees, so a wrong value is named here rather than by MXNet.
+        gpu = worker_gpu(age, gpu_count()) if settings.gpus else None
+        ctx = mx.cpu() if gpu is None else mx.gpu(gpu)
         predictor = Predictor(settings.model_dir, ctx=ctx)
     except Exception as exc:  # one clear line instead of a worker traceback
         first_line = (str(exc).strip().splitlines() or [""])[-1][:500]

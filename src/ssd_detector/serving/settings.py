@@ -1,5 +1,6 @@
 """Serving settings from the environment SageMaker (and BYOC convention) sets; each bad value
-is named in the error. Variable names live here and nowhere else."""
+is named in the error. Serving's variable names live here and nowhere else (SSD_NUM_GPUS, which
+training reads too, lives with the GPU count in ``environment``)."""
 from __future__ import annotations
 
 import os
