@@ -1,10 +1,16 @@
 #!/usr/bin/env python
-"""Accuracy on the CPU: train mobilenet-0.25 at 256 from scratch on a synthetic set within a
-time budget, then VOC07 mAP of the saved model on a held-out synthetic split.
+"""Accuracy on the CPU: train from scratch on each synthetic family within a time budget, then
+VOC07 mAP of the saved model, overall and per object size, on a held-out split.
 
-The training runs through the container's real entry point (`ssd-detector train` on a
-SageMaker-style tree); the held-out split is made with another seed and never seen in
-training or model selection. Prints mAP and wall time. Run with `make bench-accuracy`.
+Families: "shapes" (shapes on noise) and "photo" (shapes on photographs with distractors,
+occlusion, blur and lighting changes; ssd-detector synth --style photo). Each held-out split is
+made with another seed and never seen in training or model selection; the photo family's
+held-out split also uses photographs that its training images never show. Training runs through
+the container's real entry point (`ssd-detector train` on a SageMaker-style tree). With --runs N
+each family is trained N times with training seeds 0..N-1 and the mean and spread are printed;
+--peer also trains GluonCV's SSD on the same data, network, input size and budget
+(scripts/bench_peer.py); --pretrained fine-tunes from the ImageNet weights in $MXNET_HOME when
+they are there. Run with `make bench-accuracy` (ARGS="..." passes options).
 """
 from __future__ import annotations
 
@@ -24,103 +30,208 @@ import numpy as np
 from ssd_detector.sagemaker_env import write_job
 
 LOG = logging.getLogger("bench_accuracy")
-# The best recipe measured from scratch (README, Benchmarks): Adam at 0.01, batch 16, light
-# augmentation (colour and flip; SSD's expand and crop slow convergence from scratch several-fold).
+FAMILIES = ("shapes", "photo")
+CLASSES, WIDTH, HEIGHT = 5, 320, 240
+# The best recipe measured from scratch (README, Benchmarks).
 HYPERPARAMETERS = {
-    "num_classes": "5", "base_network": "mobilenet-0.25", "image_shape": "256", "mini_batch_size": "16",
+    "num_classes": str(CLASSES), "base_network": "mobilenet-0.25", "image_shape": "256", "mini_batch_size": "16",
     "epochs": "27", "optimizer": "adam", "learning_rate": "0.01", "lr_scheduler_step": "21,26",
     "lr_scheduler_factor": "0.1", "use_pretrained_model": "0", "augmentation": "light",
 }
 TARGET_MAP = 0.85
+HELD_OUT_PHOTO_EVERY = 4  # every 4th packaged photograph (by name) shows only in held-out images
 
 
-def make_sets(root: Path, train: int, validation: int, test: int, fmt: str = "recordio",
-              seed: int = 31) -> tuple[Path, Path]:
-    """Training and validation sets under root/data (in fmt), and a held-out RecordIO split made
-    with another seed; made once per size."""
+def split_photos(root: Path) -> tuple[Path, Path]:
+    """Folders of links to the packaged photographs: one for training and validation images, one
+    (every HELD_OUT_PHOTO_EVERY-th by name) for held-out images only."""
+    from ssd_detector.data.synth_photo import find_photos
+
+    photos = sorted(find_photos(None), key=lambda p: p.name)
+    seen, unseen = root / "photos/seen", root / "photos/unseen"
+    for folder in (seen, unseen):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    for index, photo in enumerate(photos):
+        folder = unseen if index % HELD_OUT_PHOTO_EVERY == HELD_OUT_PHOTO_EVERY - 1 else seen
+        (folder / photo.name).symlink_to(photo)
+    return seen, unseen
+
+
+def make_sets(root: Path, family: str, train: int, validation: int, test: int, seed: int = 31) -> tuple[Path, Path]:
+    """Training and validation sets (RecordIO) under root/data and a held-out RecordIO split made
+    with another seed; made once per family and size."""
     from ssd_detector.data.synthetic import SynthSpec, generate
 
     data, held_out = root / "data", root / "test"
-    marker = root / f".made-{train}-{validation}-{test}-{fmt}-{seed}"
+    marker = root / f".made-{train}-{validation}-{test}-{seed}"
     if not marker.exists():
-        LOG.info("making %d training, %d validation and %d held-out synthetic images", train, validation, test)
+        LOG.info("%s: making %d training, %d validation and %d held-out images", family, train, validation, test)
         for folder in (data, held_out):
             shutil.rmtree(folder, ignore_errors=True)
-        generate(data, SynthSpec(train=train, validation=validation, classes=5, width=320, height=240, seed=seed,
-                                 format=fmt))
-        generate(held_out, SynthSpec(train=0, validation=test, classes=5, width=320, height=240, seed=seed + 1,
-                                     format="recordio"))
+        seen, unseen = split_photos(root) if family == "photo" else (None, None)
+        common = dict(classes=CLASSES, width=WIDTH, height=HEIGHT, format="recordio", style=family)
+        generate(data, SynthSpec(train=train, validation=validation, seed=seed, backgrounds=str(seen or ""), **common))
+        generate(held_out, SynthSpec(train=0, validation=test, seed=seed + 1, backgrounds=str(unseen or ""), **common))
         marker.touch()
     return data, held_out / "validation"
 
 
-def held_out_map(model_dir: Path, test_dir: Path) -> float:
+def held_out_scores(model_dir: Path, test_dir: Path) -> dict:
+    """VOC07 mAP of the model at model_dir on the images of test_dir, overall and per size."""
     from ssd_detector.data.channel import read_channel
     from ssd_detector.data.images import decode_rgb
-    from ssd_detector.evaluation.voc_map import VOCMeanAP
+    from ssd_detector.evaluation.by_size import SizedMeanAP
     from ssd_detector.inference import Predictor
 
     predictor = Predictor.load(model_dir)
     samples = read_channel(test_dir).samples
-    metric = VOCMeanAP(5, 0.5, voc07=True)
+    metric = SizedMeanAP(CLASSES)
     for start in range(0, len(samples), 16):
         chunk = samples[start:start + 16]
         rows = predictor.predict_batch([decode_rgb(s.image.read()) for s in chunk])
         for sample, found in zip(chunk, rows):
             metric.update(found[:, 2:6], found[:, 0].astype(np.int64), found[:, 1], sample.boxes, sample.class_ids,
-                          sample.difficult)
-    return metric.value()
+                          sample.difficult, WIDTH, HEIGHT)
+    return {"map": metric.value(), "by_size": metric.size_values(), "objects_by_size": metric.counts}
+
+
+def train_once(job: Path, data: Path, hyperparameters: dict, budget: float, log_path: Path) -> dict:
+    """One training job within budget seconds -> its wall time, whether it finished, its
+    validation mAPs; raises RuntimeError when it fails."""
+    shutil.rmtree(job, ignore_errors=True)
+    write_job(job, hyperparameters, {d.name: d for d in data.iterdir() if d.is_dir()}, link=True)
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "ssd_detector.cli", "train"], stdout=log, stderr=log,
+                                   env={**os.environ, "SAGEMAKER_BASE_DIR": str(job), "SSD_DATA_WORKERS": "1"})
+        try:
+            code = process.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            process.terminate()  # the job saves its best model so far on SIGTERM, as on SageMaker
+            process.wait(timeout=120)
+            code = None
+    wall = time.monotonic() - start
+    if code not in (0, None):
+        raise RuntimeError(f"training failed (exit {code}); see {log_path}")
+    validation = [float(v) for v in re.findall(r"validation mAP <score>=\((\S+)\)", log_path.read_text())]
+    return {"wall_seconds": wall, "finished": code == 0, "validation_map": validation}
+
+
+def spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f} (one run: no spread)"
+    return (f"mean {np.mean(values):.4f}, std {np.std(values, ddof=1):.4f}, range {min(values):.4f}-{max(values):.4f} "
+            f"over {len(values)} runs")
+
+
+def sizes_text(by_size: dict) -> str:
+    return ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in by_size.items())
+
+
+def run_family(args: argparse.Namespace, family: str, hyperparameters: dict) -> dict:
+    root = args.root / family
+    data, test_dir = make_sets(root, family, args.train, args.validation, args.test)
+    runs = []
+    for run in range(args.runs):
+        chosen = {**hyperparameters, "seed": str(run)}
+        LOG.info("%s, run %d: training %s", family, run + 1, json.dumps(chosen))
+        result = train_once(root / "job", data, chosen, args.budget, root / f"train-{run}.log")
+        result.update(held_out_scores(root / "job/model", test_dir), seed=run)
+        LOG.info("%s, run %d: held-out mAP %.4f (%s) after %.0f s%s, best validation mAP %.4f over %d epochs",
+                 family, run + 1, result["map"], sizes_text(result["by_size"]), result["wall_seconds"],
+                 "" if result["finished"] else " (STOPPED at the budget)", max(result["validation_map"], default=0),
+                 len(result["validation_map"]))
+        runs.append(result)
+    outcome: dict = {"family": family, "runs": runs, "hyperparameters": hyperparameters}
+    if args.peer:
+        outcome["peer"] = run_peer(args, root, data, test_dir, hyperparameters)
+    return outcome
+
+
+def run_peer(args: argparse.Namespace, root: Path, data: Path, test_dir: Path, hyperparameters: dict) -> dict:
+    """GluonCV's SSD on the same data, base network, input size and budget (scripts/bench_peer.py)."""
+    out = root / "peer.json"
+    out.unlink(missing_ok=True)
+    command = [sys.executable, str(Path(__file__).parent / "bench_peer.py"), "--train", str(data / "train/train.rec"),
+               "--validation", str(data / "validation/validation.rec"), "--test", str(test_dir / "validation.rec"),
+               "--base-network", hyperparameters["base_network"], "--image-size", hyperparameters["image_shape"],
+               "--budget", str(args.budget), "--classes", str(CLASSES), "--work", str(root / "peer"),
+               "--output", str(out)]
+    LOG.info("peer: %s", " ".join(command[1:]))
+    with open(root / "peer.log", "w") as log:
+        code = subprocess.run(command, stdout=log, stderr=log, env={**os.environ, "SSD_DATA_WORKERS": "1"}).returncode
+    if code != 0 or not out.exists():
+        raise RuntimeError(f"the GluonCV peer failed (exit {code}); see {root / 'peer.log'}")
+    peer = json.loads(out.read_text())
+    LOG.info("peer (GluonCV %s): held-out mAP %.4f (%s) after %.0f s, %d epochs", peer["model"], peer["map"],
+             sizes_text(peer["by_size"]), peer["wall_seconds"], peer["epochs"])
+    return peer
+
+
+def pretrained_choice(hyperparameters: dict) -> tuple[dict, str]:
+    """use_pretrained_model=1 when MXNet's zoo file for the base network is in $MXNET_HOME; else
+    the hyperparameters unchanged and why."""
+    from ssd_detector.model.backbones import zoo_weights_file
+
+    try:
+        path = zoo_weights_file(hyperparameters["base_network"])
+    except (FileNotFoundError, ValueError) as exc:
+        return hyperparameters, f"ImageNet weights absent ({exc}); trained from scratch"
+    if not path.exists():
+        return hyperparameters, f"ImageNet weights absent ({path} not found); trained from scratch"
+    return {**hyperparameters, "use_pretrained_model": "1"}, f"fine-tuned from {path}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("build/bench/accuracy"))
+    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated, from: " + ", ".join(FAMILIES))
     parser.add_argument("--train", type=int, default=1500)
     parser.add_argument("--validation", type=int, default=300)
     parser.add_argument("--test", type=int, default=500)
-    parser.add_argument("--budget", type=float, default=900, help="seconds of training allowed")
+    parser.add_argument("--budget", type=float, default=900, help="seconds of training allowed per run")
+    parser.add_argument("--runs", type=int, default=1, help="training runs per family (seeds 0..N-1)")
     parser.add_argument("--hyperparameters", type=json.loads, default={}, help="JSON overriding the defaults")
-    parser.add_argument("--augment", default=HYPERPARAMETERS["augmentation"], choices=("full", "light", "none"),
-                        help="the job's augmentation hyperparameter (default %(default)s)")
+    parser.add_argument("--peer", action="store_true", help="also train GluonCV's SSD on the same budget")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="fine-tune from the ImageNet weights in $MXNET_HOME (reported absent when missing)")
     parser.add_argument("--output", type=Path, default=Path("build/bench/accuracy.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    data, test_dir = make_sets(args.root, args.train, args.validation, args.test)
-    job = args.root / "job"
-    shutil.rmtree(job, ignore_errors=True)
-    hyperparameters = {**HYPERPARAMETERS, "augmentation": args.augment,
-                       **{k: str(v) for k, v in args.hyperparameters.items()}}
-    write_job(job, hyperparameters, {d.name: d for d in data.iterdir() if d.is_dir()}, link=True)
-    LOG.info("training %s", json.dumps(hyperparameters))
-    start = time.monotonic()
-    log_path = args.root / "train.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "ssd_detector.cli", "train"], stdout=log, stderr=log,
-                                   env={**os.environ, "SAGEMAKER_BASE_DIR": str(job), "SSD_DATA_WORKERS": "1"})
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown or not families or args.runs < 1:
+        parser.error(f"--families {args.families!r} must name some of {', '.join(FAMILIES)}; --runs must be >= 1")
+    hyperparameters = {**HYPERPARAMETERS, **{k: str(v) for k, v in args.hyperparameters.items()}}
+    note = "from scratch"
+    if args.pretrained:
+        hyperparameters, note = pretrained_choice(hyperparameters)
+        LOG.info("--pretrained: %s", note)
+    outcomes = []
+    for family in families:
         try:
-            code = process.wait(timeout=args.budget)
-        except subprocess.TimeoutExpired:
-            process.terminate()
-            process.wait(timeout=60)
-            code = None
-    wall = time.monotonic() - start
-    text = log_path.read_text()
-    if code not in (0, None):
-        LOG.error("training failed (exit %s); see %s", code, log_path)
-        return 1
-    finished = code == 0
-    validation = [float(v) for v in re.findall(r"validation mAP <score>=\((\S+)\)", text)]
-    value = held_out_map(job / "model", test_dir)
-    met = finished and value >= TARGET_MAP
-    LOG.info("training wall time %.0f s (budget %.0f s, %s), best validation mAP %.4f over %d epochs",
-             wall, args.budget, "finished" if finished else "STOPPED at the budget", max(validation, default=0),
-             len(validation))
-    LOG.info("held-out VOC07 mAP %.4f (target >= %.2f within %.0f s: %s)", value, TARGET_MAP, args.budget,
-             "met" if met else "NOT met")
+            outcomes.append(run_family(args, family, hyperparameters))
+        except RuntimeError as exc:
+            LOG.error("%s: %s", family, exc)
+            return 1
+    LOG.info("== held-out VOC07 mAP, %s, budget %.0f s per run (target >= %.2f on each family)", note, args.budget,
+             TARGET_MAP)
+    for outcome in outcomes:
+        runs = outcome["runs"]
+        values = [r["map"] for r in runs]
+        walls = [r["wall_seconds"] for r in runs]
+        met = all(r["finished"] for r in runs) and min(values) >= TARGET_MAP
+        LOG.info("%-6s ours: %s; %.0f-%.0f s; per size (run 1): %s; target %s", outcome["family"], spread(values),
+                 min(walls), max(walls), sizes_text(runs[0]["by_size"]), "met" if met else "NOT met")
+        if "peer" in outcome:
+            peer = outcome["peer"]
+            margin = min(values) - peer["map"]
+            LOG.info("%-6s GluonCV: %.4f; %.0f s; per size: %s; our margin %+.4f (target >= +0.05: %s)",
+                     outcome["family"], peer["map"], peer["wall_seconds"], sizes_text(peer["by_size"]), margin,
+                     "met" if margin >= 0.05 else "NOT met")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"held_out_map": value, "wall_seconds": wall, "finished": finished,
-                                       "validation_map": validation, "hyperparameters": hyperparameters,
-                                       "augment": args.augment}, indent=2))
+    args.output.write_text(json.dumps({"note": note, "budget": args.budget, "families": outcomes}, indent=2))
     return 0
 
 

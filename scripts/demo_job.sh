@@ -1,26 +1,28 @@
 #!/usr/bin/env bash
 # Lays out a SageMaker-style /opt/ml tree under $SAGEMAKER_BASE_DIR from the demo's synthetic
-# RecordIO channels, checks it as a training job would read it, trains a small model for a few
-# minutes, and predicts on validation images with the boxes drawn. Usage: demo_job.sh DEMO_DIR
+# image + JSON annotation channels (their "categories" name the classes), checks it as a training
+# job would read it, trains a small model for a few minutes, and predicts on validation images
+# with the boxes drawn and named. Usage: demo_job.sh DEMO_DIR
 set -euo pipefail
 demo=$1
 base=${SAGEMAKER_BASE_DIR:?set SAGEMAKER_BASE_DIR}
 rm -rf "$base/input"
 # The job tree as SageMaker lays it out, written by the same function the tests and benchmarks use.
-"$(dirname "$0")/../.venv/bin/python" - "$base" "$demo/data/recordio" <<'PY'
+"$(dirname "$0")/../.venv/bin/python" - "$base" "$demo/data/json" <<'PY'
 import sys
 from pathlib import Path
 
 from ssd_detector.sagemaker_env import write_job
 
 base, data = Path(sys.argv[1]), Path(sys.argv[2])
-file_mode = {"ContentType": "application/x-recordio", "TrainingInputMode": "File", "RecordWrapperType": "None"}
+file_mode = {"ContentType": "application/x-image", "TrainingInputMode": "File", "RecordWrapperType": "None"}
 # base_network JSON-quoted, as SDK v3 sends strings
 write_job(base, {"num_classes": "4", "base_network": '"mobilenet-0.25"', "image_shape": "256",
                  "mini_batch_size": "16", "epochs": "8", "optimizer": "adam", "learning_rate": "0.01",
                  "lr_scheduler_step": "7", "use_pretrained_model": "0", "augmentation": "light"},
-          {"train": data / "train", "validation": data / "validation"},
-          input_data_config={"train": file_mode, "validation": file_mode})
+          {name: data / name for name in ("train", "train_annotation", "validation", "validation_annotation")},
+          input_data_config={name: file_mode for name in ("train", "train_annotation", "validation",
+                                                          "validation_annotation")})
 PY
 cli="$(dirname "$0")/../.venv/bin/ssd-detector"
 echo "== checking the job's inputs"

@@ -43,6 +43,9 @@ if [[ $bench -eq 1 ]]; then
     "$venv/bin/python" -m pip install -q -c "$constraints" --no-deps gluoncv
     "$venv/bin/python" -m pip install -q -c "$constraints" tqdm requests portalocker Pillow \
         'scipy<=1.15.3' yacs pyyaml autocfg
+    # Sample photographs for the photo family of synthetic sets (ssd-detector synth --style
+    # photo): only their data files are used, so the packages come without dependencies.
+    "$venv/bin/python" -m pip install -q -c "$constraints" --no-deps scikit-image scikit-learn matplotlib
     "$venv/bin/python" -c 'import gluoncv' && log "gluoncv ready"
     exit 0
 fi

@@ -38,12 +38,13 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     width, height = args.image_size
     spec = SynthSpec(train=args.train, validation=args.validation, classes=args.classes, width=width,
                      height=height, seed=args.seed, format=args.format, image_format=args.image_format,
-                     max_objects=args.max_objects)
+                     max_objects=args.max_objects, style=args.style,
+                     backgrounds=str(args.backgrounds) if args.backgrounds else "")
     try:
         spec.check()
+        counts = generate(args.out, spec)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    counts = generate(args.out, spec)
     print(json.dumps({"output": str(args.out), **counts, "classes": args.classes, "format": args.format}))
     return 0
 
@@ -247,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "train.manifest (Ground Truth) + images/; both: OUT/json/, OUT/recordio/, OUT/manifest/")
     p.add_argument("--image-format", choices=("jpg", "png", "mixed"), default="jpg")
     p.add_argument("--max-objects", type=int, default=6, help="most objects in one image")
+    p.add_argument("--style", choices=("shapes", "photo"), default="shapes",
+                   help="shapes: on noise and gradients; photo: harder, on photographs with distractors, "
+                        "occlusion, blur and lighting changes")
+    p.add_argument("--backgrounds", type=Path, default=None,
+                   help="photo style: a folder of photographs (default: the sample photographs of "
+                        "scikit-image, scikit-learn and matplotlib, where installed)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("check-data", help="check a channel and print a JSON report; exit 0 only when it is clean")

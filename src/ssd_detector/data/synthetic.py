@@ -1,8 +1,9 @@
-"""A synthetic detection set: shapes on textured backgrounds, laid out as SageMaker channels.
+"""A synthetic detection set, laid out as SageMaker channels, in one of two families.
 
-Each class is a shape (its colour is random, so a model must learn the shape); objects range
-from small to large, several per image, on backgrounds of smooth noise, gradients and clutter
-lines. The same seed gives the same files.
+Each class is a shape (its colour is random, so a model must learn the shape). The "shapes"
+family puts several small to large shapes on backgrounds of smooth noise, gradients and clutter
+lines; the "photo" family (synth_photo) is harder: photographs behind, distractors, occlusion,
+blur, lighting, tiny to large sizes. The same seed (and photographs) give the same files.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -17,13 +19,14 @@ import numpy as np
 from ..boxes import box_iou
 from .images import encode
 from .sample import ImageRef, Sample
+from .shapes import SHAPES, draw_shape, random_colour
 from .writers import extension_for, manifest_line, write_json_item, write_recordio
 
 LOG = logging.getLogger(__name__)
 
-SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond", "star", "hexagon", "bar", "arrow")
 FORMATS = ("json", "recordio", "manifest", "both")
 IMAGE_FORMATS = ("jpg", "png", "mixed")
+STYLES = ("shapes", "photo")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class SynthSpec:
     format: str = "json"
     image_format: str = "jpg"
     max_objects: int = 6
+    style: str = "shapes"
+    backgrounds: str = ""  # photo style: a folder of photographs; "" for the packaged ones
 
     def check(self) -> None:
         if not 1 <= self.classes <= len(SHAPES):
@@ -49,6 +54,10 @@ class SynthSpec:
             raise ValueError(f"--format {self.format!r} must be one of {', '.join(FORMATS)}")
         if self.image_format not in IMAGE_FORMATS:
             raise ValueError(f"--image-format {self.image_format!r} must be one of {', '.join(IMAGE_FORMATS)}")
+        if self.style not in STYLES:
+            raise ValueError(f"--style {self.style!r} must be one of {', '.join(STYLES)}")
+        if self.backgrounds and self.style != "photo":
+            raise ValueError(f"--backgrounds {self.backgrounds} is for --style photo, not {self.style!r}")
         if self.max_objects < 1:
             raise ValueError(f"max_objects {self.max_objects} must be >= 1")
 
@@ -64,56 +73,8 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     for _ in range(int(rng.integers(0, 8))):
         p0 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         p1 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-        cv2.line(image, p0, p1, _colour(rng), int(rng.integers(1, 4)), cv2.LINE_AA)
+        cv2.line(image, p0, p1, random_colour(rng), int(rng.integers(1, 4)), cv2.LINE_AA)
     return image
-
-
-def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    r, g, b = (int(c) for c in rng.integers(0, 256, 3))
-    return r, g, b
-
-
-def _polygon(kind: str, x0: int, y0: int, w: int, h: int) -> np.ndarray:
-    cx, cy = x0 + w / 2, y0 + h / 2
-    pts: list[tuple[float, float]]
-    if kind == "triangle":
-        pts = [(cx, y0), (x0 + w, y0 + h), (x0, y0 + h)]
-    elif kind == "diamond":
-        pts = [(cx, y0), (x0 + w, cy), (cx, y0 + h), (x0, cy)]
-    elif kind == "hexagon":
-        pts = [(cx + w / 2 * np.cos(a), cy + h / 2 * np.sin(a)) for a in np.linspace(0, 2 * np.pi, 7)[:-1]]
-    elif kind == "star":
-        pts = []
-        for k in range(10):
-            r = 0.5 if k % 2 == 0 else 0.2
-            a = -np.pi / 2 + k * np.pi / 5
-            pts.append((cx + r * w * np.cos(a), cy + r * h * np.sin(a)))
-    elif kind == "arrow":
-        pts = [(x0, y0 + h * 0.35), (x0 + w * 0.55, y0 + h * 0.35), (x0 + w * 0.55, y0), (x0 + w, cy),
-               (x0 + w * 0.55, y0 + h), (x0 + w * 0.55, y0 + h * 0.65), (x0, y0 + h * 0.65)]
-    else:
-        raise ValueError(kind)
-    return np.round(np.array(pts)).astype(np.int32)
-
-
-def _draw(image: np.ndarray, kind: str, box: tuple[int, int, int, int], colour: tuple[int, int, int]) -> None:
-    x0, y0, x1, y1 = box
-    w, h = x1 - x0, y1 - y0
-    thick = max(2, min(w, h) // 5)
-    if kind == "circle":
-        cv2.ellipse(image, (((x0 + x1) / 2, (y0 + y1) / 2), (w - 1, h - 1), 0), colour, -1, cv2.LINE_AA)
-    elif kind == "ring":
-        cv2.ellipse(image, (((x0 + x1) / 2, (y0 + y1) / 2), (w - thick, h - thick), 0), colour, thick, cv2.LINE_AA)
-    elif kind == "square":
-        cv2.rectangle(image, (x0, y0), (x1 - 1, y1 - 1), colour, -1)
-    elif kind == "cross":
-        cv2.rectangle(image, (x0 + (w - thick) // 2, y0), (x0 + (w + thick) // 2, y1 - 1), colour, -1)
-        cv2.rectangle(image, (x0, y0 + (h - thick) // 2), (x1 - 1, y0 + (h + thick) // 2), colour, -1)
-    elif kind == "bar":
-        cv2.rectangle(image, (x0, y0 + h // 3), (x1 - 1, y1 - 1 - h // 3), colour, -1)
-        cv2.rectangle(image, (x0, y0), (x1 - 1, y1 - 1), colour, 2)
-    else:
-        cv2.fillPoly(image, [_polygon(kind, x0, y0, w - 1, h - 1)], colour, cv2.LINE_AA)
 
 
 def make_image(rng: np.random.Generator, spec: SynthSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,7 +99,7 @@ def make_image(rng: np.random.Generator, spec: SynthSpec) -> tuple[np.ndarray, n
         if placed.size and np.any(box_iou(box[None], placed) > 0.2):
             continue
         cls = int(rng.integers(0, spec.classes))
-        _draw(image, SHAPES[cls], (x0, y0, x0 + w, y0 + h), _colour(rng))
+        draw_shape(image, SHAPES[cls], (x0, y0, x0 + w, y0 + h), random_colour(rng))
         boxes.append([x0, y0, x0 + w, y0 + h])
         classes.append(cls)
     scale = np.array([width, height, width, height], np.float32)
@@ -146,10 +107,23 @@ def make_image(rng: np.random.Generator, spec: SynthSpec) -> tuple[np.ndarray, n
     return image, norm, np.array(classes, np.int32)
 
 
+def _image_maker(spec: SynthSpec) -> Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """make_image for spec's style, with the photographs loaded once for the photo style."""
+    if spec.style == "shapes":
+        return lambda rng: make_image(rng, spec)
+    from .synth_photo import find_photos, load_photos, make_photo_image
+
+    paths = find_photos(Path(spec.backgrounds) if spec.backgrounds else None)
+    photos = load_photos(paths)
+    LOG.info("photo style: %d background photographs", len(photos))
+    return lambda rng: make_photo_image(rng, photos, spec.width, spec.height, spec.classes, spec.max_objects)
+
+
 def generate(out: Path | str, spec: SynthSpec) -> dict[str, int]:
     """Writes the set under out; returns the image count of each split."""
     spec.check()
     out = Path(out)
+    draw = _image_maker(spec)
     class_names = {i: SHAPES[i] for i in range(spec.classes)}
     splits = {"train": spec.train, "validation": spec.validation}
     json_root = out / "json" if spec.format == "both" else out
@@ -162,7 +136,7 @@ def generate(out: Path | str, spec: SynthSpec) -> dict[str, int]:
         lines: list[dict] = []
         for index in range(count):
             rng = np.random.default_rng([spec.seed, split_index, index])
-            image, boxes, class_ids = make_image(rng, spec)
+            image, boxes, class_ids = draw(rng)
             kind = spec.image_format if spec.image_format != "mixed" else ("png" if index % 4 == 3 else "jpg")
             data = encode(image, "png" if kind == "png" else "jpeg")
             stem = f"{split}_{index:06d}"
