@@ -84,8 +84,8 @@ bench-soak: install
 bench-pipe: install
 	$(PY) scripts/bench_pipe.py --seeds 3 --rounds 2
 
-bench-accuracy: install
-	$(PY) scripts/bench_accuracy.py
+bench-accuracy: bench-deps
+	$(PY) scripts/bench_accuracy.py $(ARGS)
 
 # GPU image (the default), built offline like the CPU image: CUDA, cuDNN and NCCL from wheels.
 image: install

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssd_detector.environment import usable_cpus
 from ssd_detector.sagemaker_env import write_job
 
 LOG = logging.getLogger("bench_accuracy")
@@ -160,7 +161,10 @@ def run_peer(args: argparse.Namespace, root: Path, data: Path, test_dir: Path, h
                "--output", str(out)]
     LOG.info("peer: %s", " ".join(command[1:]))
     with open(root / "peer.log", "w") as log:
-        code = subprocess.run(command, stdout=log, stderr=log, env={**os.environ, "SSD_DATA_WORKERS": "1"}).returncode
+        # The thread count `train` gives MXNet (environment.default_cpu_threads), so both use every core.
+        threads = os.environ.get("OMP_NUM_THREADS", str(usable_cpus()))
+        code = subprocess.run(command, stdout=log, stderr=log,
+                              env={**os.environ, "SSD_DATA_WORKERS": "1", "OMP_NUM_THREADS": threads}).returncode
     if code != 0 or not out.exists():
         raise RuntimeError(f"the GluonCV peer failed (exit {code}); see {root / 'peer.log'}")
     peer = json.loads(out.read_text())

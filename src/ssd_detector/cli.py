@@ -39,7 +39,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     spec = SynthSpec(train=args.train, validation=args.validation, classes=args.classes, width=width,
                      height=height, seed=args.seed, format=args.format, image_format=args.image_format,
                      max_objects=args.max_objects, style=args.style,
-                     backgrounds=str(args.backgrounds) if args.backgrounds else "")
+                     backgrounds=str(args.backgrounds) if args.backgrounds else "", min_size=args.min_size,
+                     max_size=args.max_size)
     try:
         spec.check()
         counts = generate(args.out, spec)
@@ -106,6 +107,9 @@ def _cmd_check_job(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .environment import default_cpu_threads
+
+    default_cpu_threads()  # before MXNet loads
     from .failure import run_job
     from .sagemaker_env import Paths
     from .training.entry import train
@@ -251,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style", choices=("shapes", "photo"), default="shapes",
                    help="shapes: on noise and gradients; photo: harder, on photographs with distractors, "
                         "occlusion, blur and lighting changes")
+    p.add_argument("--min-size", type=float, default=None,
+                   help="smallest object side, a fraction of the image's short side (default 0.06; photo 0.04)")
+    p.add_argument("--max-size", type=float, default=None,
+                   help="largest object side, a fraction of the image's short side (default 0.7; photo 0.85)")
     p.add_argument("--backgrounds", type=Path, default=None,
                    help="photo style: a folder of photographs (default: the sample photographs of "
                         "scikit-image, scikit-learn and matplotlib, where installed)")

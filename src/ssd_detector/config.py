@@ -26,8 +26,9 @@ OPTIMIZERS = ("sgd", "adam", "rmsprop", "adadelta")
 KV_STORES = ("device", "local", "dist_sync", "dist_device_sync", "dist_async")
 # full: SSD's augmentation (expand, IoU-constrained crop, colour, flip); light: colour and flip
 # only, object scales as in the data (faster from scratch when test images look like training
-# images); none: plain resized images (pre-augmented data, exact comparisons).
-AUGMENTATIONS = ("full", "light", "none")
+# images); none: plain resized images (pre-augmented data, exact comparisons); phased: light for
+# the first half of the epochs, then full.
+AUGMENTATIONS = ("full", "light", "none", "phased")
 # Keys SageMaker or its SDKs add on their own; accepted silently and not validated.
 RESERVED_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
 MIN_IMAGE_SHAPE = 64

@@ -23,6 +23,27 @@ IMAGE_VARIANT_VAR = "SSD_IMAGE_VARIANT"  # set by the image: gpu or cpu
 GPUS_VAR = "SSD_NUM_GPUS"  # how many GPUs to use, everywhere (0: the CPU even where there are GPUs)
 NVIDIA_DRIVER_DIR = Path("/proc/driver/nvidia")  # absent: no NVIDIA driver, so no GPU to use
 FEATURES = ("CUDA", "CUDNN", "NCCL", "CUDA_RTC", "MKLDNN", "OPENMP")
+OMP_THREADS_VAR = "OMP_NUM_THREADS"
+# Set beside OMP_NUM_THREADS when default_cpu_threads chose it, so that the launcher may share
+# the cores among its workers instead of passing the whole count on.
+OMP_DEFAULTED_VAR = "SSD_OMP_THREADS_DEFAULTED"
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity, which container limits set)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_cpu_threads() -> None:
+    """OMP_NUM_THREADS = the usable cores, unless set: MXNet sizes its OpenMP pool when it loads,
+    and without the variable takes half the cores (it assumes two hyper-threads per core), which
+    on a 2-core machine is one thread for every convolution. Call before MXNet is imported."""
+    if OMP_THREADS_VAR not in os.environ:
+        os.environ[OMP_THREADS_VAR] = str(usable_cpus())
+        os.environ[OMP_DEFAULTED_VAR] = "1"
 
 
 def installed(distribution: str) -> str | None:

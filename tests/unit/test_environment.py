@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -58,3 +59,17 @@ def test_a_process_without_mxnet_counts_without_loading_it():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["3", "0", "4", "1", "False"]
+
+
+def test_training_gets_every_usable_core_unless_the_user_chose(monkeypatch):
+    from ssd_detector import environment
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv(environment.OMP_DEFAULTED_VAR, raising=False)
+    environment.default_cpu_threads()
+    assert os.environ["OMP_NUM_THREADS"] == str(environment.usable_cpus())
+    assert os.environ[environment.OMP_DEFAULTED_VAR] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.delenv(environment.OMP_DEFAULTED_VAR)
+    environment.default_cpu_threads()
+    assert os.environ["OMP_NUM_THREADS"] == "3" and environment.OMP_DEFAULTED_VAR not in os.environ

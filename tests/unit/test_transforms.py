@@ -8,7 +8,8 @@ import pytest
 from ssd_detector.config import parse_hyperparameters
 from ssd_detector.data import transforms
 from ssd_detector.boxes import box_iou
-from ssd_detector.data.transforms import AugmentConfig, TrainTransform, ValTransform, augment_config, colour_matrix
+from ssd_detector.data.transforms import (AugmentConfig, TrainTransform, ValTransform, augment_config, colour_matrix,
+                                         train_transform)
 from ssd_detector.errors import HyperparameterError
 
 
@@ -137,7 +138,7 @@ def test_augmentation_modes():
     hp = parse_hyperparameters({"num_classes": "2"})
     assert hp.augmentation == "full"
     assert parse_hyperparameters({"num_classes": "2", "augmentation": "light"}).augmentation == "light"
-    with pytest.raises(HyperparameterError, match="augmentation.*'heavy'.*one of full, light, none"):
+    with pytest.raises(HyperparameterError, match="augmentation.*'heavy'.*one of full, light, none, phased"):
         parse_hyperparameters({"num_classes": "2", "augmentation": "heavy"})
     # Light augmentation keeps every object and its scale: boxes are the originals or their mirror.
     boxes = np.array([[0.1, 0.2, 0.3, 0.5], [0.6, 0.1, 0.9, 0.4]], np.float32)
@@ -148,3 +149,20 @@ def test_augmentation_modes():
         assert out.shape == (3, 32, 32) and kept.all()
         mirrored = boxes[:, [2, 1, 0, 3]] * np.array([-1, 1, -1, 1], np.float32) + np.array([1, 0, 1, 0], np.float32)
         assert np.allclose(out_boxes, boxes, atol=1e-6) or np.allclose(out_boxes, mirrored, atol=1e-6)
+
+
+def test_phased_augmentation_is_light_then_full():
+    transform = train_transform("phased", 48, epochs=10)
+    assert transform.config == augment_config("light") and transform.later == augment_config("full")
+    assert transform.later_from == 5
+    assert parse_hyperparameters({"num_classes": "2", "augmentation": "phased"}).augmentation == "phased"
+    boxes = np.array([[0.1, 0.2, 0.3, 0.5], [0.6, 0.1, 0.9, 0.4]], np.float32)
+    image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    moved = 0
+    for seed in range(12):
+        early = transform(image, boxes, np.random.default_rng(seed), 4)[1]
+        assert early.shape == boxes.shape  # light: every object kept, at its scale
+        late = transform(image, boxes, np.random.default_rng(seed), 5)[1]
+        moved += late.shape != boxes.shape or not np.allclose(np.abs(late[:, 2] - late[:, 0]), boxes[:, 2] - boxes[:, 0])
+    assert moved > 0, "from the switch on, crops and expansion change the objects' scale"
+    assert train_transform("light", 48, epochs=10).later is None

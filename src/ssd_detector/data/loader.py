@@ -23,8 +23,8 @@ from .sample import Issue, Sample, empty_objects
 
 LOG = logging.getLogger(__name__)
 
-# A transform maps (image (H, W, 3) uint8, boxes (N, 4), rng) -> (image (3, S, S), boxes (K, 4), kept (N,)).
-Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]]
+# A transform maps (image (H, W, 3) uint8, boxes (N, 4), rng, epoch) -> (image (3, S, S), boxes (K, 4), kept (N,)).
+Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
 # A target encoder maps (boxes (K, 4), class ids (K,)) -> (class target (A,), box target (A, 4)).
 TargetFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 LABEL_COLUMNS = 6  # class id, xmin, ymin, xmax, ymax, difficult
@@ -72,13 +72,13 @@ def make_batch(samples: Sequence[Sample] | Mapping[int, Sample], indices: Sequen
         rng = np.random.default_rng([seed, epoch, int(index)])
         try:
             image = decode_rgb(sample.image.read())
-            out, boxes, kept = transform(image, sample.boxes, rng)
+            out, boxes, kept = transform(image, sample.boxes, rng, epoch)
         except Exception as exc:  # the sample is named, whatever went wrong
             if not tolerant:
                 raise LoaderError(f"{sample.where}: {type(exc).__name__}: {exc}") from exc
             issues.append(Issue(sample.where, str(exc)))
             sample = Sample(sample.image, *empty_objects(), sample.where)
-            out, boxes, kept = transform(np.zeros((8, 8, 3), np.uint8), sample.boxes, rng)
+            out, boxes, kept = transform(np.zeros((8, 8, 3), np.uint8), sample.boxes, rng, epoch)
         rows = np.concatenate([sample.class_ids[kept, None].astype(np.float32), boxes,
                                sample.difficult[kept, None].astype(np.float32)], axis=1)  # (K, 6)
         images.append(out)

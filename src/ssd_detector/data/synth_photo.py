@@ -34,8 +34,6 @@ PACKAGED = (
 )
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MIN_PHOTO_SIDE = 64
-# Object sizes, log-uniform, as fractions of the image's short side: tiny to large.
-SIZE_RANGE = (0.04, 0.85)
 MIN_VISIBLE = 0.6  # of an object's area: less is hidden or cut off too much to be labelled
 MAX_HIDDEN = 0.3  # of an object's area that a later object or occluder may cover
 
@@ -183,8 +181,10 @@ def _hides_too_much(mask: np.ndarray, objects: list[np.ndarray]) -> bool:
 
 
 def make_photo_image(rng: np.random.Generator, photos: list[np.ndarray], width: int, height: int, classes: int,
-                     max_objects: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One image (H, W, 3) uint8 RGB with its normalized boxes (N, 4) and class ids (N,)."""
+                     max_objects: int, size_range: tuple[float, float] = (0.04, 0.85)
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image (H, W, 3) uint8 RGB with its normalized boxes (N, 4) and class ids (N,); object
+    sides log-uniform in size_range (fractions of the short side: tiny to large by default)."""
     image = _photo_crop(rng, photos[int(rng.integers(len(photos)))], width, height)
     shape = (height, width)
     for _ in range(int(rng.integers(0, 5))):  # distractors behind the objects
@@ -197,7 +197,7 @@ def make_photo_image(rng: np.random.Generator, photos: list[np.ndarray], width: 
     for _ in range(wanted * 10):
         if len(boxes) == wanted:
             break
-        full = _random_box(rng, width, height, *SIZE_RANGE, overhang=0.3 if rng.random() < 0.2 else 0.0)
+        full = _random_box(rng, width, height, *size_range, overhang=0.3 if rng.random() < 0.2 else 0.0)
         x0, y0, x1, y1 = full
         seen = (max(x0, 0), max(y0, 0), min(x1, width), min(y1, height))
         if (seen[2] - seen[0]) * (seen[3] - seen[1]) < MIN_VISIBLE * (x1 - x0) * (y1 - y0):

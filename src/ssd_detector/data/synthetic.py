@@ -27,6 +27,8 @@ LOG = logging.getLogger(__name__)
 FORMATS = ("json", "recordio", "manifest", "both")
 IMAGE_FORMATS = ("jpg", "png", "mixed")
 STYLES = ("shapes", "photo")
+# Object sides, log-uniform, as fractions of the image's short side, for each style.
+SIZE_RANGES = {"shapes": (0.06, 0.7), "photo": (0.04, 0.85)}
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,13 @@ class SynthSpec:
     max_objects: int = 6
     style: str = "shapes"
     backgrounds: str = ""  # photo style: a folder of photographs; "" for the packaged ones
+    min_size: float | None = None  # None: the style's SIZE_RANGES
+    max_size: float | None = None
+
+    @property
+    def size_range(self) -> tuple[float, float]:
+        low, high = SIZE_RANGES.get(self.style, (0.06, 0.7))
+        return (self.min_size if self.min_size is not None else low, self.max_size if self.max_size is not None else high)
 
     def check(self) -> None:
         if not 1 <= self.classes <= len(SHAPES):
@@ -58,6 +67,10 @@ class SynthSpec:
             raise ValueError(f"--style {self.style!r} must be one of {', '.join(STYLES)}")
         if self.backgrounds and self.style != "photo":
             raise ValueError(f"--backgrounds {self.backgrounds} is for --style photo, not {self.style!r}")
+        low, high = self.size_range
+        if not 0.01 <= low <= high <= 1:
+            raise ValueError(f"--min-size {low:g} and --max-size {high:g} (fractions of the short side) must satisfy "
+                             "0.01 <= min <= max <= 1")
         if self.max_objects < 1:
             raise ValueError(f"max_objects {self.max_objects} must be >= 1")
 
@@ -85,11 +98,12 @@ def make_image(rng: np.random.Generator, spec: SynthSpec) -> tuple[np.ndarray, n
     classes: list[int] = []
     wanted = int(rng.integers(1, spec.max_objects + 1))
     short = min(width, height)
+    low, high = spec.size_range
     for _ in range(wanted * 10):
         if len(boxes) == wanted:
             break
-        # Log-uniform sizes from about 6% to 70% of the short side: small to large objects.
-        side = short * float(np.exp(rng.uniform(np.log(0.06), np.log(0.7))))
+        # Log-uniform sizes (by default from 6% to 70% of the short side): small to large objects.
+        side = short * float(np.exp(rng.uniform(np.log(low), np.log(high))))
         aspect = float(np.exp(rng.uniform(-0.4, 0.4)))
         w = int(np.clip(side * aspect, 8, width))
         h = int(np.clip(side / aspect, 8, height))
@@ -116,7 +130,8 @@ def _image_maker(spec: SynthSpec) -> Callable[[np.random.Generator], tuple[np.nd
     paths = find_photos(Path(spec.backgrounds) if spec.backgrounds else None)
     photos = load_photos(paths)
     LOG.info("photo style: %d background photographs", len(photos))
-    return lambda rng: make_photo_image(rng, photos, spec.width, spec.height, spec.classes, spec.max_objects)
+    return lambda rng: make_photo_image(rng, photos, spec.width, spec.height, spec.classes, spec.max_objects,
+                                        spec.size_range)
 
 
 def generate(out: Path | str, spec: SynthSpec) -> dict[str, int]:

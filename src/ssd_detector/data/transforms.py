@@ -24,6 +24,8 @@ STD_RGB = np.array([0.229, 0.224, 0.225], np.float32) * 255
 # SSD's crop sampler: (min IoU with the objects, max IoU); None means no constraint.
 CROP_CONSTRAINTS: tuple[tuple[float | None, float | None], ...] = (
     (None, None), (0.1, None), (0.3, None), (0.5, None), (0.7, None), (0.9, None))
+# augmentation=phased: the share of the epochs that are lightly augmented before SSD's full one.
+PHASED_LIGHT_FRACTION = 0.5
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.321], [0.211, -0.523, 0.311]], np.float32)
 _FROM_YIQ = np.linalg.inv(_TO_YIQ).astype(np.float32)
@@ -46,6 +48,15 @@ class AugmentConfig:
     crop_aspect: tuple[float, float] = (0.5, 2.0)
     crop_trials: int = 50
     flip_prob: float = 0.5
+
+
+def train_transform(mode: str, size: int, epochs: int) -> TrainTransform:
+    """The transform of the augmentation hyperparameter (config.AUGMENTATIONS); phased is light
+    for the first PHASED_LIGHT_FRACTION of the epochs, then full."""
+    if mode == "phased":
+        return TrainTransform(size, augment_config("light"), later=augment_config("full"),
+                              later_from=int(round(epochs * PHASED_LIGHT_FRACTION)))
+    return TrainTransform(size, augment_config(mode))
 
 
 def augment_config(mode: str) -> AugmentConfig:
@@ -197,16 +208,21 @@ def warp_window(image: np.ndarray, window: np.ndarray, size: int, flip: bool, fi
 
 
 class TrainTransform:
-    """SSD training augmentation: (H, W, 3) uint8 + boxes -> (3, S, S) uint8 + kept boxes."""
+    """SSD training augmentation: (H, W, 3) uint8 + boxes -> (3, S, S) uint8 + kept boxes.
 
-    def __init__(self, size: int, config: AugmentConfig | None = None) -> None:
+    With ``later``, epochs from ``later_from`` on are augmented with that config instead."""
+
+    def __init__(self, size: int, config: AugmentConfig | None = None, later: AugmentConfig | None = None,
+                 later_from: int = 0) -> None:
         self.size = size
         self.config = config or AugmentConfig()
+        self.later = later
+        self.later_from = later_from
 
-    def __call__(self, image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, epoch: int = 0
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """-> (image (3, S, S) uint8, boxes (K, 4), mask (N,) of the objects kept)."""
-        cfg = self.config
+        cfg = self.later if self.later is not None and epoch >= self.later_from else self.config
         if not cfg.enabled:
             return ValTransform(self.size)(image, boxes, rng)
         window, out_boxes, kept, flip = _geometry(rng, boxes, cfg)
@@ -222,7 +238,7 @@ class ValTransform:
     def __init__(self, size: int) -> None:
         self.size = size
 
-    def __call__(self, image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator | None = None
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator | None = None, epoch: int = 0
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h, w = image.shape[:2]
         interp = cv2.INTER_AREA if w > self.size and h > self.size else cv2.INTER_LINEAR

@@ -19,7 +19,7 @@ from ..config import Hyperparameters
 from ..data.loader import DetectionLoader, Transform
 from ..data.pipe import pipe_timeout
 from ..data.stream import StreamLoader, StreamSource
-from ..data.transforms import TrainTransform, ValTransform, augment_config
+from ..data.transforms import ValTransform, train_transform
 from ..environment import gpu_count, gpu_image_without_gpu
 from ..errors import HyperparameterError, UserError
 from ..model import artifact
@@ -196,16 +196,16 @@ def make_loaders(inputs: TrainingInputs, net: SSD, batch_size: int, workers: int
                  should_stop: Callable[[], bool]) -> tuple[Loader, Loader | None]:
     """The training loader (with SSD targets for net's anchors) and the validation loader, if any."""
     hp = inputs.hyperparameters
-    train_transform = TrainTransform(hp.image_shape, augment_config(hp.augmentation))
+    transform = train_transform(hp.augmentation, hp.image_shape, hp.epochs)
     targets = TargetEncoder(net.anchors, hp.overlap_threshold)
     train: Loader
     if isinstance(inputs.train, PipeChannel):
-        train = stream_loader(inputs.train, inputs.paths, hp, batch_size, train_transform, workers, targets,
+        train = stream_loader(inputs.train, inputs.paths, hp, batch_size, transform, workers, targets,
                               world, should_stop)
     else:
         # Rank r takes every size-th sample of the epoch's order, padded so every worker runs the
         # same number of steps; batch j of all workers is batch j of one process with the global batch.
-        train = DetectionLoader(inputs.train.samples, batch_size, train_transform, shuffle=True, seed=hp.seed,
+        train = DetectionLoader(inputs.train.samples, batch_size, transform, shuffle=True, seed=hp.seed,
                                 part_index=world.rank, num_parts=world.size, equal_parts=world.size > 1,
                                 num_workers=workers, targets=targets)
     validation: Loader | None = None

@@ -23,7 +23,7 @@ from types import FrameType
 from typing import Mapping
 
 from ..data.pipe import PipeFanout, pipe_timeout
-from ..environment import gpu_count
+from ..environment import OMP_DEFAULTED_VAR, OMP_THREADS_VAR, gpu_count, usable_cpus
 from ..errors import JobFailed, Stopped
 from ..failure import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR
 from ..sagemaker_env import BASE_DIR_ENV, Paths, ResourceConfig, env_int, read_input_data_config, read_resource_config
@@ -208,7 +208,7 @@ class Launcher:
         return PipeFanout(self.paths.data_dir, folders, piped, pipe_timeout(self.environ)).start()
 
     def _start(self, slots: list[distributed.Slot], address: str, scratch: Path, shared_pipes: bool) -> None:
-        cpus = os.cpu_count() or 1
+        cpus = usable_cpus()
         for slot in slots:
             files = WorkerFiles.in_scratch(scratch, slot.rank, slot.local_rank, shared_pipes)
             env = {**self.environ,
@@ -217,8 +217,10 @@ class Launcher:
                                                     self.join_timeout + 30),
                    **files.environment(),
                    BASE_DIR_ENV: str(self.paths.base)}
-            # CPU workers share the cores (ignored on GPUs, where each worker has its own device).
-            env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // len(slots))))
+            # CPU workers share the cores (ignored on GPUs, where each worker has its own device);
+            # a count the user gave is kept.
+            if OMP_THREADS_VAR not in env or env.get(OMP_DEFAULTED_VAR):
+                env[OMP_THREADS_VAR] = str(max(1, cpus // len(slots)))
             process = subprocess.Popen([sys.executable, "-m", "ssd_detector.cli", "train"], env=env)
             self.workers.append(Worker(slot, process, files))
             LOG.info("started worker rank %d (local rank %d), pid %d", slot.rank, slot.local_rank, process.pid)
