@@ -45,9 +45,10 @@ sdk-venvs: $(SDK_STAMPS)
 
 demo: install
 	rm -rf $(DEMO_DIR)
-	$(VENV)/bin/ssd-detector synth $(DEMO_DIR)/data --train 1500 --validation 100 --classes 4 --image-size 320x240 --seed 1 --format both
-	$(VENV)/bin/ssd-detector check-data $(DEMO_DIR)/data/json/train --annotations $(DEMO_DIR)/data/json/train_annotation --num-classes 4 --label-width 350
-	$(VENV)/bin/ssd-detector check-data $(DEMO_DIR)/data/recordio/train --num-classes 4 --label-width 350
+	$(VENV)/bin/ssd-detector synth $(DEMO_DIR)/data --train 1500 --validation 100 --classes 3 --image-size 320x240 --seed 1 \
+		--min-size 0.15 --max-size 0.6 --max-objects 4 --format both
+	$(VENV)/bin/ssd-detector check-data $(DEMO_DIR)/data/json/train --annotations $(DEMO_DIR)/data/json/train_annotation --num-classes 3 --label-width 350
+	$(VENV)/bin/ssd-detector check-data $(DEMO_DIR)/data/recordio/train --num-classes 3 --label-width 350
 	SAGEMAKER_BASE_DIR=$(DEMO_DIR)/opt_ml bash scripts/demo_job.sh $(DEMO_DIR)
 
 test: install sdk-venvs

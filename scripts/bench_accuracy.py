@@ -36,7 +36,7 @@ CLASSES, WIDTH, HEIGHT = 5, 320, 240
 # The best recipe measured from scratch (README, Benchmarks).
 HYPERPARAMETERS = {
     "num_classes": str(CLASSES), "base_network": "mobilenet-0.25", "image_shape": "256", "mini_batch_size": "16",
-    "epochs": "27", "optimizer": "adam", "learning_rate": "0.01", "lr_scheduler_step": "21,26",
+    "epochs": "24", "optimizer": "adam", "learning_rate": "0.01", "lr_scheduler_step": "18,22",
     "lr_scheduler_factor": "0.1", "use_pretrained_model": "0", "augmentation": "light",
 }
 TARGET_MAP = 0.85
@@ -157,6 +157,7 @@ def run_peer(args: argparse.Namespace, root: Path, data: Path, test_dir: Path, h
     command = [sys.executable, str(Path(__file__).parent / "bench_peer.py"), "--train", str(data / "train/train.rec"),
                "--validation", str(data / "validation/validation.rec"), "--test", str(test_dir / "validation.rec"),
                "--base-network", hyperparameters["base_network"], "--image-size", hyperparameters["image_shape"],
+               "--epochs", hyperparameters["epochs"], "--batch", hyperparameters["mini_batch_size"],
                "--budget", str(args.budget), "--classes", str(CLASSES), "--work", str(root / "peer"),
                "--output", str(out)]
     LOG.info("peer: %s", " ".join(command[1:]))
@@ -209,9 +210,14 @@ def main() -> int:
         parser.error(f"--families {args.families!r} must name some of {', '.join(FAMILIES)}; --runs must be >= 1")
     hyperparameters = {**HYPERPARAMETERS, **{k: str(v) for k, v in args.hyperparameters.items()}}
     note = "from scratch"
+    pretrained, found = pretrained_choice(hyperparameters)
     if args.pretrained:
-        hyperparameters, note = pretrained_choice(hyperparameters)
+        hyperparameters, note = pretrained, found
         LOG.info("--pretrained: %s", note)
+    elif pretrained is not hyperparameters:
+        LOG.info("ImageNet weights are present: --pretrained would fine-tune from them (%s)", found)
+    else:
+        LOG.info("%s (--pretrained fine-tunes when the file is there)", found.split(";")[0])
     outcomes = []
     for family in families:
         try:

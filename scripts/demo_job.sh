@@ -17,7 +17,7 @@ from ssd_detector.sagemaker_env import write_job
 base, data = Path(sys.argv[1]), Path(sys.argv[2])
 file_mode = {"ContentType": "application/x-image", "TrainingInputMode": "File", "RecordWrapperType": "None"}
 # base_network JSON-quoted, as SDK v3 sends strings
-write_job(base, {"num_classes": "4", "base_network": '"mobilenet-0.25"', "image_shape": "256",
+write_job(base, {"num_classes": "3", "base_network": '"mobilenet-0.25"', "image_shape": "256",
                  "mini_batch_size": "16", "epochs": "8", "optimizer": "adam", "learning_rate": "0.01",
                  "lr_scheduler_step": "7", "use_pretrained_model": "0", "augmentation": "light"},
           {name: data / name for name in ("train", "train_annotation", "validation", "validation_annotation")},

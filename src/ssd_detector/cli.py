@@ -256,9 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shapes: on noise and gradients; photo: harder, on photographs with distractors, "
                         "occlusion, blur and lighting changes")
     p.add_argument("--min-size", type=float, default=None,
-                   help="smallest object side, a fraction of the image's short side (default 0.06; photo 0.04)")
+                   help="smallest object side, a fraction of the image's short side (default 0.06; photo 0.05)")
     p.add_argument("--max-size", type=float, default=None,
-                   help="largest object side, a fraction of the image's short side (default 0.7; photo 0.85)")
+                   help="largest object side, a fraction of the image's short side (default 0.7; photo 0.8)")
     p.add_argument("--backgrounds", type=Path, default=None,
                    help="photo style: a folder of photographs (default: the sample photographs of "
                         "scikit-image, scikit-learn and matplotlib, where installed)")

@@ -92,3 +92,17 @@ def test_cli_photo_style(tmp_path: Path, photos_dir: Path):
                              str(photos_dir), "--format", "recordio"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert len(read_channel(tmp_path / "out/train").samples) == 3
+
+
+def test_object_sizes_follow_min_and_max_size():
+    from ssd_detector.data.synthetic import make_image
+
+    spec = SynthSpec(train=1, validation=0, classes=3, min_size=0.15, max_size=0.6, max_objects=4)
+    sides = []
+    for seed in range(40):
+        _, boxes, _ = make_image(np.random.default_rng(seed), spec)
+        assert 1 <= len(boxes) <= 4
+        sides += list(np.sqrt((boxes[:, 2] - boxes[:, 0]) * 320 * (boxes[:, 3] - boxes[:, 1]) * 240))
+    assert 0.15 * 240 - 2 <= min(sides) and max(sides) <= 0.6 * 240 + 2
+    with pytest.raises(ValueError, match="--min-size 0.7 and --max-size 0.6"):
+        SynthSpec(train=1, validation=0, classes=3, min_size=0.7, max_size=0.6).check()

@@ -35,7 +35,7 @@ PACKAGED = (
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MIN_PHOTO_SIDE = 64
 MIN_VISIBLE = 0.6  # of an object's area: less is hidden or cut off too much to be labelled
-MAX_HIDDEN = 0.3  # of an object's area that a later object or occluder may cover
+MAX_HIDDEN = 0.25  # of an object's area that a later object or occluder may cover
 
 
 def packaged_photos() -> list[Path]:
@@ -98,9 +98,9 @@ def _fill(rng: np.random.Generator, photos: list[np.ndarray], width: int, height
     """What an object is painted with, (height, width, 3) float32: flat colour, a two-colour
     gradient or a tinted photo texture."""
     kind = rng.random()
-    if kind < 0.45:
+    if kind < 0.6:
         return np.broadcast_to(np.array(random_colour(rng), np.float32), (height, width, 3))
-    if kind < 0.7:
+    if kind < 0.85:
         a, b = np.array(random_colour(rng), np.float32), np.array(random_colour(rng), np.float32)
         angle = rng.uniform(0, 2 * np.pi)
         ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)  # (H, W) each
@@ -109,7 +109,7 @@ def _fill(rng: np.random.Generator, photos: list[np.ndarray], width: int, height
         return a + (b - a) * t[..., None]
     texture = _photo_crop(rng, photos[int(rng.integers(len(photos)))], width, height)
     tint = np.array(random_colour(rng), np.float32)
-    return 0.5 * texture + 0.5 * tint
+    return 0.35 * texture + 0.65 * tint
 
 
 def _irregular(rng: np.random.Generator, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -181,7 +181,7 @@ def _hides_too_much(mask: np.ndarray, objects: list[np.ndarray]) -> bool:
 
 
 def make_photo_image(rng: np.random.Generator, photos: list[np.ndarray], width: int, height: int, classes: int,
-                     max_objects: int, size_range: tuple[float, float] = (0.04, 0.85)
+                     max_objects: int, size_range: tuple[float, float] = (0.05, 0.8)
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image (H, W, 3) uint8 RGB with its normalized boxes (N, 4) and class ids (N,); object
     sides log-uniform in size_range (fractions of the short side: tiny to large by default)."""
@@ -244,5 +244,5 @@ def _camera(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     if rng.random() < 0.2:
         image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 1.5))
     out = np.clip(image, 0, 255).astype(np.uint8)
-    ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(35, 96))])
+    ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(50, 96))])
     return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else out

@@ -28,7 +28,7 @@ FORMATS = ("json", "recordio", "manifest", "both")
 IMAGE_FORMATS = ("jpg", "png", "mixed")
 STYLES = ("shapes", "photo")
 # Object sides, log-uniform, as fractions of the image's short side, for each style.
-SIZE_RANGES = {"shapes": (0.06, 0.7), "photo": (0.04, 0.85)}
+SIZE_RANGES = {"shapes": (0.06, 0.7), "photo": (0.05, 0.8)}
 
 
 @dataclass(frozen=True)
