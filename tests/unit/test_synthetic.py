@@ -12,7 +12,7 @@ import pytest
 
 from ssd_detector.data.channel import read_channel
 from ssd_detector.data.synth_photo import find_photos, load_photos, make_photo_image
-from ssd_detector.data.synthetic import SynthSpec, generate
+from ssd_detector.data.synthetic import SIZE_RANGES, SynthSpec, generate
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,8 @@ def test_photo_images_label_every_object_inside_the_image(photos_dir: Path):
     assert len(photos) == 3 and all(p.shape[2] == 3 for p in photos)
     sizes, truncated = [], 0
     for seed in range(60):
-        image, boxes, classes = make_photo_image(np.random.default_rng(seed), photos, 320, 240, 5, 6)
+        image, boxes, classes = make_photo_image(np.random.default_rng(seed), photos, 320, 240, 5, 6,
+                                                  SIZE_RANGES["photo"])
         assert image.shape == (240, 320, 3) and image.dtype == np.uint8
         assert boxes.shape == (len(classes), 4) and 1 <= len(classes) <= 6
         assert np.all((boxes >= 0) & (boxes <= 1)) and np.all(boxes[:, 2:] > boxes[:, :2])

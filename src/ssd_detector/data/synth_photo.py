@@ -181,10 +181,9 @@ def _hides_too_much(mask: np.ndarray, objects: list[np.ndarray]) -> bool:
 
 
 def make_photo_image(rng: np.random.Generator, photos: list[np.ndarray], width: int, height: int, classes: int,
-                     max_objects: int, size_range: tuple[float, float] = (0.05, 0.8)
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     max_objects: int, size_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image (H, W, 3) uint8 RGB with its normalized boxes (N, 4) and class ids (N,); object
-    sides log-uniform in size_range (fractions of the short side: tiny to large by default)."""
+    sides log-uniform in size_range (fractions of the short side; synthetic.SIZE_RANGES)."""
     image = _photo_crop(rng, photos[int(rng.integers(len(photos)))], width, height)
     shape = (height, width)
     for _ in range(int(rng.integers(0, 5))):  # distractors behind the objects

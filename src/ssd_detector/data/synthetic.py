@@ -49,7 +49,7 @@ class SynthSpec:
 
     @property
     def size_range(self) -> tuple[float, float]:
-        low, high = SIZE_RANGES.get(self.style, (0.06, 0.7))
+        low, high = SIZE_RANGES[self.style]  # check() names an unknown style first
         return (self.min_size if self.min_size is not None else low, self.max_size if self.max_size is not None else high)
 
     def check(self) -> None:
