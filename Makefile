@@ -13,6 +13,9 @@ DEMO_DIR ?= build/demo
 SDK3_VERSION ?= 3.27.0
 SDK2_VERSION ?= 2.257.7
 SDK_STAMPS := .venv-sdk3/.installed-$(SDK3_VERSION) .venv-sdk2/.installed-$(SDK2_VERSION)
+# ONNX Runtime runs exported models in its own virtualenv: its wheels need numpy >= 1.24.2.
+ORT_VERSION ?= 1.20.1
+ORT_STAMP := .venv-onnx/.installed-$(ORT_VERSION)
 
 IMAGE ?= ssd-detector
 # The images' base: made by docker/prepare.sh with debootstrap (no registry needed); any
@@ -25,7 +28,7 @@ GPU_BUILD_BASE ?= $(GPU_BASE)
 CUDA_FROM ?= wheels
 FETCH_WEIGHTS ?= auto
 
-.PHONY: install sdk-venvs demo test test-unit test-integration bench-data bench-train bench-accuracy bench-serve bench-soak bench-scaling bench-pipe bench-deps lint clean image image-cpu image-test image-gpu-check
+.PHONY: install sdk-venvs onnx-venv bench-infer demo test test-unit test-integration bench-data bench-train bench-accuracy bench-serve bench-soak bench-scaling bench-pipe bench-deps lint clean image image-cpu image-test image-gpu-check
 
 install: $(STAMP)
 
@@ -35,12 +38,18 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) scripts/install.sh
 
 sdk-venvs: $(SDK_STAMPS)
 
+onnx-venv: $(ORT_STAMP)
+
+$(ORT_STAMP): | install
+	bash scripts/install_side_venv.sh .venv-onnx onnxruntime==$(ORT_VERSION) numpy==2.2.6
+	touch $@
+
 .venv-sdk3/.installed-$(SDK3_VERSION): | install
-	bash scripts/install_sdk.sh .venv-sdk3 sagemaker==$(SDK3_VERSION)
+	bash scripts/install_side_venv.sh .venv-sdk3 sagemaker==$(SDK3_VERSION)
 	touch $@
 
 .venv-sdk2/.installed-$(SDK2_VERSION): | install
-	bash scripts/install_sdk.sh .venv-sdk2 sagemaker==$(SDK2_VERSION)
+	bash scripts/install_side_venv.sh .venv-sdk2 sagemaker==$(SDK2_VERSION)
 	touch $@
 
 demo: install
@@ -51,13 +60,13 @@ demo: install
 	$(VENV)/bin/ssd-detector check-data $(DEMO_DIR)/data/recordio/train --num-classes 3 --label-width 350
 	SAGEMAKER_BASE_DIR=$(DEMO_DIR)/opt_ml bash scripts/demo_job.sh $(DEMO_DIR)
 
-test: install sdk-venvs
+test: install sdk-venvs onnx-venv
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration
 
 test-unit: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
-test-integration: install sdk-venvs
+test-integration: install sdk-venvs onnx-venv
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
 bench-deps: $(BENCH_STAMP)

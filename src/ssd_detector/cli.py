@@ -228,6 +228,30 @@ def _convert(args: argparse.Namespace, resolver: "ImageResolver") -> int:
     return 0
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .model import artifact
+    from .model.quantize import QuantizeOptions, calibration_images, quantize
+
+    options = QuantizeOptions(args.calibration_mode, args.num_calibration,
+                              tuple(p.strip() for p in (args.fp32_layers or "").split(",") if p.strip()))
+    options.check()
+    model_dir = artifact.locate(args.model_dir)
+    size = int(artifact.read_hyperparameters(model_dir).get("image_shape", 0) or 0)
+    if size <= 0:
+        raise UserError(f"{model_dir / artifact.HYPERPARAMS_FILE} has no usable image_shape")
+    images = calibration_images(args.calibration_data, args.annotations, options.num_calibration, size)
+    print(json.dumps(quantize(model_dir, images, args.output, options)))
+    return 0
+
+
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .model import artifact
+    from .model.onnx_export import export_onnx
+
+    print(json.dumps(export_onnx(artifact.locate(args.model_dir), args.output, args.opset)))
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .environment import describe
 
@@ -335,6 +359,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-difficult", action="store_true",
                    help="recordio output: write 6 values per object, the 6th VOC's difficult flag")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("quantize", help="write an INT8 copy of a model (CPU hosting), calibrated on your images")
+    p.add_argument("--model-dir", type=Path, required=True, help="the FP32 model folder or model.tar.gz")
+    p.add_argument("--calibration-data", type=Path, required=True,
+                   help="a .rec file or folder, an image folder with --annotations (a JSON channel), or plain images")
+    p.add_argument("--annotations", type=Path, help="the annotation folder of a JSON channel")
+    p.add_argument("--output", type=Path, required=True, help="the INT8 model folder to write")
+    p.add_argument("--num-calibration", type=int, default=128,
+                   help="images spread evenly over the data (default 128)")
+    p.add_argument("--calibration-mode", default="naive", help="naive (min/max, default) or entropy (KL)")
+    p.add_argument("--fp32-layers", help="comma-separated layer names (or parts) to keep FP32 besides the "
+                   "input normalization and the detection head")
+    p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("export-onnx", help="write the model as one ONNX file with decoding and NMS inside")
+    p.add_argument("--model-dir", type=Path, required=True, help="the FP32 model folder or model.tar.gz")
+    p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=13, help="ONNX opset (13 or later; default 13)")
+    p.set_defaults(func=_cmd_export_onnx)
     return parser
 
 

@@ -29,6 +29,8 @@ KV_STORES = ("device", "local", "dist_sync", "dist_device_sync", "dist_async")
 # images); none: plain resized images (pre-augmented data, exact comparisons); phased: light for
 # the first half of the epochs, then full.
 AUGMENTATIONS = ("full", "light", "none", "phased")
+# step: the built-in's (lr_scheduler_step, lr_scheduler_factor); cosine: a decay to zero over the epochs.
+LR_SCHEDULES = ("step", "cosine")
 # Keys SageMaker or its SDKs add on their own; accepted silently and not validated.
 RESERVED_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
 MIN_IMAGE_SHAPE = 64
@@ -182,6 +184,7 @@ SCHEMA: tuple[Param, ...] = (
     Param("lr_scheduler_step", _parse_epoch_list, (), "comma-separated increasing epochs, e.g. \"10,20\""),
     Param("lr_scheduler_factor", _parse_float, 0.1, "a number in (0, 1)",
           _between(0, 1, low_open=True, high_open=True)),
+    Param("lr_schedule", _parse_str, "step", "one of " + ", ".join(LR_SCHEDULES), lambda v: v in LR_SCHEDULES),
     Param("optimizer", _parse_str, "sgd", "one of " + ", ".join(OPTIMIZERS), lambda v: v in OPTIMIZERS),
     Param("momentum", _parse_float, 0.9, "a number in [0, 1]", _between(0, 1)),
     Param("weight_decay", _parse_float, 0.0005, "a number in [0, 1)", _between(0, 1, high_open=True)),
@@ -225,6 +228,7 @@ class Hyperparameters:
     learning_rate: float
     lr_scheduler_step: tuple[int, ...]
     lr_scheduler_factor: float
+    lr_schedule: str
     optimizer: str
     momentum: float
     weight_decay: float

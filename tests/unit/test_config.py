@@ -85,6 +85,7 @@ def test_small_networks_are_accepted():
     ("lr_scheduler_step", "20,10", "comma-separated increasing epochs"),
     ("lr_scheduler_step", "a,b", "comma-separated increasing epochs"),
     ("lr_scheduler_factor", "1", "a number in (0, 1)"),
+    ("lr_schedule", "linear", "one of step, cosine"),
     ("optimizer", "nag", "one of sgd, adam, rmsprop, adadelta"),
     ("momentum", "1.1", "a number in [0, 1]"),
     ("weight_decay", "1", "a number in [0, 1)"),

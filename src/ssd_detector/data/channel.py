@@ -52,7 +52,7 @@ class ChannelData:
         return self.samples[int(np.argmax(self.label_widths))]
 
 
-def _files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
+def files_under(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
     """Files under path (recursively, as SageMaker copies an S3 prefix) with the given suffixes."""
     found: list[Path] = []
     for root, dirs, names in os.walk(path, followlinks=True):
@@ -66,7 +66,7 @@ def read_recordio_channel(path: Path | str, name: str = "") -> ChannelData:
     """A ``.rec`` file, or every ``.rec`` file under a folder."""
     path = Path(path)
     data = ChannelData(name=name or path.name, format="recordio")
-    files = [path] if path.is_file() else _files(path, (".rec",))
+    files = [path] if path.is_file() else files_under(path, (".rec",))
     if not files:
         data.issues.append(Issue(str(path), "no .rec file found (RecordIO channels hold one or more .rec files)"))
         return data
@@ -137,11 +137,11 @@ def read_json_channel(image_dir: Path | str, annotation_dir: Path | str, name: s
     if not annotation_dir.is_dir():
         data.issues.append(Issue(str(annotation_dir), "annotation channel folder does not exist"))
         return data
-    images = {p.relative_to(image_dir).as_posix(): p for p in _files(image_dir, IMAGE_SUFFIXES)}
+    images = {p.relative_to(image_dir).as_posix(): p for p in files_under(image_dir, IMAGE_SUFFIXES)}
     by_basename: dict[str, list[str]] = {}
     for rel in images:
         by_basename.setdefault(PurePosixPath(rel).name, []).append(rel)
-    annotations = _files(annotation_dir, (".json",))
+    annotations = files_under(annotation_dir, (".json",))
     if not annotations:
         data.issues.append(Issue(str(annotation_dir), "no .json annotation file found"))
     claimed: dict[str, str] = {}
@@ -224,7 +224,7 @@ def detect_format(channel_dir: Path, content_type: str | None, annotation_dir: P
             return "json"
         raise ValueError(f"content type {content_type!r} is not supported; use application/x-recordio, or "
                          f"{', '.join(IMAGE_CONTENT_TYPES[:3])} with annotation channels")
-    if channel_dir.is_file() or _files(channel_dir, (".rec",)):
+    if channel_dir.is_file() or files_under(channel_dir, (".rec",)):
         return "recordio"
     if annotation_dir is not None and annotation_dir.is_dir():
         return "json"

@@ -31,7 +31,7 @@ from ..sagemaker_env import Paths, env_int
 from . import distributed
 from .inputs import PipeChannel, TrainingInputs
 from .protocol import pipe_folder
-from .schedule import StepWithWarmup, batches_per_epoch
+from .schedule import StepWithWarmup, batches_per_epoch, make_schedule
 
 LOG = logging.getLogger(__name__)
 
@@ -93,6 +93,9 @@ def load_earlier_model(net: SSD, model_dir: Path, hp: Hyperparameters) -> None:
     """Incremental training: start from an earlier artifact of this algorithm. A different
     num_classes keeps everything but the class predictors, which start afresh."""
     earlier = artifact.read_hyperparameters(model_dir)
+    if "quantization" in earlier:  # written by `ssd-detector quantize`
+        raise UserError("the model channel holds an INT8 model (made by quantize); incremental training starts "
+                        "from the FP32 model it was made from")
     if earlier.get("base_network") != hp.base_network:
         raise UserError(f"the model channel holds a {earlier.get('base_network')!r} model but "
                         f"base_network={hp.base_network!r}; incremental training needs the same base network")
@@ -113,7 +116,11 @@ def load_earlier_model(net: SSD, model_dir: Path, hp: Hyperparameters) -> None:
 
 
 def make_optimizer(hp: Hyperparameters, updates_per_epoch: int) -> tuple[str, dict]:
-    schedule = StepWithWarmup(hp.learning_rate, hp.lr_scheduler_step, hp.lr_scheduler_factor, updates_per_epoch)
+    schedule = make_schedule(hp.lr_schedule, hp.learning_rate, hp.epochs, hp.lr_scheduler_step,
+                             hp.lr_scheduler_factor, updates_per_epoch)
+    if hp.lr_schedule == "cosine" and {"lr_scheduler_step", "lr_scheduler_factor"} & hp.given:
+        LOG.warning("lr_scheduler_step and lr_scheduler_factor apply to lr_schedule=step; ignored with "
+                    "lr_schedule=cosine")
     params: dict = {"learning_rate": hp.learning_rate, "lr_scheduler": schedule}
     if hp.optimizer == "sgd":
         params.update(momentum=hp.momentum, wd=hp.weight_decay)

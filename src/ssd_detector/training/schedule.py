@@ -1,4 +1,5 @@
-"""Learning rate: the built-in's step schedule, in epochs, after a short linear warm-up."""
+"""Learning rate after a short linear warm-up: the built-in's step schedule in epochs, or a cosine
+decay to zero over the job (the ``lr_schedule`` hyperparameter)."""
 from __future__ import annotations
 
 import math
@@ -43,3 +44,35 @@ class StepWithWarmup(lr_scheduler.LRScheduler):
         self.step_updates = [min(s, updates_done) if e <= epochs_done
                              else updates_done + (e - epochs_done) * updates_per_epoch
                              for s, e in zip(self.step_updates, self.step_epochs)]
+
+
+class CosineWithWarmup(StepWithWarmup):
+    """lr = base * (1 + cos(pi * done / total)) / 2 over the job's updates, after the same warm-up;
+    no steps (the step hyperparameters do not apply)."""
+
+    def __init__(self, base_lr: float, epochs: int, updates_per_epoch: int, warmup: int | None = None) -> None:
+        super().__init__(base_lr, (), 1.0, updates_per_epoch, warmup)
+        self.total_updates = max(1, epochs * updates_per_epoch)
+        self.epochs = epochs
+
+    def __call__(self, num_update: int) -> float:
+        progress = min(1.0, num_update / self.total_updates)
+        lr = self.base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if num_update < self.warmup:
+            start = WARMUP_START_FRACTION
+            lr *= start + (1 - start) * num_update / self.warmup
+        return lr
+
+    def rebase(self, updates_done: int, epochs_done: int, updates_per_epoch: int) -> None:
+        """The end of the decay moves with a corrected batch count (Pipe mode's first epoch)."""
+        self.total_updates = max(1, updates_done + (self.epochs - epochs_done) * updates_per_epoch)
+
+
+def make_schedule(kind: str, base_lr: float, epochs: int, step_epochs: Sequence[int], factor: float,
+                  updates_per_epoch: int) -> StepWithWarmup:
+    """The schedule the ``lr_schedule`` hyperparameter names ("step" or "cosine")."""
+    if kind == "cosine":
+        return CosineWithWarmup(base_lr, epochs, updates_per_epoch)
+    if kind == "step":
+        return StepWithWarmup(base_lr, step_epochs, factor, updates_per_epoch)
+    raise ValueError(f"lr_schedule {kind!r} is not one of step, cosine")
