@@ -84,6 +84,9 @@ bench-train: bench-deps
 bench-scaling: install
 	$(PY) scripts/bench_scaling.py
 
+bench-infer: install onnx-venv
+	$(PY) scripts/bench_infer.py $(ARGS)
+
 bench-serve: install
 	$(PY) scripts/bench_serve.py
 

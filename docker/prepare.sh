@@ -4,7 +4,7 @@
 #   1. a Docker engine: Debian's docker.io, and dockerd started in the background if none answers;
 #      Debian's docker-compose, which the SageMaker SDK's local mode runs;
 #   2. base image ssd-base:bookworm from debootstrap (minbase + Python 3.11) via `docker import`;
-#   3. the variant's wheelhouse (docker/wheelhouse.sh, cached in build/wheelhouse-VARIANT) linked
+#   3. the variant's wheelhouse (docker/wheelhouse.sh, cached in build/wheelhouse-VARIANT-PINS) linked
 #      into wheelhouse/, so the build needs no package index. wheelhouse/ then holds that variant's
 #      wheels only (the CPU build does not send the GPU's 2 GB to the engine).
 # Idempotent: each step is skipped when its result is there. Needs root for 1 and 2.
@@ -49,8 +49,11 @@ if ! docker image inspect "$base_image" >/dev/null 2>&1; then
     as_root tar -C "$rootfs" -c . | docker import - "$base_image" >/dev/null
 fi
 
-if ! compgen -G "$root/wheelhouse/$marker" >/dev/null; then
-    cache="$root/build/wheelhouse-$variant"
+# A wheelhouse belongs to one set of pins: a change to the requirement files makes a new one.
+pins=$(cat "$root"/docker/constraints.txt "$root"/docker/image-requirements.txt "$root"/docker/gpu-requirements.txt \
+       | sha256sum | cut -c1-12)
+if ! compgen -G "$root/wheelhouse/$marker" >/dev/null || [ ! -e "$root/wheelhouse/.pins-$variant-$pins" ]; then
+    cache="$root/build/wheelhouse-$variant-$pins"
     if ! compgen -G "$cache/$marker" >/dev/null; then
         echo "prepare: downloading the $variant wheelhouse into $cache"
         PYTHON=${PYTHON:-$root/.venv/bin/python} bash "$root/docker/wheelhouse.sh" "$cache" "$variant"
@@ -58,5 +61,6 @@ if ! compgen -G "$root/wheelhouse/$marker" >/dev/null; then
     echo "prepare: wheelhouse/ <- $cache"
     find "$root/wheelhouse" -mindepth 1 ! -name .keep -delete
     cp -l "$cache"/* "$root/wheelhouse/" 2>/dev/null || cp "$cache"/* "$root/wheelhouse/"
+    touch "$root/wheelhouse/.pins-$variant-$pins"
 fi
 echo "prepare: docker engine up, $base_image present, wheelhouse/ holds the $variant wheels"

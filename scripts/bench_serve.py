@@ -5,8 +5,10 @@
    work done in this process without a server (decode + predict + JSON), the server given one
    worker with as many threads as this process has, so the ratio is the server's own cost.
 2. Load: the default worker count (one per CPU), 1, 2, 4 and 8 concurrent clients: throughput,
-   p50 and p99 latency, and each worker's resident memory.
-The model is a freshly initialized network (its untrained scores make the NMS work hardest).
+   p50 and p99 latency, and each worker's resident memory; for the FP32 model and for its INT8
+   copy (`ssd-detector quantize`, naive calibration on synthetic pictures), one after the other.
+The model is a freshly initialized network (its untrained scores make the NMS work hardest), or
+a trained one with --model-dir (e.g. build/bench/infer/job/model from `make bench-infer`).
 Run with `make bench-serve`.
 """
 from __future__ import annotations
@@ -102,12 +104,49 @@ def model_and_picture(root: Path, base_network: str, image_shape: int) -> tuple[
     return model, image
 
 
+def load_rows(model: Path, log: Path, jpeg: bytes, requests: int) -> tuple[list[dict], list[float]]:
+    """The default worker count serving model: req/s, p50 and p99 at 1, 2, 4 and 8 clients, and
+    each worker's resident memory."""
+    server, port = start_server(model, None, log)
+    rows = []
+    try:
+        rss = worker_rss_mb(server.pid)
+        for clients in (1, 2, 4, 8):
+            with ThreadPoolExecutor(clients) as pool:
+                list(pool.map(lambda _: invoke(port, jpeg), range(clients * 2)))  # warm-up
+                start = time.perf_counter()
+                latencies = list(pool.map(lambda _: invoke(port, jpeg), range(requests)))
+                wall = time.perf_counter() - start
+            rows.append({"clients": clients, "throughput": requests / wall,
+                         "p50_ms": float(np.percentile(latencies, 50) * 1e3),
+                         "p99_ms": float(np.percentile(latencies, 99) * 1e3)})
+        rss = worker_rss_mb(server.pid) or rss
+    finally:
+        stop(server)
+    return rows, rss
+
+
+def quantized_copy(model: Path, out: Path) -> Path:
+    """The INT8 copy of model, calibrated (naive) on 32 synthetic pictures."""
+    from ssd_detector.data.synthetic import SynthSpec, make_image
+    from ssd_detector.data.transforms import ValTransform
+    from ssd_detector.model import artifact
+    from ssd_detector.model.quantize import QuantizeOptions, quantize
+
+    size = int(artifact.read_hyperparameters(model)["image_shape"])
+    rng, spec, transform = np.random.default_rng(1), SynthSpec(train=1, validation=0, classes=5), ValTransform(size)
+    pictures = np.stack([transform(make_image(rng, spec)[0], np.zeros((0, 4), np.float32))[0] for _ in range(32)])
+    quantize(model, pictures, out, QuantizeOptions(num_calibration=len(pictures)))
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-network", default="mobilenet-1.0")
     parser.add_argument("--image-shape", type=int, default=300)
     parser.add_argument("--requests", type=int, default=60, help="per measurement")
     parser.add_argument("--root", type=Path, default=Path("build/bench/serve"))
+    parser.add_argument("--model-dir", type=Path, help="a trained model instead of a freshly initialized one")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
@@ -116,10 +155,14 @@ def main() -> int:
     from ssd_detector.serving import codecs
 
     model, image = model_and_picture(args.root, args.base_network, args.image_shape)
+    if args.model_dir:
+        from ssd_detector.model import artifact
+
+        model = artifact.locate(args.model_dir)
     jpeg = encode(image, "jpeg")
     cpus = os.cpu_count() or 1
-    LOG.info("model %s@%d (untrained), 640x480 JPEG of %d bytes, %d CPUs", args.base_network, args.image_shape,
-             len(jpeg), cpus)
+    LOG.info("model %s, 640x480 JPEG of %d bytes, %d CPUs",
+             model if args.model_dir else f"{args.base_network}@{args.image_shape} (untrained)", len(jpeg), cpus)
 
     predictor = Predictor.load(model)
 
@@ -145,29 +188,21 @@ def main() -> int:
              bare_ms, http_ms, args.requests, ratio, TARGET_OVERHEAD, "met" if ratio <= TARGET_OVERHEAD else "NOT met")
     del predictor
 
-    server, port = start_server(model, None, args.root / "serve-default.log")
-    rows = []
-    try:
-        rss = worker_rss_mb(server.pid)
-        for clients in (1, 2, 4, 8):
-            with ThreadPoolExecutor(clients) as pool:
-                list(pool.map(lambda _: invoke(port, jpeg), range(clients * 2)))  # warm-up
-                start = time.perf_counter()
-                latencies = list(pool.map(lambda _: invoke(port, jpeg), range(args.requests)))
-                wall = time.perf_counter() - start
-            rows.append({"clients": clients, "throughput": args.requests / wall,
-                         "p50_ms": float(np.percentile(latencies, 50) * 1e3),
-                         "p99_ms": float(np.percentile(latencies, 99) * 1e3)})
-        rss = worker_rss_mb(server.pid) or rss
-    finally:
-        stop(server)
-    LOG.info("load with the default %d worker(s), %d requests each:", len(rss), args.requests)
-    LOG.info("  clients  req/s    p50 ms   p99 ms")
-    for r in rows:
-        LOG.info("  %7d  %6.1f  %7.1f  %7.1f", r["clients"], r["throughput"], r["p50_ms"], r["p99_ms"])
-    LOG.info("resident memory per worker: %s MB", ", ".join(f"{v:.0f}" for v in rss))
-    (args.root / "result.json").write_text(json.dumps({"bare_ms": bare_ms, "http_ms": http_ms, "ratio": ratio,
-                                                       "load": rows, "worker_rss_mb": rss}, indent=1))
+    loads = {"FP32": load_rows(model, args.root / "serve-default.log", jpeg, args.requests)}
+    int8 = quantized_copy(model, args.root / "model-int8")
+    loads["INT8"] = load_rows(int8, args.root / "serve-int8.log", jpeg, args.requests)
+    LOG.info("load with the default worker count, %d requests each:", args.requests)
+    LOG.info("  model  clients  req/s    p50 ms   p99 ms  req/s vs FP32")
+    for name, (rows, _) in loads.items():
+        for r, base in zip(rows, loads["FP32"][0]):
+            LOG.info("  %-5s  %7d  %6.1f  %7.1f  %7.1f  %6.2fx", name, r["clients"], r["throughput"], r["p50_ms"],
+                     r["p99_ms"], r["throughput"] / base["throughput"])
+    for name, (_, rss) in loads.items():
+        LOG.info("resident memory per worker, %s: %s MB", name, ", ".join(f"{v:.0f}" for v in rss))
+    (args.root / "result.json").write_text(json.dumps({
+        "bare_ms": bare_ms, "http_ms": http_ms, "ratio": ratio, "load": loads["FP32"][0],
+        "worker_rss_mb": loads["FP32"][1], "int8_load": loads["INT8"][0], "int8_worker_rss_mb": loads["INT8"][1]},
+        indent=1))
     return 0
 
 

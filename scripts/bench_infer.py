@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""CPU inference: FP32 MXNet vs the INT8 artifact (`ssd-detector quantize`) vs the ONNX file
+(`ssd-detector export-onnx`) in ONNX Runtime, on one briefly trained model.
+
+A `mobilenet-1.0`@300 SSD is trained on the synthetic shapes family (once; kept under --root),
+then quantized with each calibration mode on the validation split and exported to ONNX. Each
+engine is scored on a held-out split made with another seed (VOC07 mAP, the code training's
+validation uses) and timed at batch 1 and 8 on the same preprocessed images, in interleaved
+rounds (the median round counts), all in one run so the ratios share the machine's state. ONNX
+Runtime runs in its own virtualenv (`make onnx-venv`) through scripts/onnx_infer.py.
+Run with `make bench-infer` (ARGS="..." passes options).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ssd_detector.environment import usable_cpus
+
+LOG = logging.getLogger("bench_infer")
+ROOT = Path(__file__).resolve().parents[1]
+ORT_PYTHON = ROOT / ".venv-onnx/bin/python"
+HYPERPARAMETERS = {
+    "base_network": "mobilenet-1.0", "image_shape": "300", "mini_batch_size": "16", "epochs": "10",
+    "optimizer": "adam", "learning_rate": "0.005", "lr_scheduler_step": "7,9", "use_pretrained_model": "0",
+    "augmentation": "light",
+}
+TARGETS = {"int8_speedup_b8": 3.0, "int8_speedup_b1": 2.0, "int8_map_drop": 0.01, "onnx_map_gap": 0.005}
+
+Rows = list[np.ndarray]
+
+
+def train_model(root: Path, args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """The trained model, the validation channel (calibration) and the held-out channel; training
+    happens once per --root."""
+    import bench_accuracy
+
+    data, test_dir = bench_accuracy.make_sets(root, "shapes", args.train, args.validation, args.test)
+    model = root / "job/model"
+    if not (model / "model_algo_1-symbol.json").exists():
+        hyperparameters = {**HYPERPARAMETERS, "num_classes": str(bench_accuracy.CLASSES),
+                           **{k: str(v) for k, v in args.hyperparameters.items()}}
+        LOG.info("training %s (kept in %s for later runs)", json.dumps(hyperparameters), model)
+        result = bench_accuracy.train_once(root / "job", data, hyperparameters, args.budget, root / "train.log")
+        LOG.info("trained in %.0f s; validation mAP by epoch %s", result["wall_seconds"],
+                 [round(v, 3) for v in result["validation_map"]])
+    return model, data / "validation", test_dir
+
+
+def held_out(test_dir: Path, size: int) -> tuple[np.ndarray, list]:
+    """Held-out images preprocessed as serving does -> (K, 3, S, S) uint8 and their samples."""
+    from ssd_detector.data.channel import read_channel
+    from ssd_detector.data.images import decode_rgb
+    from ssd_detector.data.transforms import ValTransform
+
+    samples = read_channel(test_dir).samples
+    transform = ValTransform(size)
+    no_boxes = np.zeros((0, 4), np.float32)
+    return np.stack([transform(decode_rgb(s.image.read()), no_boxes)[0] for s in samples]), samples
+
+
+def score(rows: Rows, samples: list, classes: int) -> float:
+    from ssd_detector.evaluation.voc_map import VOCMeanAP
+
+    metric = VOCMeanAP(classes)
+    for found, sample in zip(rows, samples):
+        metric.update(found[:, 2:6], found[:, 0].astype(np.int64), found[:, 1], sample.boxes, sample.class_ids,
+                      sample.difficult.astype(bool))
+    return metric.value()
+
+
+def mxnet_engine(model_dir: Path) -> Callable[[np.ndarray], Rows]:
+    """A model folder -> a function from a (B, 3, S, S) uint8 batch to its rows per image."""
+    import mxnet as mx
+
+    from ssd_detector.inference import Predictor
+
+    net = Predictor(model_dir).net
+
+    def run(batch: np.ndarray) -> Rows:
+        raw = net(mx.nd.array(batch, dtype="uint8")).asnumpy()  # (B, N, 6)
+        return [r[r[:, 0] >= 0] for r in raw]
+    return run
+
+
+def all_rows(run: Callable[[np.ndarray], Rows], images: np.ndarray, batch: int) -> Rows:
+    rows: Rows = []
+    for start in range(0, len(images), batch):
+        rows.extend(run(images[start:start + batch]))
+    return rows
+
+
+def images_per_second(run: Callable[[np.ndarray], Rows], images: np.ndarray, batch: int) -> float:
+    start = time.perf_counter()
+    all_rows(run, images, batch)
+    return len(images) / (time.perf_counter() - start)
+
+
+def onnx_pass(onnx_file: Path, images: np.ndarray, batch: int, work: Path, repeat: int, threads: int) -> dict:
+    """scripts/onnx_infer.py in the ONNX Runtime virtualenv -> rows per image and img/s per pass."""
+    np.savez(work / "images.npz", images=images)
+    out = work / f"onnx-{batch}.npz"
+    result = subprocess.run([str(ORT_PYTHON), str(ROOT / "scripts/onnx_infer.py"), str(onnx_file),
+                             str(work / "images.npz"), str(out), "--batch", str(batch), "--threads", str(threads),
+                             "--repeat", str(repeat)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"onnx_infer.py failed: {result.stderr[-2000:]}")
+    saved = np.load(out)
+    rows = [saved["detections"][saved["batch_index"] == i] for i in range(len(images))]
+    return {"rows": rows, "ips": [len(images) / s for s in saved["seconds"]]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=Path("build/bench/infer"))
+    parser.add_argument("--train", type=int, default=1000)
+    parser.add_argument("--validation", type=int, default=200)
+    parser.add_argument("--test", type=int, default=300)
+    parser.add_argument("--budget", type=float, default=3600, help="seconds allowed for the one training")
+    parser.add_argument("--hyperparameters", type=json.loads, default={}, help="JSON overriding the training's")
+    parser.add_argument("--num-calibration", type=int, default=128)
+    parser.add_argument("--timing-images", type=int, default=64, help="images per timed pass")
+    parser.add_argument("--rounds", type=int, default=5, help="timed passes per engine and batch size")
+    parser.add_argument("--output", type=Path, default=Path("build/bench/infer.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    threads = usable_cpus()
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # before MXNet loads: every core, as serving
+    if not ORT_PYTHON.exists():
+        parser.error(f"{ORT_PYTHON} missing: run `make onnx-venv`")
+    import bench_accuracy
+
+    from ssd_detector.model.onnx_export import export_onnx
+    from ssd_detector.model.quantize import QuantizeOptions, calibration_images, quantize
+
+    root = args.root
+    root.mkdir(parents=True, exist_ok=True)
+    model, validation, test_dir = train_model(root, args)
+    size = int(HYPERPARAMETERS["image_shape"])
+    calibration = calibration_images(validation, None, args.num_calibration, size)
+    variants = {"FP32": model}
+    for mode in ("naive", "entropy"):
+        variants[f"INT8 {mode}"] = root / f"int8-{mode}"
+        quantize(model, calibration, variants[f"INT8 {mode}"], QuantizeOptions(calibration_mode=mode))
+    onnx_file = root / "model.onnx"
+    export_onnx(model, onnx_file)
+    images, samples = held_out(test_dir, size)
+    timing = images[:args.timing_images]
+    engines = {name: mxnet_engine(path) for name, path in variants.items()}
+    results: dict[str, dict] = {name: {"ips": {1: [], 8: []}} for name in [*engines, "ONNX Runtime"]}
+    for name, run in engines.items():
+        results[name]["map"] = score(all_rows(run, images, 8), samples, bench_accuracy.CLASSES)
+        run(images[:8])  # warm both batch shapes
+        run(images[:1])
+    results["ONNX Runtime"]["map"] = score(onnx_pass(onnx_file, images, 8, root, 0, threads)["rows"], samples,
+                                           bench_accuracy.CLASSES)
+    for _ in range(args.rounds):  # interleaved: a slow spell of the machine hits every engine alike
+        for batch in (1, 8):
+            for name, run in engines.items():
+                results[name]["ips"][batch].append(images_per_second(run, timing, batch))
+            results["ONNX Runtime"]["ips"][batch].extend(onnx_pass(onnx_file, timing, batch, root, 1, threads)["ips"])
+    fp32 = results["FP32"]
+    LOG.info("== CPU inference, %s@%d, %d threads, %d held-out images (timing: %d images, median of %d rounds)",
+             HYPERPARAMETERS["base_network"], size, threads, len(images), len(timing), args.rounds)
+    LOG.info("%-13s %8s %9s %9s %9s %9s", "engine", "mAP", "b1 img/s", "b1 ratio", "b8 img/s", "b8 ratio")
+    summary = {}
+    for name, result in results.items():
+        medians = {b: float(np.median(v)) for b, v in result["ips"].items()}
+        ratios = {b: medians[b] / float(np.median(fp32["ips"][b])) for b in medians}
+        LOG.info("%-13s %8.4f %9.1f %8.2fx %9.1f %8.2fx", name, result["map"], medians[1], ratios[1], medians[8],
+                 ratios[8])
+        summary[name] = {"map": result["map"], "images_per_second": medians, "ratio_to_fp32": ratios,
+                         "rounds": result["ips"]}
+    best = max((n for n in summary if n.startswith("INT8")), key=lambda n: summary[n]["map"])
+    int8 = summary[best]
+    checks = {
+        f"{best} >= {TARGETS['int8_speedup_b8']}x FP32 at batch 8": int8["ratio_to_fp32"][8] >= TARGETS["int8_speedup_b8"],
+        f"{best} >= {TARGETS['int8_speedup_b1']}x FP32 at batch 1": int8["ratio_to_fp32"][1] >= TARGETS["int8_speedup_b1"],
+        f"{best} mAP drop <= {TARGETS['int8_map_drop']}": fp32["map"] - int8["map"] <= TARGETS["int8_map_drop"],
+        f"ONNX Runtime mAP within {TARGETS['onnx_map_gap']} of MXNet's":
+            abs(summary["ONNX Runtime"]["map"] - fp32["map"]) <= TARGETS["onnx_map_gap"],
+    }
+    for check, met in checks.items():
+        LOG.info("%s: %s", check, "met" if met else "NOT met")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"engines": summary, "checks": checks, "threads": threads}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
