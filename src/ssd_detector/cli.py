@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 from .errors import Stopped, UserError
 
 if TYPE_CHECKING:
+    from .data.channel import ChannelData
     from .data.manifest import ImageResolver
 
 LOG = logging.getLogger("ssd_detector")
@@ -244,6 +245,41 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_labelled(args: argparse.Namespace, num_classes: int | None) -> "ChannelData":
+    """DATA as check-data reads it (RecordIO, images + annotations, a manifest), checked against
+    num_classes; problems are refused as check-data reports them."""
+    from .data.channel import raise_if_issues, read_channel, validate
+    from .data.manifest import ImageResolver, is_manifest, read_manifest
+
+    resolver = ImageResolver(args.data.parent, args.images)
+    try:
+        if is_manifest(args.data):
+            data = read_manifest(args.data, resolver, args.label_attribute)
+        else:
+            data = read_channel(args.data, args.annotations)
+        validate(data, num_classes, decode=False, require_all_classes=False)
+    finally:
+        resolver.close()
+    raise_if_issues(data, str(args.data))
+    return data
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.evaluate import evaluate
+    from .inference import Predictor
+
+    if not 0 <= args.threshold <= 1:
+        raise UserError(f"--threshold {args.threshold} must be in [0, 1]")
+    predictor = Predictor.load(args.model_dir)
+    num_classes = args.num_classes or predictor.num_classes
+    if num_classes is None or num_classes < 1:
+        raise UserError("the model's hyperparams.json has no num_classes; give --num-classes")
+    data = _read_labelled(args, num_classes)
+    report = evaluate(data, predictor, num_classes, args.threshold, args.output, quiet=args.quiet)
+    print(json.dumps(report))
+    return 0
+
+
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
     from .model import artifact
     from .model.onnx_export import export_onnx
@@ -372,6 +408,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp32-layers", help="comma-separated layer names (or parts) to keep FP32 besides the "
                    "input normalization and the detection head")
     p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("evaluate", help="score a model on labelled data: one JSON object on stdout (VOC07, VOC12, "
+                       "COCO mAP, per class, per size) and a report folder of pictures")
+    p.add_argument("data", type=Path, help="what check-data takes: a .rec file or folder, an image folder with "
+                   "--annotations, or a Ground Truth manifest")
+    p.add_argument("--model-dir", type=Path, required=True, help="model folder or model.tar.gz")
+    p.add_argument("--output", type=Path, help="the report folder to write (PNG pictures and the JSON)")
+    p.add_argument("--annotations", type=Path, help="the annotation folder of an image channel")
+    p.add_argument("--images", type=Path, help="manifest: local folder holding the source-ref images")
+    p.add_argument("--label-attribute", help="manifest: the label attribute (default: the bounding-box one)")
+    p.add_argument("--num-classes", type=int, help="default: the model's num_classes")
+    p.add_argument("--threshold", type=float, default=0.0,
+                   help="drop detections scoring below this before scoring (default 0: every detection, as training's "
+                   "validation mAP)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("export-onnx", help="write the model as one ONNX file with decoding and NMS inside")
     p.add_argument("--model-dir", type=Path, required=True, help="the FP32 model folder or model.tar.gz")

@@ -37,6 +37,10 @@ class Predictor:
         except (KeyError, ValueError):
             raise UserError(f"{self.model_dir / artifact.HYPERPARAMS_FILE} has no usable image_shape") from None
         self.class_names = artifact.read_class_names(self.model_dir)
+        try:
+            self.num_classes: int | None = int(hyperparameters["num_classes"])
+        except (KeyError, ValueError):
+            self.num_classes = None
         self._transform = ValTransform(self.image_size)
         with warnings.catch_warnings():
             # The input's type is unknown until the first call (uint8 pixels); not a problem.

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..errors import shown
+from ..errors import UserError, shown
 from . import recordio
 from .images import IMAGE_CONTENT_TYPES, ImageError, decode_rgb, image_size_of_file
 from .labels import LabelError, check_boxes, check_class_ids, check_image_size, class_id_value, clip_boxes, \
@@ -289,6 +289,16 @@ def _decode_all(samples: Iterable[Sample], workers: int) -> list[Issue]:
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return [issue for issue in pool.map(_decode_one, samples, chunksize=16) if issue is not None]
+
+
+def raise_if_issues(data: ChannelData, what: str, listed: int = 5) -> None:
+    """A UserError listing data's first problems as check-data reports them (where: what)."""
+    if not data.issues:
+        return
+    text = "; ".join(f"{i.where}: {i.what}" for i in data.issues[:listed])
+    more = f" (and {len(data.issues) - listed} more; `ssd-detector check-data` lists every one)" \
+        if len(data.issues) > listed else ""
+    raise UserError(f"{what}: {len(data.issues)} problem(s): {text}{more}")
 
 
 def summarize(data: ChannelData, label_width: int | None = None) -> dict[str, Any]:

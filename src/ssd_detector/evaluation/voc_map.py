@@ -62,26 +62,42 @@ class VOCMeanAP:
             self._scores[cls].append(scores)
             self._hits[cls].append(hits)
 
+    def curve(self, cls: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Recall and precision of class cls after each of its detections, best score first;
+        None for a class with no (non-difficult) ground truth."""
+        if self._positives[cls] == 0:
+            return None
+        if not self._scores[cls]:
+            return np.zeros(0), np.zeros(0)
+        scores = np.concatenate(self._scores[cls])
+        hits = np.concatenate(self._hits[cls])
+        order = np.argsort(-scores, kind="stable")
+        hits = hits[order]
+        hits = hits[hits >= 0]  # matches with difficult boxes are ignored
+        tp = np.cumsum(hits == 1)
+        fp = np.cumsum(hits == 0)
+        recall = tp / self._positives[cls]
+        precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+        return recall, precision
+
     def average_precisions(self) -> np.ndarray:
         """AP per class; NaN for a class with no (non-difficult) ground truth."""
         aps = np.full(self.num_classes, np.nan)
         for cls in range(self.num_classes):
-            if self._positives[cls] == 0:
+            curve = self.curve(cls)
+            if curve is None:
                 continue
-            if not self._scores[cls]:
+            recall, precision = curve
+            if not recall.size:
                 aps[cls] = 0.0
                 continue
-            scores = np.concatenate(self._scores[cls])
-            hits = np.concatenate(self._hits[cls])
-            order = np.argsort(-scores, kind="stable")
-            hits = hits[order]
-            hits = hits[hits >= 0]  # matches with difficult boxes are ignored
-            tp = np.cumsum(hits == 1)
-            fp = np.cumsum(hits == 0)
-            recall = tp / self._positives[cls]
-            precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
             aps[cls] = _ap_voc07(recall, precision) if self.voc07 else _ap_area(recall, precision)
         return aps
+
+    @property
+    def positives(self) -> np.ndarray:
+        """Non-difficult ground-truth objects per class."""
+        return self._positives.copy()
 
     def value(self) -> float:
         """Mean AP over the classes that have ground truth (0 when none has)."""

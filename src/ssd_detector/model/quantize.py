@@ -27,7 +27,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
-from ..data.channel import IMAGE_SUFFIXES, ChannelData, files_under, read_channel
+from ..data.channel import IMAGE_SUFFIXES, files_under, raise_if_issues, read_channel
 from ..data.images import ImageError, decode_rgb
 from ..data.transforms import ValTransform
 from ..errors import UserError
@@ -79,7 +79,7 @@ def calibration_images(path: Path, annotations: Path | None, count: int, image_s
         refs = [(str(f), f.read_bytes) for f in files]
     else:
         data = read_channel(path, annotations)
-        _raise_issues(data, path)
+        raise_if_issues(data, f"calibration data {path}")
         refs = [(s.where, s.image.read) for s in data.samples]
         if not refs:
             raise UserError(f"calibration data {path} holds no image")
@@ -94,15 +94,6 @@ def calibration_images(path: Path, annotations: Path | None, count: int, image_s
             raise UserError(f"calibration data: {where}: {exc}") from None
         images.append(transform(image, NO_BOXES)[0])
     return np.stack(images)  # (K, 3, S, S)
-
-
-def _raise_issues(data: ChannelData, path: Path) -> None:
-    if not data.issues:
-        return
-    shown = "; ".join(f"{i.where}: {i.what}" for i in data.issues[:5])
-    more = f" (and {len(data.issues) - 5} more; `ssd-detector check-data {path}` lists them)" if len(data.issues) > 5 \
-        else ""
-    raise UserError(f"calibration data {path}: {len(data.issues)} problem(s): {shown}{more}")
 
 
 def _load_fp32(model_dir: Path) -> gluon.SymbolBlock:
