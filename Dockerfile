@@ -91,7 +91,7 @@ RUN python3 -m venv /opt/venv \
     && HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_TENSORFLOW=1 \
        HOROVOD_WITHOUT_PYTORCH=1 MAKEFLAGS="-j$(nproc)" \
        /opt/venv/bin/pip install --no-cache-dir --no-build-isolation -c /build/constraints.txt horovod \
-    && /opt/venv/bin/python -c "import horovod.mxnet, mxnet, cv2, flask, gunicorn, boto3" \
+    && /opt/venv/bin/python -c "import horovod.mxnet, mxnet, cv2, flask, gunicorn, boto3, onnx, matplotlib, pycocotools, tqdm" \
     && if [ "${VARIANT}" = gpu ]; then \
          /opt/venv/bin/python -c "import horovod.mxnet as h; assert h.nccl_built(), 'Horovod built without NCCL'"; fi
 
@@ -127,7 +127,9 @@ COPY --from=build /opt/cuda-stub /opt/cuda-stub
 COPY --from=build /build/dist /tmp/dist
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-index /tmp/dist/*.whl \
     && /opt/venv/bin/pip uninstall -y -q wheel \
-    && rm -rf /tmp/dist
+    && rm -rf /tmp/dist \
+    && MPLCONFIGDIR=/opt/matplotlib /opt/venv/bin/python -c "import matplotlib.font_manager" \
+    && chmod -R a+rX /opt/matplotlib
 # GPU: the CUDA wheels' library folders join the linker's cache, so libmxnet.so and Horovod
 # resolve them in every process (ldd too) without LD_LIBRARY_PATH.
 RUN if [ -f /opt/venv/cuda-libs.conf ]; then cp /opt/venv/cuda-libs.conf /etc/ld.so.conf.d/ssd-detector-cuda.conf; fi \
@@ -136,12 +138,14 @@ COPY container/entrypoint /opt/program/entrypoint
 RUN ln -s entrypoint /opt/program/train && ln -s entrypoint /opt/program/serve
 
 # Nothing under /opt/ml: SageMaker mounts it. Readable by any uid (docker run --user works).
+# MPLCONFIGDIR: matplotlib's font cache, made at build time (reports draw without rebuilding it).
 # OPENCV_IO_MAX_IMAGE_PIXELS: OpenCV's own decoder cap, read when cv2 loads, at data.images.MAX_PIXELS
 # (behind the header check).
 ENV PATH=/opt/venv/bin:/opt/program:$PATH \
     PYTHONUNBUFFERED=TRUE \
     PYTHONDONTWRITEBYTECODE=TRUE \
     MXNET_HOME=/opt/mxnet \
+    MPLCONFIGDIR=/opt/matplotlib \
     OPENCV_IO_MAX_IMAGE_PIXELS=89478485
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
       org.opencontainers.image.title="ssd-detector" \

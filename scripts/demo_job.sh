@@ -2,7 +2,8 @@
 # Lays out a SageMaker-style /opt/ml tree under $SAGEMAKER_BASE_DIR from the demo's synthetic
 # image + JSON annotation channels (their "categories" name the classes), checks it as a training
 # job would read it, trains a small model for a few minutes, and predicts on validation images
-# with the boxes drawn and named. Usage: demo_job.sh DEMO_DIR
+# with the boxes drawn and named, asks the served model, and evaluates the model on the validation
+# set (a report of pictures). Usage: demo_job.sh DEMO_DIR
 set -euo pipefail
 demo=$1
 base=${SAGEMAKER_BASE_DIR:?set SAGEMAKER_BASE_DIR}
@@ -55,3 +56,15 @@ request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=op
                                           "X-Amzn-SageMaker-Custom-Attributes": "threshold=0.3"})
 print(json.dumps(json.load(urllib.request.urlopen(request, timeout=60)), indent=1))
 PY
+kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true; trap - EXIT
+echo "== evaluating the model on the validation set: VOC07/VOC12/COCO mAP, per class and per size"
+"$cli" evaluate "$demo/data/json/validation" --annotations "$demo/data/json/validation_annotation" \
+    --model-dir "$base/model" --output "$demo/evaluation" --quiet > "$demo/evaluation.json"
+"$(dirname "$0")/../.venv/bin/python" - "$demo/evaluation.json" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+print(f"VOC07 mAP {report['voc07_map']:.3f}  VOC12 mAP {report['voc12_map']:.3f}  COCO AP@[.5:.95] {report['coco_map']:.3f}")
+print("AP per class:", {name: round(c["voc07_ap"], 3) for name, c in report["per_class"].items() if c["voc07_ap"] is not None})
+PY
+echo "== the evaluation report (pictures): $demo/evaluation; the training report: $base/output/data/report"
+ls "$demo/evaluation" "$base/output/data/report"

@@ -7,7 +7,8 @@
     lays out OUT/algo-<i>/ as /opt/ml (config files, channels), runs `IMG train` in one container
     per instance (a user-defined Docker network, containers named algo-1..N, as SageMaker names
     hosts), then packs OUT/model.tar.gz from algo-1's model/ and OUT/output.tar.gz from its
-    output/data, as SageMaker does; a failure file is copied to OUT/failure. Exit code: the job's.
+    output/data, as SageMaker does, and unpacks the training report (output/data/report) into
+    OUT/report; a failure file is copied to OUT/failure. Exit code: the job's.
 
   local_run.py train ... --input-mode Pipe [--channel train=FILE.manifest --attribute-names
       train=source-ref,LABEL] [--distribution train=ShardedByS3Key]
@@ -198,6 +199,10 @@ def train(args: argparse.Namespace) -> int:
     if (primary / "model").is_dir() and any((primary / "model").iterdir()):
         pack(primary / "model", out / "model.tar.gz")
     pack(primary / "output/data", out / "output.tar.gz")
+    report = primary / "output/data/report"
+    if report.is_dir():  # the training report, unpacked beside the model for a look without tar
+        shutil.copytree(report, out / "report", dirs_exist_ok=True)
+        LOG.info("training report: %s", out / "report")
     for base in bases:
         if (base / "output/failure").exists():
             shutil.copy(base / "output/failure", out / "failure")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from .errors import Stopped, UserError
+from .progress import Progress
 
 if TYPE_CHECKING:
     from .data.channel import ChannelData
@@ -44,7 +45,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
                      max_size=args.max_size)
     try:
         spec.check()
-        counts = generate(args.out, spec)
+        progress = Progress("synth", total=spec.train + spec.validation, unit="images", quiet=args.quiet)
+        counts = generate(args.out, spec, progress)
+        progress.close()
     except ValueError as exc:
         raise UserError(str(exc)) from None
     print(json.dumps({"output": str(args.out), **counts, "classes": args.classes, "format": args.format}))
@@ -62,7 +65,11 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
             data = read_manifest(args.path, resolver, args.label_attribute)
         else:
             data = read_channel(args.path, args.annotations, content_type=args.content_type)
-        validate(data, args.num_classes, decode=not args.no_decode, require_all_classes=not args.validation)
+        progress = Progress("check-data: decoding", total=len(data.samples), unit="images",
+                            quiet=args.quiet or args.no_decode)
+        validate(data, args.num_classes, decode=not args.no_decode, require_all_classes=not args.validation,
+                 progress=progress)
+        progress.close()
     finally:
         resolver.close()
     report = summarize(data, args.label_width)
@@ -140,6 +147,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     results = {}
     if args.draw:
         args.draw.mkdir(parents=True, exist_ok=True)
+    progress = Progress("predict", total=len(args.images), unit="images", quiet=args.quiet)
     for path in args.images:
         try:
             image = decode_rgb(path.read_bytes())
@@ -149,6 +157,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         results[path.name] = [[round(float(v), 6) for v in row] for row in rows]
         if args.draw:
             (args.draw / (path.stem + ".png")).write_bytes(encode(draw(image, rows, predictor.class_names), "png"))
+        progress.advance()
+    progress.close()
     text = json.dumps(results)
     if args.output:
         Path(args.output).write_text(text)
@@ -209,7 +219,9 @@ def _convert(args: argparse.Namespace, resolver: "ImageResolver") -> int:
         data = read_channel(args.input, args.annotations, content_type="image/jpeg")
     else:
         data = read_channel(args.input, content_type="application/x-recordio")
-    validate(data, None, decode=True, require_all_classes=False)
+    progress = Progress("convert: checking", total=len(data.samples), unit="images", quiet=args.quiet)
+    validate(data, None, decode=True, require_all_classes=False, progress=progress)
+    progress.close()
     if data.issues:
         listed = "; ".join(f"{i.where}: {i.what}" for i in data.issues[:10])
         raise UserError(f"{args.input}: {len(data.issues)} problem(s), nothing written: {listed}")
@@ -217,14 +229,18 @@ def _convert(args: argparse.Namespace, resolver: "ImageResolver") -> int:
         out = Path(args.output)
         if out.suffix != ".rec":
             out = out / f"{data.name or 'data'}.rec"
-        count = convert.to_recordio(data, out, object_width=6 if args.keep_difficult else 5)
+        progress = Progress("convert: writing", total=len(data.samples), unit="images", quiet=args.quiet)
+        count = convert.to_recordio(data, out, object_width=6 if args.keep_difficult else 5, progress=progress)
+        progress.close()
         print(json.dumps({"output": str(out), "records": count}))
     else:
         out = Path(args.output)
         image_dir = out
         annotation_dir = Path(args.output_annotations) if args.output_annotations else \
             out.parent / f"{out.name}_annotation"
-        count = convert.to_json(data, image_dir, annotation_dir)
+        progress = Progress("convert: writing", total=len(data.samples), unit="images", quiet=args.quiet)
+        count = convert.to_json(data, image_dir, annotation_dir, progress)
+        progress.close()
         print(json.dumps({"images": str(image_dir), "annotations": str(annotation_dir), "count": count}))
     return 0
 
@@ -319,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smallest object side, a fraction of the image's short side (default 0.06; photo 0.05)")
     p.add_argument("--max-size", type=float, default=None,
                    help="largest object side, a fraction of the image's short side (default 0.7; photo 0.8)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     p.add_argument("--backgrounds", type=Path, default=None,
                    help="photo style: a folder of photographs (default: the sample photographs of "
                         "scikit-image, scikit-learn and matplotlib, where installed)")
@@ -335,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--content-type", help="the channel's ContentType (default: inferred)")
     p.add_argument("--validation", action="store_true", help="a validation channel: classes may be absent")
     p.add_argument("--no-decode", action="store_true", help="skip decoding every image")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     p.add_argument("--pretty", action="store_true", help="indent the JSON report")
     p.set_defaults(func=_cmd_check_data)
 
@@ -353,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=Path, required=True, help="model folder or model.tar.gz")
     p.add_argument("--output", help="write the JSON here instead of stdout")
     p.add_argument("--threshold", type=float, default=0.0, help="drop detections scoring below this")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     p.add_argument("--draw", type=Path, help="also write each image with its boxes drawn (PNG) here")
     p.set_defaults(func=_cmd_predict)
 
@@ -392,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(s3://bucket/key is looked up as KEY, BUCKET/KEY or the file name; else downloaded with boto3)")
     p.add_argument("--label-attribute", help="manifest input: the label attribute (default: the one "
                    "holding bounding boxes)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     p.add_argument("--keep-difficult", action="store_true",
                    help="recordio output: write 6 values per object, the 6th VOC's difficult flag")
     p.set_defaults(func=_cmd_convert)

@@ -200,6 +200,9 @@ def test_local_runner_trains_packs_and_serves_the_archive(tmp_path: Path, data: 
     with tarfile.open(out / "model.tar.gz") as tar:
         assert "model_algo_1-symbol.json" in tar.getnames()
     assert (out / "output.tar.gz").is_file() and not (out / "failure").exists()
+    with tarfile.open(out / "output.tar.gz") as tar:
+        assert {"report/metrics.csv", "report/curves.png", "report/validation/evaluation.json"} <= set(tar.getnames())
+    assert (out / "report/curves.png").is_file()  # unpacked beside the model
     port = free_port()
     server = subprocess.Popen([sys.executable, str(runner), "serve", "--image", IMAGE, "--model",
                                str(out / "model.tar.gz"), "--port", str(port)],

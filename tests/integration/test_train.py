@@ -54,6 +54,15 @@ def test_train_end_to_end_then_predict(tmp_path: Path, synth_set: Path):
     assert hyper["num_training_samples"] == "16" and hyper["nms_topk"] == "400"
     assert json.loads((model / "classes.json").read_text()) == {"0": "circle", "1": "square", "2": "triangle"}
     assert not (base / "output/failure").exists()
+    # The training report: one CSV row per epoch, the curves, and the saved model's evaluation.
+    report = base / "output/data/report"
+    rows = (report / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,cross_entropy,smooth_l1,validation_map,learning_rate") and len(rows) == 7
+    assert (report / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    evaluation = json.loads((report / "validation/evaluation.json").read_text())
+    best = float(re.search(r"best validation mAP (\S+) at epoch", log).group(1))
+    assert abs(evaluation["voc07_map"] - best) < 1e-5
+    assert re.search(r"Epoch 5: .* elapsed, 0:00 left", log)
 
     images = sorted((synth_set / "json/validation").iterdir())[:2]
     out = tmp_path / "predictions.json"

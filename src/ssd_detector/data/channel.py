@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ..errors import UserError, shown
+from ..progress import Progress
 from . import recordio
 from .images import IMAGE_CONTENT_TYPES, ImageError, decode_rgb, image_size_of_file
 from .labels import LabelError, check_boxes, check_class_ids, check_image_size, class_id_value, clip_boxes, \
@@ -249,7 +250,7 @@ def read_channel(path: Path | str, annotations: Path | str | None = None, conten
 
 
 def validate(data: ChannelData, num_classes: int | None, decode: bool = True, require_all_classes: bool = True,
-             workers: int = 0) -> list[Issue]:
+             workers: int = 0, progress: Progress | None = None) -> list[Issue]:
     """Checks that need the job: class ids against num_classes (inferred when None), every class
     present (in training data), and every image decodable. Returns the new issues (also appended)."""
     issues: list[Issue] = []
@@ -269,7 +270,7 @@ def validate(data: ChannelData, num_classes: int | None, decode: bool = True, re
         else:
             LOG.warning("%s: %s", data.name, message)
     if decode:
-        issues.extend(_decode_all(data.samples, workers))
+        issues.extend(_decode_all(data.samples, workers, progress))
     data.issues.extend(issues)
     return issues
 
@@ -284,11 +285,17 @@ def _decode_one(sample: Sample) -> Issue | None:
     return None
 
 
-def _decode_all(samples: Iterable[Sample], workers: int) -> list[Issue]:
+def _decode_all(samples: Iterable[Sample], workers: int, progress: Progress | None = None) -> list[Issue]:
     # cv2 releases the GIL while decoding, so threads decode in parallel.
     workers = workers or min(8, os.cpu_count() or 1)
+    issues = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return [issue for issue in pool.map(_decode_one, samples, chunksize=16) if issue is not None]
+        for issue in pool.map(_decode_one, samples, chunksize=16):
+            if issue is not None:
+                issues.append(issue)
+            if progress is not None:
+                progress.advance()
+    return issues
 
 
 def raise_if_issues(data: ChannelData, what: str, listed: int = 5) -> None:

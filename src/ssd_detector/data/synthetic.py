@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from ..boxes import box_iou
+from ..progress import Progress
 from .images import encode
 from .sample import ImageRef, Sample
 from .shapes import SHAPES, draw_shape, random_colour
@@ -134,7 +135,7 @@ def _image_maker(spec: SynthSpec) -> Callable[[np.random.Generator], tuple[np.nd
                                         spec.size_range)
 
 
-def generate(out: Path | str, spec: SynthSpec) -> dict[str, int]:
+def generate(out: Path | str, spec: SynthSpec, progress: Progress | None = None) -> dict[str, int]:
     """Writes the set under out; returns the image count of each split."""
     spec.check()
     out = Path(out)
@@ -172,6 +173,8 @@ def generate(out: Path | str, spec: SynthSpec) -> dict[str, int]:
                 else:
                     ref = f"../json/{split}/{name}"
                 lines.append(manifest_line(ref, spec.width, spec.height, boxes, class_ids, class_names))
+            if progress is not None:
+                progress.advance()
         if records:
             write_recordio(rec_root / split / f"{split}.rec", records)
         if lines:

@@ -28,7 +28,7 @@ FILES = {"json": "evaluation.json", "pr_curves": "pr_curves.png", "ap_per_class"
          "ap_per_size": "ap_per_size.png", "worst_images": "worst_images.png"}
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -38,7 +38,7 @@ def _figure(width: float, height: float) -> Any:
 
 
 def pr_curves(path: Path, metric: VOCMeanAP, names: dict[int, str], title: str) -> None:
-    figure = _figure(7, 5)
+    figure = new_figure(7, 5)
     axes = figure.add_subplot()
     aps = metric.average_precisions()
     for cls in range(metric.num_classes):
@@ -57,7 +57,7 @@ def pr_curves(path: Path, metric: VOCMeanAP, names: dict[int, str], title: str) 
 def bars(path: Path, labels: Sequence[str], values: Sequence[float | None], counts: Sequence[int], title: str,
          xlabel: str) -> None:
     """Horizontal bars, one per label, with the object count beside each; None is drawn as n/a."""
-    figure = _figure(7, max(2.5, 0.35 * len(labels) + 1.2))
+    figure = new_figure(7, max(2.5, 0.35 * len(labels) + 1.2))
     axes = figure.add_subplot()
     shown = [v if v is not None else 0.0 for v in values]
     positions = np.arange(len(labels))

@@ -22,6 +22,7 @@ from ..data.sample import Issue
 from ..data.stream import PassReport, StreamLoader
 from ..errors import DataError, Stopped, UserError
 from ..evaluation.voc_map import VOCMeanAP
+from ..progress import format_seconds
 from ..model import artifact
 from . import checkpoint, distributed
 from .assembly import assemble
@@ -29,6 +30,7 @@ from .early_stopping import EarlyStopping
 from .inputs import TrainingInputs, format_issues
 from .metrics import MetricLog
 from .protocol import mark_progress
+from .report import EpochRow, TrainingReport
 from .schedule import batches_per_epoch
 
 LOG = logging.getLogger(__name__)
@@ -85,6 +87,9 @@ class Training:
         self.trainer, self.schedule = job.trainer, job.schedule
         self.batch_size, self.updates_per_epoch = job.batch_size, job.updates_per_epoch
         self.state = checkpoint.LoopState()
+        self.report = TrainingReport(self.paths.output_data_dir / "report", enabled=self.world.is_root)
+        self.started = time.monotonic()
+        self._first_epoch = 0  # the first epoch this process runs (later than 0 when resumed)
         self._pass_stopped = False  # the last pass over a Pipe-mode train channel ended by SIGTERM
 
     # ----------------------------------------------------------------------------------------
@@ -102,6 +107,7 @@ class Training:
                      hp.num_training_samples, hp.mini_batch_size, hp.epochs,
                      f", worker {self.world.rank} of {self.world.size} (batch {self.batch_size} each)"
                      if self.world.size > 1 else "")
+            self.started, self._first_epoch = time.monotonic(), self.state.next_epoch
             for epoch in range(self.state.next_epoch, hp.epochs):
                 result = self.train_epoch(epoch)
                 if result.stopped:
@@ -307,6 +313,7 @@ class Training:
         summary = (f"Epoch {epoch}: cross_entropy={result.cross_entropy:.4f} smooth_l1={result.smooth_l1:.4f} "
                    f"{throughput:.1f} images/s, {result.seconds:.1f} s")
         stop_early = False
+        value: float | None = None
         if self.val_loader is not None:
             value = self.validate(epoch)
             self.metrics.validation_map(epoch, value)
@@ -321,7 +328,12 @@ class Training:
                 stop_early = True
         else:
             self._save_model()
+        elapsed = time.monotonic() - self.started
+        left = elapsed / (epoch + 1 - self._first_epoch) * (self.hp.epochs - epoch - 1)
+        summary += f", {format_seconds(elapsed)} elapsed, {format_seconds(left)} left"
         LOG.info("%s", summary)
+        self.report.add_epoch(EpochRow(epoch, result.cross_entropy, result.smooth_l1, value,
+                                       float(self.trainer.learning_rate), result.seconds, throughput))
         self.metrics.progress(100.0 * (epoch + 1) / self.hp.epochs)
         self.state.next_epoch = epoch + 1
         self._checkpoint()
@@ -346,3 +358,4 @@ class Training:
                 self._save_model()
             LOG.info("best validation mAP %.6f at epoch %d", self.state.best_map, self.state.best_epoch)
         LOG.info("training finished; model in %s", self.paths.model_dir)
+        self.report.evaluate_model(self.paths.model_dir, self.inputs.validation, self.hp.num_classes)
