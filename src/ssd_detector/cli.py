@@ -250,7 +250,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from .model.quantize import QuantizeOptions, calibration_images, quantize
 
     options = QuantizeOptions(args.calibration_mode, args.num_calibration,
-                              tuple(p.strip() for p in (args.fp32_layers or "").split(",") if p.strip()))
+                              tuple(p.strip() for p in (args.fp32_layers or "").split(",") if p.strip()),
+                              args.granularity, class_heads_fp32=not args.int8_class_heads)
     options.check()
     model_dir = artifact.locate(args.model_dir)
     size = int(artifact.read_hyperparameters(model_dir).get("image_shape", 0) or 0)
@@ -427,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-mode", default="naive", help="naive (min/max, default) or entropy (KL)")
     p.add_argument("--fp32-layers", help="comma-separated layer names (or parts) to keep FP32 besides the "
                    "input normalization and the detection head")
+    p.add_argument("--granularity", default="tensor-wise", help="weight scales: tensor-wise (default) or "
+                   "channel-wise")
+    p.add_argument("--int8-class-heads", action="store_true", help="quantize the class predictors too: the "
+                   "fastest model, but it loses accuracy (see the README)")
     p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("evaluate", help="score a model on labelled data: one JSON object on stdout (VOC07, VOC12, "

@@ -74,18 +74,23 @@ def test_train_and_serve_on_path_and_info():
     assert result.returncode == 1 and "/opt/ml/input/config" in result.stderr, result.stderr[-2000:]
 
 
-def test_quantize_and_export_onnx_in_the_image(tmp_path: Path, data: Path):
+def test_quantize_export_onnx_and_evaluate_in_the_image(tmp_path: Path, data: Path):
     work = tmp_path / "work"
     shutil.copytree(data, work / "data")
     os.chmod(work, 0o777)
     script = ("set -e; ssd-detector init-model /w/fp32 --num-classes 3 --base-network mobilenet-0.25 --image-shape 64;"
               " ssd-detector quantize --model-dir /w/fp32 --calibration-data /w/data/validation --output /w/int8"
-              " --num-calibration 4; ssd-detector export-onnx --model-dir /w/fp32 --output /w/model.onnx")
+              " --num-calibration 4; ssd-detector export-onnx --model-dir /w/fp32 --output /w/model.onnx;"
+              " ssd-detector evaluate /w/data/validation --model-dir /w/int8 --output /w/report > /w/eval.json")
     result = docker("run", "--rm", "-v", f"{work}:/w", "--entrypoint", "sh", IMAGE, "-c", script)
     assert result.returncode == 0, result.stderr[-3000:]
     quantized = json.loads((work / "int8/hyperparams.json").read_text())["quantization"]
     assert json.loads(quantized)["calibration_images"] == 4
     assert (work / "model.onnx").stat().st_size > 100_000
+    report = json.loads((work / "eval.json").read_text())
+    assert report["images"] == 4 and 0 <= report["voc07_map"] <= 1
+    assert all(Path(p.replace("/w/", f"{work}/")).stat().st_size > 1000 for p in report["report"].values())
+    assert "fontManager" not in result.stderr  # the font cache comes with the image
 
 
 def test_bad_hyperparameters_exit_1_with_a_failure_file(tmp_path: Path, data: Path):
