@@ -31,8 +31,8 @@ LOG = logging.getLogger("bench_infer")
 ROOT = Path(__file__).resolve().parents[1]
 ORT_PYTHON = ROOT / ".venv-onnx/bin/python"
 HYPERPARAMETERS = {
-    "base_network": "mobilenet-1.0", "image_shape": "300", "mini_batch_size": "16", "epochs": "10",
-    "optimizer": "adam", "learning_rate": "0.005", "lr_scheduler_step": "7,9", "use_pretrained_model": "0",
+    "base_network": "mobilenet-1.0", "image_shape": "300", "mini_batch_size": "16", "epochs": "8",
+    "optimizer": "adam", "learning_rate": "0.005", "lr_scheduler_step": "6,7", "use_pretrained_model": "0",
     "augmentation": "light",
 }
 TARGETS = {"int8_speedup_b8": 3.0, "int8_speedup_b1": 2.0, "int8_map_drop": 0.01, "onnx_map_gap": 0.005}
@@ -121,7 +121,7 @@ def onnx_pass(onnx_file: Path, images: np.ndarray, batch: int, work: Path, repea
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("build/bench/infer"))
-    parser.add_argument("--train", type=int, default=1000)
+    parser.add_argument("--train", type=int, default=800)
     parser.add_argument("--validation", type=int, default=200)
     parser.add_argument("--test", type=int, default=300)
     parser.add_argument("--budget", type=float, default=3600, help="seconds allowed for the one training")

@@ -92,3 +92,21 @@ def test_what_is_not_a_model_is_named(model: Path, tmp_path: Path):
     (broken / artifact.HYPERPARAMS_FILE).write_text(json.dumps({"num_classes": "3"}))
     with pytest.raises(UserError, match="no usable image_shape"):
         Predictor(broken)
+
+
+def test_each_batch_size_runs_its_own_graph_with_shared_parameters(predictor: Predictor):
+    import mxnet as mx
+
+    from ssd_detector.inference import MAX_BATCH_SHAPES
+
+    rng = np.random.default_rng(0)
+    size = predictor.image_size
+    for batch in (1, 3, 1, 8, 2, 5, 3):
+        images = rng.integers(0, 256, (batch, 3, size, size), dtype=np.uint8)
+        expected = predictor.net(mx.nd.array(images, dtype="uint8")).asnumpy()
+        np.testing.assert_array_equal(predictor.forward(images), expected)
+    assert list(predictor._by_batch) == [8, 2, 5, 3][-MAX_BATCH_SHAPES:]  # the most recent sizes
+    shared = predictor.net.collect_params()
+    for block in predictor._by_batch.values():
+        for name, param in block.collect_params().items():
+            assert param is shared[name]
