@@ -38,6 +38,10 @@ def test_launcher_names_the_worker_that_caused_the_failure(tmp_path):
     follower = worker(0, f"channel 'train' (Pipe mode, train_0): {PEER_FAILED_TEXT}")
     finder = worker(3, "channel 'train' (Pipe mode, train_0) has 1 problem(s) in its data: ...")
     assert _first_cause([(follower, 1), (finder, 1)])[0] is finder
+    # Rank 1 killed from outside, rank 0 aborted by Gloo when its peer vanished, both seen at once.
+    aborted, killed_peer = worker(0, None), worker(1, None)
+    assert _first_cause([(aborted, -signal.SIGABRT), (killed_peer, -signal.SIGKILL)])[0] is killed_peer
+    assert _first_cause([(aborted, -signal.SIGABRT), (own, 1)])[0] is aborted  # an abort of its own
 
 
 def test_a_failed_worker_is_reported_with_its_own_words(tmp_path: Path):

@@ -95,18 +95,20 @@ def _exit_description(code: int) -> str:
 
 
 def _first_cause(failed: list[tuple[Worker, int]]) -> tuple[Worker, int]:
-    """The failed worker (and its exit code) to name: one killed by a signal, then one with a reason
-    of its own, then one whose collectives failed because another worker had gone, then one with no
-    reason; the lowest rank among equals."""
+    """The failed worker (and its exit code) to name: one killed by a signal from outside, then one
+    that aborted (Gloo aborts a worker whose peer has vanished: seen in the same poll as the
+    peer's SIGKILL, the abort is the consequence), then one with a reason of its own, then one whose
+    collectives failed because another worker had gone, then one with no reason; the lowest rank
+    among equals."""
     return min(failed, key=lambda wc: (_blame_order(*wc), wc[0].slot.rank))
 
 
 def _blame_order(worker: Worker, code: int) -> int:
     if code < 0:
-        return 0
+        return 1 if code == -signal.SIGABRT else 0
     if not worker.files.reason():
-        return 3
-    return 2 if worker.files.reason_is_consequence() else 1
+        return 4
+    return 3 if worker.files.reason_is_consequence() else 2
 
 
 def _failure(worker: Worker, code: int) -> JobFailed:
