@@ -135,3 +135,50 @@ def test_mistakes_count_misses_and_confident_false_positives():
     assert mistakes(t, rows([0, 0.9, 0.1, 0.1, 0.5, 0.5])) == 1
     assert mistakes(t, rows([0, 0.9, 0.1, 0.1, 0.5, 0.5], [0, 0.9, 0.1, 0.1, 0.5, 0.5])) == 2  # duplicate + miss
     assert mistakes(t, rows([0, 0.2, 0.1, 0.1, 0.5, 0.5])) == 2  # not confident: both missed
+
+
+def test_coco_ap_equals_pycocotools_run_directly_from_files(tmp_path):
+    """The same detections and truths written as COCO JSON files and scored by pycocotools'
+    own file-based entry points (no code of ours in between)."""
+    import contextlib
+    import io
+    import json
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    rng = np.random.default_rng(5)
+    truths, detections = [], []
+    gt = {"images": [], "annotations": [], "categories": [{"id": c + 1, "name": str(c)} for c in range(3)]}
+    results = []
+    for index in range(12):
+        width, height = 320, 240
+        g = int(rng.integers(1, 5))
+        corners = rng.uniform(0, 0.6, (g, 2))
+        boxes = np.column_stack([corners, corners + rng.uniform(0.05, 0.4, (g, 2))])
+        classes = rng.integers(0, 3, g)
+        truths.append(truth(boxes, classes, size=(width, height)))
+        found = np.clip(boxes + rng.normal(0, 0.02, boxes.shape), 0, 1)
+        scores = rng.random(g)
+        detections.append(np.column_stack([classes, scores, found]).astype(np.float32))
+        gt["images"].append({"id": index + 1, "width": width, "height": height})
+        for (x0, y0, x1, y1), cls in zip(boxes, classes):
+            w, h = (x1 - x0) * width, (y1 - y0) * height
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": index + 1,
+                                      "category_id": int(cls) + 1, "bbox": [x0 * width, y0 * height, w, h],
+                                      "area": w * h, "iscrowd": 0})
+        for (x0, y0, x1, y1), cls, score in zip(detections[-1][:, 2:6], classes, detections[-1][:, 1]):
+            results.append({"image_id": index + 1, "category_id": int(cls) + 1, "score": float(score),
+                            "bbox": [float(x0) * width, float(y0) * height, float(x1 - x0) * width,
+                                     float(y1 - y0) * height]})
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dt.json").write_text(json.dumps(results))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(tmp_path / "gt.json"))
+        evaluation = COCOeval(coco, coco.loadRes(str(tmp_path / "dt.json")), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    ours = coco_map(truths, detections, 3)
+    assert ours["map"] == pytest.approx(evaluation.stats[0], abs=1e-4)
+    assert ours["map_50"] == pytest.approx(evaluation.stats[1], abs=1e-4)
