@@ -3,12 +3,13 @@ checks and conversion, synthetic data, prediction, a fresh model)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from .errors import Stopped, UserError
 from .progress import Progress
@@ -54,24 +55,33 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_check_data(args: argparse.Namespace) -> int:
-    from .data.channel import read_channel, summarize, validate
-
+@contextlib.contextmanager
+def _labelled_data(path: Path, annotations: Path | None, images: Path | None, label_attribute: str | None,
+                   content_type: str | None = None) -> Iterator["ChannelData"]:
+    """A channel (RecordIO, images + annotations) or a Ground Truth manifest, as check-data reads
+    it; a manifest's images (downloads included) stay readable until the block ends."""
+    from .data.channel import read_channel
     from .data.manifest import ImageResolver, is_manifest, read_manifest
 
-    resolver = ImageResolver(args.path.parent, args.images)
+    resolver = ImageResolver(path.parent, images)
     try:
-        if is_manifest(args.path):
-            data = read_manifest(args.path, resolver, args.label_attribute)
+        if is_manifest(path):
+            yield read_manifest(path, resolver, label_attribute)
         else:
-            data = read_channel(args.path, args.annotations, content_type=args.content_type)
+            yield read_channel(path, annotations, content_type=content_type)
+    finally:
+        resolver.close()
+
+
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    from .data.channel import summarize, validate
+
+    with _labelled_data(args.path, args.annotations, args.images, args.label_attribute, args.content_type) as data:
         progress = Progress("check-data: decoding", total=len(data.samples), unit="images",
                             quiet=args.quiet or args.no_decode)
         validate(data, args.num_classes, decode=not args.no_decode, require_all_classes=not args.validation,
                  progress=progress)
         progress.close()
-    finally:
-        resolver.close()
     report = summarize(data, args.label_width)
     print(json.dumps(report, indent=2 if args.pretty else None))
     return 0 if not report["errors"] else 1
@@ -254,34 +264,14 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                               args.granularity, class_heads_fp32=not args.int8_class_heads)
     options.check()
     model_dir = artifact.locate(args.model_dir)
-    size = int(artifact.read_hyperparameters(model_dir).get("image_shape", 0) or 0)
-    if size <= 0:
-        raise UserError(f"{model_dir / artifact.HYPERPARAMS_FILE} has no usable image_shape")
-    images = calibration_images(args.calibration_data, args.annotations, options.num_calibration, size)
+    images = calibration_images(args.calibration_data, args.annotations, options.num_calibration,
+                                artifact.read_image_shape(model_dir))
     print(json.dumps(quantize(model_dir, images, args.output, options)))
     return 0
 
 
-def _read_labelled(args: argparse.Namespace, num_classes: int | None) -> "ChannelData":
-    """DATA as check-data reads it (RecordIO, images + annotations, a manifest), checked against
-    num_classes; problems are refused as check-data reports them."""
-    from .data.channel import raise_if_issues, read_channel, validate
-    from .data.manifest import ImageResolver, is_manifest, read_manifest
-
-    resolver = ImageResolver(args.data.parent, args.images)
-    try:
-        if is_manifest(args.data):
-            data = read_manifest(args.data, resolver, args.label_attribute)
-        else:
-            data = read_channel(args.data, args.annotations)
-        validate(data, num_classes, decode=False, require_all_classes=False)
-    finally:
-        resolver.close()
-    raise_if_issues(data, str(args.data))
-    return data
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data.channel import raise_if_issues, validate
     from .evaluation.evaluate import evaluate
     from .inference import Predictor
 
@@ -291,8 +281,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     num_classes = args.num_classes or predictor.num_classes
     if num_classes is None or num_classes < 1:
         raise UserError("the model's hyperparams.json has no num_classes; give --num-classes")
-    data = _read_labelled(args, num_classes)
-    report = evaluate(data, predictor, num_classes, args.threshold, args.output, quiet=args.quiet)
+    with _labelled_data(args.data, args.annotations, args.images, args.label_attribute) as data:
+        validate(data, num_classes, decode=False, require_all_classes=False)
+        raise_if_issues(data, str(args.data))
+        report = evaluate(data, predictor, num_classes, args.threshold, args.output, quiet=args.quiet)
     print(json.dumps(report))
     return 0
 

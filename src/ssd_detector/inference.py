@@ -12,7 +12,6 @@ import numpy as np
 from mxnet import gluon
 
 from .data.transforms import ValTransform
-from .errors import UserError
 from .model import artifact
 
 LOG = logging.getLogger(__name__)
@@ -35,10 +34,7 @@ class Predictor:
         self.model_dir = artifact.require_folder(Path(model_dir))
         self.ctx = ctx or mx.cpu()
         hyperparameters = artifact.read_hyperparameters(self.model_dir)
-        try:
-            self.image_size = int(hyperparameters["image_shape"])
-        except (KeyError, ValueError):
-            raise UserError(f"{self.model_dir / artifact.HYPERPARAMS_FILE} has no usable image_shape") from None
+        self.image_size = artifact.read_image_shape(self.model_dir)
         self.class_names = artifact.read_class_names(self.model_dir)
         try:
             self.num_classes: int | None = int(hyperparameters["num_classes"])

@@ -12,7 +12,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -298,14 +298,20 @@ def _decode_all(samples: Iterable[Sample], workers: int, progress: Progress | No
     return issues
 
 
-def raise_if_issues(data: ChannelData, what: str, listed: int = 5) -> None:
-    """A UserError listing data's first problems as check-data reports them (where: what)."""
-    if not data.issues:
-        return
-    text = "; ".join(f"{i.where}: {i.what}" for i in data.issues[:listed])
-    more = f" (and {len(data.issues) - listed} more; `ssd-detector check-data` lists every one)" \
-        if len(data.issues) > listed else ""
-    raise UserError(f"{what}: {len(data.issues)} problem(s): {text}{more}")
+def listed_issues(issues: Sequence[Issue], limit: int, count: int | None = None) -> str:
+    """The first limit problems as check-data words them (where: what), and how many more of
+    count (default: all of issues) there are."""
+    count = len(issues) if count is None else count
+    text = "; ".join(f"{i.where}: {i.what}" for i in issues[:limit])
+    more = count - min(len(issues), limit)
+    return text + (f"; and {more} more" if more > 0 else "")
+
+
+def raise_if_issues(data: ChannelData, what: str, limit: int = 5) -> None:
+    """A UserError listing data's first problems as check-data reports them."""
+    if data.issues:
+        raise UserError(f"{what}: {len(data.issues)} problem(s): {listed_issues(data.issues, limit)}. "
+                        "`ssd-detector check-data` lists every one.")
 
 
 def summarize(data: ChannelData, label_width: int | None = None) -> dict[str, Any]:

@@ -25,6 +25,8 @@ PARAMS_FILE = f"{PREFIX}-0000.params"
 HYPERPARAMS_FILE = "hyperparams.json"
 CLASSES_FILE = "classes.json"
 ARCHIVE = "model.tar.gz"
+# hyperparams.json entry that `quantize` adds: the model is INT8 (JSON: how it was made).
+QUANTIZATION_KEY = "quantization"
 STAGING = ".staging"
 # A model archive is a few files of at most a few hundred MB (VGG-16 SSD: about 100 MB).
 MAX_ARCHIVE_MEMBERS = 1_000
@@ -117,6 +119,14 @@ def read_hyperparameters(model_dir: Path) -> dict[str, str]:
     if not path.is_file():
         raise UserError(f"model folder {model_dir} has no {HYPERPARAMS_FILE}")
     return json.loads(path.read_text())
+
+
+def read_image_shape(model_dir: Path) -> int:
+    """The square input side S the artifact's graph takes, from hyperparams.json."""
+    try:
+        return int(read_hyperparameters(model_dir)["image_shape"])
+    except (KeyError, ValueError):
+        raise UserError(f"{model_dir / HYPERPARAMS_FILE} has no usable image_shape") from None
 
 
 def read_parameters(model_dir: Path) -> dict:

@@ -103,11 +103,7 @@ def export_onnx(model_dir: Path, output: Path, opset: int = DEFAULT_OPSET) -> di
 
     _check_opset(opset)
     model_dir = artifact.require_folder(Path(model_dir))
-    hyperparameters = artifact.read_hyperparameters(model_dir)
-    try:
-        size = int(hyperparameters["image_shape"])
-    except (KeyError, ValueError):
-        raise UserError(f"{model_dir / artifact.HYPERPARAMS_FILE} has no usable image_shape") from None
+    size = artifact.read_image_shape(model_dir)
     symbol = mx.sym.load(str(model_dir / artifact.SYMBOL_FILE))
     head, nodes = _graph_parts(json.loads(symbol.tojson()), opset)
     rules = DetectionRules.from_attrs(head.get("attrs", {}))

@@ -29,12 +29,12 @@ from typing import Any, Sequence
 
 import mxnet as mx
 import numpy as np
-from mxnet import gluon
 
 from ..data.channel import IMAGE_SUFFIXES, files_under, raise_if_issues, read_channel
 from ..data.images import ImageError, decode_rgb
 from ..data.transforms import ValTransform
 from ..errors import UserError
+from ..inference import Predictor
 from . import artifact
 
 LOG = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ CALIBRATION_BATCH = 8
 # Operators kept FP32 in every quantized model (see the module's docstring).
 FP32_OPERATORS = ("Cast", "broadcast_sub", "broadcast_div", "Flatten", "softmax", "_contrib_MultiBoxDetection")
 DETECTION_OP = "_contrib_MultiBoxDetection"
-QUANTIZATION_KEY = "quantization"
 NO_BOXES = np.zeros((0, 4), np.float32)
 
 
@@ -67,10 +66,6 @@ class QuantizeOptions:
             raise UserError(f"--granularity {self.granularity!r} is not one of " + ", ".join(GRANULARITIES))
         if not 1 <= self.num_calibration <= MAX_CALIBRATION_IMAGES:
             raise UserError(f"--num-calibration {self.num_calibration} must be from 1 to {MAX_CALIBRATION_IMAGES}")
-
-
-def is_quantized(model_dir: Path) -> bool:
-    return QUANTIZATION_KEY in artifact.read_hyperparameters(model_dir)
 
 
 def calibration_images(path: Path, annotations: Path | None, count: int, image_size: int) -> np.ndarray:
@@ -104,13 +99,6 @@ def calibration_images(path: Path, annotations: Path | None, count: int, image_s
             raise UserError(f"calibration data: {where}: {exc}") from None
         images.append(transform(image, NO_BOXES)[0])
     return np.stack(images)  # (K, 3, S, S)
-
-
-def _load_fp32(model_dir: Path) -> gluon.SymbolBlock:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Cannot decide type")
-        return gluon.SymbolBlock.imports(str(model_dir / artifact.SYMBOL_FILE), ["data"],
-                                         str(model_dir / artifact.PARAMS_FILE), ctx=mx.cpu())
 
 
 def class_head_layers(nodes: list[dict]) -> list[str]:
@@ -159,14 +147,14 @@ def quantize(model_dir: Path, calibration: np.ndarray, output: Path, options: Qu
     options.check()
     model_dir = artifact.require_folder(Path(model_dir))
     hyperparameters = artifact.read_hyperparameters(model_dir)
-    if QUANTIZATION_KEY in hyperparameters:
-        raise UserError(f"{model_dir} is already quantized ({hyperparameters[QUANTIZATION_KEY]}); quantize the FP32 "
-                        "model it was made from")
+    if artifact.QUANTIZATION_KEY in hyperparameters:
+        raise UserError(f"{model_dir} is already quantized ({hyperparameters[artifact.QUANTIZATION_KEY]}); "
+                        "quantize the FP32 model it was made from")
     if Path(output).resolve() == model_dir.resolve():
         raise UserError(f"--output {output} is the model folder itself; write the INT8 model to another folder")
     symbol = mx.sym.load(str(model_dir / artifact.SYMBOL_FILE))
     kept = fp32_layer_names(symbol, options.fp32_layers, options.class_heads_fp32)
-    net = _load_fp32(model_dir)
+    net = Predictor(model_dir, mx.cpu()).net
     # Calibration batches: float32 pixels, as the graph's first layer casts uint8 to float32.
     batch = min(CALIBRATION_BATCH, len(calibration))
     iterator = mx.io.NDArrayIter(data=mx.nd.array(calibration.astype(np.float32)), batch_size=batch,
@@ -189,7 +177,8 @@ def quantize(model_dir: Path, calibration: np.ndarray, output: Path, options: Qu
               "granularity": options.granularity,
               "calibration_images": int((len(calibration) // batch) * batch), "fp32_layers": kept,
               "source_model": str(model_dir)}
-    artifact.write(Path(output), quantized, {**hyperparameters, QUANTIZATION_KEY: json.dumps(record)},
+    artifact.write(Path(output), quantized,
+                   {**hyperparameters, artifact.QUANTIZATION_KEY: json.dumps(record)},
                    artifact.read_class_names(model_dir))
     record["seconds"] = round(time.perf_counter() - start, 1)
     LOG.info("quantized %s -> %s in %.1f s (%s calibration, %d images; FP32: %s)", model_dir, output,

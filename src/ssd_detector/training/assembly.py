@@ -93,7 +93,7 @@ def load_earlier_model(net: SSD, model_dir: Path, hp: Hyperparameters) -> None:
     """Incremental training: start from an earlier artifact of this algorithm. A different
     num_classes keeps everything but the class predictors, which start afresh."""
     earlier = artifact.read_hyperparameters(model_dir)
-    if "quantization" in earlier:  # written by `ssd-detector quantize`
+    if artifact.QUANTIZATION_KEY in earlier:
         raise UserError("the model channel holds an INT8 model (made by quantize); incremental training starts "
                         "from the FP32 model it was made from")
     if earlier.get("base_network") != hp.base_network:

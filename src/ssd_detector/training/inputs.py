@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from ..config import Hyperparameters, parse_hyperparameters
-from ..data.channel import RECORDIO_CONTENT_TYPES, ChannelData, label_width_message, read_channel, validate
+from ..data.channel import RECORDIO_CONTENT_TYPES, ChannelData, label_width_message, listed_issues, read_channel, \
+    validate
 from ..data.sample import Issue
 from ..errors import DataError, HyperparameterError, UserError, shown
 from ..sagemaker_env import ChannelConfig, Paths, ResourceConfig, read_hyperparameters, read_input_data_config, \
@@ -93,10 +94,8 @@ def pipe_channel(spec: ChannelConfig) -> PipeChannel:
 def format_issues(name: str, issues: Sequence[Issue], count: int | None = None, where: str = "") -> str:
     """A failure reason naming the first MAX_LISTED_ISSUES problems and how many there are."""
     count = len(issues) if count is None else count
-    listed = "; ".join(f"{i.where}: {i.what}" for i in issues[:MAX_LISTED_ISSUES])
-    more = count - min(len(issues), MAX_LISTED_ISSUES)
-    suffix = f"; and {more} more" if more > 0 else ""
-    return (f"channel '{name}'{where} has {count} problem(s) in its data: {listed}{suffix}. "
+    return (f"channel '{name}'{where} has {count} problem(s) in its data: "
+            f"{listed_issues(issues, MAX_LISTED_ISSUES, count)}. "
             "Run `ssd-detector check-data` on the channel to see them all.")
 
 
