@@ -261,7 +261,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     options = QuantizeOptions(args.calibration_mode, args.num_calibration,
                               tuple(p.strip() for p in (args.fp32_layers or "").split(",") if p.strip()),
-                              args.granularity, class_heads_fp32=not args.int8_class_heads)
+                              args.granularity, args.class_heads)
     options.check()
     model_dir = artifact.locate(args.model_dir)
     images = calibration_images(args.calibration_data, args.annotations, options.num_calibration,
@@ -422,8 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "input normalization and the detection head")
     p.add_argument("--granularity", default="tensor-wise", help="weight scales: tensor-wise (default) or "
                    "channel-wise")
-    p.add_argument("--int8-class-heads", action="store_true", help="quantize the class predictors too: the "
-                   "fastest model, but it loses accuracy (see the README)")
+    p.add_argument("--class-heads", default="int32-output", help="the class predictors: int32-output (INT8 "
+                   "convolutions with 32-bit outputs, default), fp32, or int8 (INT8 outputs: loses accuracy, "
+                   "see the README)")
     p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("evaluate", help="score a model on labelled data: one JSON object on stdout (VOC07, VOC12, "

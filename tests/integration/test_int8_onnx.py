@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,7 @@ def test_int8_artifact_loads_predicts_and_serves(model_dir: Path, quantized: tup
         p.name for p in model_dir.iterdir()), "the same files as any artifact"
     recorded = json.loads(artifact.read_hyperparameters(out)["quantization"])
     assert recorded["dtype"] == "int8" and recorded["calibration_mode"] == "naive"
+    assert recorded["class_heads"] == "int32-output"
     symbol = json.loads((out / artifact.SYMBOL_FILE).read_text())
     assert any("quantize" in node["op"] for node in symbol["nodes"])
     # SymbolBlock.imports (through Predictor) runs it unchanged; detections stay close to FP32's.
@@ -125,6 +127,56 @@ def test_int8_artifact_loads_predicts_and_serves(model_dir: Path, quantized: tup
         assert status == 200 and json.loads(body)["prediction"], body
     finally:
         assert server.stop() == 0
+
+
+def class_probabilities(model: Path, batch: np.ndarray) -> np.ndarray:
+    """The graph's softmax output (B, classes + 1, anchors) for batch (B, 3, S, S) uint8."""
+    symbol = mx.sym.load(str(model / artifact.SYMBOL_FILE)).get_internals()["softmax0_output"]
+    net = mx.gluon.SymbolBlock(symbol, mx.sym.var("data"))
+    net.collect_params().load(str(model / artifact.PARAMS_FILE), ignore_extra=True)
+    return net(mx.nd.array(batch, dtype="uint8")).asnumpy()
+
+
+def test_class_predictors_compute_in_int8_with_int32_outputs(model_dir: Path, quantized: tuple[Path, dict],
+                                                             images: list[np.ndarray], synth_set: Path,
+                                                             tmp_path: Path):
+    """INT8 class predictors keep their int32 accumulators as outputs (quantize's default)."""
+    from ssd_detector.model.quantize import class_head_layers
+
+    out = quantized[0]
+    heads = class_head_layers(json.loads((model_dir / artifact.SYMBOL_FILE).read_text())["nodes"])
+    nodes = json.loads((out / artifact.SYMBOL_FILE).read_text())["nodes"]
+    widened = [n for n in nodes if n["name"].endswith("_logits")]
+    assert len(heads) == len(widened) > 0
+    for node in widened:  # int32 -> transpose -> Cast -> * scale, from a quantized convolution
+        cast = nodes[node["inputs"][0][0]]
+        transpose = nodes[cast["inputs"][0][0]]
+        conv = nodes[transpose["inputs"][0][0]]
+        assert (cast["op"], transpose["op"], conv["op"]) == ("Cast", "transpose", "_sg_mkldnn_conv")
+        assert conv["attrs"]["quantized"] == "true"
+    assert not any(h in n["name"] for n in nodes for h in heads), "no class predictor left FP32"
+    # Logits spanning hundreds (some anchors' background, as trained detectors have) make an INT8
+    # output scale too coarse for every other logit (200 / 127 per step); int32 outputs keep them:
+    # one output channel's bias raised by 200 in every class predictor of a copy of the model.
+    outlier = tmp_path / "outlier"
+    shutil.copytree(model_dir, outlier)
+    params = mx.nd.load(str(outlier / artifact.PARAMS_FILE))
+    for name in params:
+        if name.startswith("arg:ssd_class_conv") and name.endswith("_bias"):
+            params[name][0] += 200
+    mx.nd.save(str(outlier / artifact.PARAMS_FILE), params)
+    predictor = Predictor(outlier)
+    batch = np.stack([predictor.preprocess(image) for image in images])
+    fp32 = class_probabilities(outlier, batch)
+    errors = {}
+    for heads in ("int32-output", "int8"):
+        result = cli("quantize", "--model-dir", str(outlier), "--calibration-data", str(synth_set / "recordio/train"),
+                     "--output", str(tmp_path / heads), "--num-calibration", "16", "--class-heads", heads)
+        assert result.returncode == 0, result.stderr[-3000:]
+        errors[heads] = np.abs(class_probabilities(tmp_path / heads, batch) - fp32)
+    # Measured: mean probability error 1e-4 (int32 outputs) against 0.016 (INT8 outputs).
+    assert errors["int8"].mean() > 0.005 and errors["int32-output"].mean() < 0.05 * errors["int8"].mean(), \
+        {k: float(v.mean()) for k, v in errors.items()}
 
 
 def test_calibration_from_an_image_folder_and_a_json_channel(model_dir: Path, synth_set: Path, tmp_path: Path):
@@ -150,6 +202,8 @@ def test_refusals_name_the_problem(model_dir: Path, quantized: tuple[Path, dict]
           str(tmp_path / "x")], "does not exist"),
         (["quantize", "--model-dir", str(model_dir), "--calibration-data", str(synth_set / "json/train"), "--output",
           str(tmp_path / "x"), "--calibration-mode", "minmax"], "'minmax' is not one of naive, entropy"),
+        (["quantize", "--model-dir", str(model_dir), "--calibration-data", str(synth_set / "json/train"), "--output",
+          str(tmp_path / "x"), "--class-heads", "int16"], "--class-heads 'int16' is not one of int32-output, fp32"),
     ]
     broken = tmp_path / "broken.rec"
     broken.write_bytes(b"\x00" * 64)
