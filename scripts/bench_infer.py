@@ -10,6 +10,8 @@ engine is scored on a held-out split made with another seed (VOC07 mAP, the code
 validation uses) and timed at batch 1 and 8 on the same preprocessed images, in interleaved
 rounds (the median round counts), all in one run so the ratios share the machine's state. ONNX
 Runtime runs in its own virtualenv (`make onnx-venv`) through scripts/onnx_infer.py.
+`--also DIR` measures the same quantizations (but entropy) of a model trained elsewhere, in
+`make bench-accuracy`'s layout (e.g. build/bench/accuracy/photo).
 Run with `make bench-infer` (ARGS="..." passes options).
 """
 from __future__ import annotations
@@ -119,6 +121,74 @@ def onnx_pass(onnx_file: Path, images: np.ndarray, batch: int, work: Path, repea
     return {"rows": rows, "ips": [len(images) / s for s in saved["seconds"]]}
 
 
+def quantize_options() -> dict:
+    """The INT8 variants measured: quantize's defaults (naive, class predictors with int32
+    outputs), entropy calibration, class predictors FP32, class predictors with INT8 outputs."""
+    from ssd_detector.model.quantize import QuantizeOptions
+
+    return {"INT8 naive": QuantizeOptions(calibration_mode="naive"),
+            "INT8 entropy": QuantizeOptions(calibration_mode="entropy"),
+            "INT8 cls FP32": QuantizeOptions(calibration_mode="naive", class_heads="fp32"),
+            "INT8 cls INT8": QuantizeOptions(calibration_mode="naive", class_heads="int8")}
+
+
+def measure(model: Path, validation: Path, test_dir: Path, work: Path, choices: list[str], args: argparse.Namespace,
+            onnx_file: Path | None = None, threads: int = 1) -> dict[str, dict]:
+    """FP32 and each chosen INT8 variant of model (and the ONNX file in ONNX Runtime when given):
+    held-out mAP and img/s at batch 1 and 8 per interleaved round."""
+    import bench_accuracy
+
+    from ssd_detector.model import artifact
+    from ssd_detector.model.quantize import calibration_images, quantize
+
+    size = artifact.read_image_shape(model)
+    calibration = calibration_images(validation, None, args.num_calibration, size)
+    variants = {"FP32": model}
+    options = quantize_options()
+    for name in choices:
+        variants[name] = work / name.lower().replace(" ", "-")
+        quantize(model, calibration, variants[name], options[name])
+    images, samples = held_out(test_dir, size)
+    timing = images[:args.timing_images]
+    engines = {name: mxnet_engine(path) for name, path in variants.items()}
+    names = [*engines, *(["ONNX Runtime"] if onnx_file else [])]
+    results: dict[str, dict] = {name: {"ips": {1: [], 8: []}} for name in names}
+    for name, run in engines.items():
+        results[name]["map"] = score(all_rows(run, images, 8), samples, bench_accuracy.CLASSES)
+        run(images[:8])  # warm both batch shapes
+        run(images[:1])
+    if onnx_file:
+        results["ONNX Runtime"]["map"] = score(onnx_pass(onnx_file, images, 8, work, 0, threads)["rows"], samples,
+                                               bench_accuracy.CLASSES)
+    for _ in range(args.rounds):  # interleaved: a slow spell of the machine hits every engine alike
+        for batch in (1, 8):
+            for name, run in engines.items():
+                results[name]["ips"][batch].append(images_per_second(run, timing, batch))
+            if onnx_file:
+                results["ONNX Runtime"]["ips"][batch].extend(
+                    onnx_pass(onnx_file, timing, batch, work, 1, threads)["ips"])
+    return results
+
+
+def table(title: str, results: dict[str, dict]) -> dict[str, dict]:
+    """Logs results as a table (ratios to FP32) -> its summary."""
+    fp32 = results["FP32"]
+    LOG.info("== %s", title)
+    LOG.info("%-13s %8s %9s %9s %9s %9s", "engine", "mAP", "b1 img/s", "b1 ratio", "b8 img/s", "b8 ratio")
+    summary = {}
+    for name, result in results.items():
+        medians = {b: float(np.median(v)) for b, v in result["ips"].items()}
+        ratios = {b: medians[b] / float(np.median(fp32["ips"][b])) for b in medians}
+        LOG.info("%-13s %8.4f %9.1f %8.2fx %9.1f %8.2fx", name, result["map"], medians[1], ratios[1], medians[8],
+                 ratios[8])
+        summary[name] = {"map": result["map"], "images_per_second": medians, "ratio_to_fp32": ratios,
+                         "rounds": result["ips"]}
+    return summary
+
+
+CHOICES = ["INT8 naive", "INT8 entropy", "INT8 cls FP32", "INT8 cls INT8"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("build/bench/infer"))
@@ -131,61 +201,40 @@ def main() -> int:
     parser.add_argument("--timing-images", type=int, default=64, help="images per timed pass")
     parser.add_argument("--rounds", type=int, default=5, help="timed passes per engine and batch size")
     parser.add_argument("--output", type=Path, default=Path("build/bench/infer.json"))
+    parser.add_argument("--also", type=Path, action="append", default=[],
+                        help="a trained model's folder in make bench-accuracy's layout (job/model, data/validation, "
+                        "test/validation, e.g. build/bench/accuracy/photo): quantized and measured the same way; "
+                        "repeatable")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     threads = usable_cpus()
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # before MXNet loads: every core, as serving
     if not ORT_PYTHON.exists():
         parser.error(f"{ORT_PYTHON} missing: run `make onnx-venv`")
-    import bench_accuracy
-
+    for folder in args.also:
+        missing = [p for p in ("job/model", "data/validation", "test/validation") if not (folder / p).exists()]
+        if missing:
+            parser.error(f"--also {folder}: no {', '.join(missing)} (make bench-accuracy's layout)")
     from ssd_detector.model.onnx_export import export_onnx
-    from ssd_detector.model.quantize import QuantizeOptions, calibration_images, quantize
 
     root = args.root
     root.mkdir(parents=True, exist_ok=True)
     model, validation, test_dir = train_model(root, args)
     size = int(HYPERPARAMETERS["image_shape"])
-    calibration = calibration_images(validation, None, args.num_calibration, size)
-    variants = {"FP32": model}
-    # The default (naive, class predictors with int32 outputs), entropy calibration, class
-    # predictors FP32, and class predictors with INT8 outputs.
-    choices = {"INT8 naive": QuantizeOptions(calibration_mode="naive"),
-               "INT8 entropy": QuantizeOptions(calibration_mode="entropy"),
-               "INT8 cls FP32": QuantizeOptions(calibration_mode="naive", class_heads="fp32"),
-               "INT8 cls INT8": QuantizeOptions(calibration_mode="naive", class_heads="int8")}
-    for name, options in choices.items():
-        variants[name] = root / name.lower().replace(" ", "-")
-        quantize(model, calibration, variants[name], options)
     onnx_file = root / "model.onnx"
     export_onnx(model, onnx_file)
-    images, samples = held_out(test_dir, size)
-    timing = images[:args.timing_images]
-    engines = {name: mxnet_engine(path) for name, path in variants.items()}
-    results: dict[str, dict] = {name: {"ips": {1: [], 8: []}} for name in [*engines, "ONNX Runtime"]}
-    for name, run in engines.items():
-        results[name]["map"] = score(all_rows(run, images, 8), samples, bench_accuracy.CLASSES)
-        run(images[:8])  # warm both batch shapes
-        run(images[:1])
-    results["ONNX Runtime"]["map"] = score(onnx_pass(onnx_file, images, 8, root, 0, threads)["rows"], samples,
-                                           bench_accuracy.CLASSES)
-    for _ in range(args.rounds):  # interleaved: a slow spell of the machine hits every engine alike
-        for batch in (1, 8):
-            for name, run in engines.items():
-                results[name]["ips"][batch].append(images_per_second(run, timing, batch))
-            results["ONNX Runtime"]["ips"][batch].extend(onnx_pass(onnx_file, timing, batch, root, 1, threads)["ips"])
-    fp32 = results["FP32"]
-    LOG.info("== CPU inference, %s@%d, %d threads, %d held-out images (timing: %d images, median of %d rounds)",
-             HYPERPARAMETERS["base_network"], size, threads, len(images), len(timing), args.rounds)
-    LOG.info("%-13s %8s %9s %9s %9s %9s", "engine", "mAP", "b1 img/s", "b1 ratio", "b8 img/s", "b8 ratio")
-    summary = {}
-    for name, result in results.items():
-        medians = {b: float(np.median(v)) for b, v in result["ips"].items()}
-        ratios = {b: medians[b] / float(np.median(fp32["ips"][b])) for b in medians}
-        LOG.info("%-13s %8.4f %9.1f %8.2fx %9.1f %8.2fx", name, result["map"], medians[1], ratios[1], medians[8],
-                 ratios[8])
-        summary[name] = {"map": result["map"], "images_per_second": medians, "ratio_to_fp32": ratios,
-                         "rounds": result["ips"]}
+    results = measure(model, validation, test_dir, root, CHOICES, args, onnx_file=onnx_file, threads=threads)
+    summary = table(f"CPU inference, {HYPERPARAMETERS['base_network']}@{size}, {threads} threads, "
+                    f"{args.test} held-out images (timing: {args.timing_images} images, median of {args.rounds} "
+                    "rounds)", results)
+    fp32 = summary["FP32"]
+    others = {}
+    for folder in args.also:  # models trained elsewhere, in bench-accuracy's layout
+        work = root / "also" / folder.name
+        work.mkdir(parents=True, exist_ok=True)
+        results = measure(folder / "job/model", folder / "data/validation", folder / "test/validation", work,
+                          [c for c in CHOICES if c != "INT8 entropy"], args)
+        others[str(folder)] = table(f"{folder / 'job/model'}: the same quantizations but entropy", results)
     best = "INT8 naive"  # quantize's defaults
     int8 = summary[best]
     checks = {
@@ -198,7 +247,8 @@ def main() -> int:
     for check, met in checks.items():
         LOG.info("%s: %s", check, "met" if met else "NOT met")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"engines": summary, "checks": checks, "threads": threads}, indent=2))
+    args.output.write_text(json.dumps({"engines": summary, "checks": checks, "threads": threads, "also": others},
+                                      indent=2))
     return 0
 
 
