@@ -200,6 +200,8 @@ SCHEMA: tuple[Param, ...] = (
           lambda v: 1 <= v <= MAX_NMS_TOPK or v == -1),
     Param("overlap_threshold", _parse_float, 0.5, "a number in (0, 1]", _between(0, 1, low_open=True)),
     Param("augmentation", _parse_str, "full", "one of " + ", ".join(AUGMENTATIONS), lambda v: v in AUGMENTATIONS),
+    # An exponential moving average of the weights, updated after every step (0: none).
+    Param("ema_decay", _parse_float, 0.0, "a number in [0, 1)", _between(0, 1, high_open=True)),
     # The training's randomness: initialization, the order of the images, augmentation.
     Param("seed", _parse_int, 0, f"an integer from 0 to {MAX_SEED}", _between(0, MAX_SEED)),
     # Pipe mode: images held to mix the order within a pass over the stream (0: stream order).
@@ -242,6 +244,7 @@ class Hyperparameters:
     nms_topk: int
     overlap_threshold: float
     augmentation: str
+    ema_decay: float
     seed: int
     pipe_shuffle_buffer: int
     kv_store: str

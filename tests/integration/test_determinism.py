@@ -30,3 +30,28 @@ def test_two_runs_with_one_seed_give_the_same_weights(tmp_path: Path, synth_set:
     assert train(other, workers=workers).returncode == 0
     assert any(not np.array_equal(runs[0][k], v) for k, v in _weights(other / "model").items()), \
         "another seed must give other weights"
+
+
+def test_the_weight_average_is_what_validation_and_the_model_use(tmp_path: Path, synth_set: Path):
+    """ema_decay: a decay of almost 0 averages nothing (the model equals the plain run's, so the
+    swapping in and out loses nothing); 0.5 gives another model, and its checkpoints hold the
+    average."""
+    import json
+
+    from ssd_detector.training.checkpoint import AVERAGE
+
+    hyperparameters = {**TINY, "epochs": "2", "seed": "5"}
+    models = {}
+    for name, decay in (("plain", None), ("tiny", "1e-9"), ("half", "0.5")):
+        base = make_job(tmp_path / name, synth_set,
+                        hyperparameters if decay is None else {**hyperparameters, "ema_decay": decay})
+        (base / "checkpoints").mkdir()
+        result = train(base)
+        assert result.returncode == 0, result.stderr[-3000:]
+        models[name] = _weights(base / "model")
+        if decay is not None:
+            assert float(json.loads((base / "model/hyperparams.json").read_text())["ema_decay"]) == float(decay)
+            assert all((folder / AVERAGE).is_file() for folder in (base / "checkpoints").glob("ssd-checkpoint-*"))
+    for key, value in models["plain"].items():
+        np.testing.assert_allclose(models["tiny"][key], value, rtol=1e-6, atol=1e-7, err_msg=key)
+    assert any(not np.allclose(models["half"][k], v) for k, v in models["plain"].items())

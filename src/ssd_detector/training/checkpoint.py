@@ -21,11 +21,14 @@ from pathlib import Path
 import numpy as np
 from mxnet import gluon
 
+from .averaging import WeightAverage
+
 LOG = logging.getLogger(__name__)
 
 PARAMS = "ssd-checkpoint.params"
 STATES = "ssd-checkpoint.states"
 STATE = "ssd-checkpoint.json"
+AVERAGE = "ssd-checkpoint-average.params"  # the weight average, when ema_decay is set
 FOLDER_PREFIX = "ssd-checkpoint-"
 FOLDER_PATTERN = re.compile(rf"^{re.escape(FOLDER_PREFIX)}(\d{{6}})$")
 SCRATCH_PREFIX = f".{FOLDER_PREFIX}tmp-"
@@ -72,7 +75,8 @@ def checkpoints(directory: Path) -> list[Path]:
     return found
 
 
-def save(directory: Path, net: gluon.Block, trainer: gluon.Trainer, state: LoopState) -> Path:
+def save(directory: Path, net: gluon.Block, trainer: gluon.Trainer, state: LoopState,
+         average: WeightAverage | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob(f"{SCRATCH_PREFIX}*"):  # left by a process killed mid-save
         shutil.rmtree(stale, ignore_errors=True)
@@ -83,7 +87,11 @@ def save(directory: Path, net: gluon.Block, trainer: gluon.Trainer, state: LoopS
         net.save_parameters(str(scratch / PARAMS))
         trainer.save_states(str(scratch / STATES))
         (scratch / STATE).write_text(json.dumps(asdict(state)))
-        for name in (PARAMS, STATES, STATE):
+        names = [PARAMS, STATES, STATE]
+        if average is not None:
+            average.save(scratch / AVERAGE)
+            names.append(AVERAGE)
+        for name in names:
             _fsync(scratch / name)
         os.chmod(scratch, 0o755)
         os.rename(scratch, final)
@@ -109,9 +117,11 @@ def _read_state(folder: Path) -> LoopState:
     return LoopState(**raw)
 
 
-def load(directory: Path, net: gluon.Block, trainer: gluon.Trainer) -> LoopState | None:
+def load(directory: Path, net: gluon.Block, trainer: gluon.Trainer,
+         average: WeightAverage | None = None) -> LoopState | None:
     """Restores the newest checkpoint that loads; None when there is none (then net and trainer
-    are as they were)."""
+    are as they were). A checkpoint written without a weight average restarts average from the
+    restored weights."""
     candidates = checkpoints(directory)
     if not candidates:
         return None
@@ -123,6 +133,13 @@ def load(directory: Path, net: gluon.Block, trainer: gluon.Trainer) -> LoopState
                 state = _read_state(folder)
                 net.load_parameters(str(folder / PARAMS), ctx=net.collect_params().list_ctx())
                 trainer.load_states(str(folder / STATES))
+                if average is not None:
+                    if (folder / AVERAGE).is_file():
+                        average.load(folder / AVERAGE)
+                    else:
+                        LOG.warning("checkpoint %s holds no weight average (ema_decay was 0): the average "
+                                    "starts from its weights", folder)
+                        average.restart()
             except Exception as exc:  # any unreadable checkpoint is skipped, and said
                 LOG.warning("skipping checkpoint %s: it does not load (%s: %s)", folder, type(exc).__name__,
                             str(exc).splitlines()[0][:300] if str(exc) else "")
@@ -131,6 +148,8 @@ def load(directory: Path, net: gluon.Block, trainer: gluon.Trainer) -> LoopState
                      state.best_map)
             return state
         net.load_parameters(str(initial), ctx=net.collect_params().list_ctx())
+        if average is not None:  # a checkpoint that failed half-way may have loaded its average
+            average.restart()
     LOG.warning("no checkpoint in %s loads (%d tried); training starts from the beginning", directory,
                 len(candidates))
     return None

@@ -9,6 +9,7 @@ import logging
 import math
 import signal
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Iterator
@@ -26,6 +27,7 @@ from ..progress import format_seconds
 from ..model import artifact
 from . import checkpoint, distributed
 from .assembly import assemble
+from .averaging import WeightAverage
 from .early_stopping import EarlyStopping
 from .inputs import TrainingInputs, format_issues
 from .metrics import MetricLog
@@ -86,6 +88,7 @@ class Training:
         self.train_loader, self.val_loader = job.train_loader, job.val_loader
         self.trainer, self.schedule = job.trainer, job.schedule
         self.batch_size, self.updates_per_epoch = job.batch_size, job.updates_per_epoch
+        self.average = WeightAverage(self.net.collect_params(), self.hp.ema_decay) if self.hp.ema_decay > 0 else None
         self.state = checkpoint.LoopState()
         self.report = TrainingReport(self.paths.output_data_dir / "report", enabled=self.world.is_root)
         self.started = time.monotonic()
@@ -98,7 +101,7 @@ class Training:
         self.stop.install()
         try:
             if self.paths.checkpoint_dir.is_dir():
-                restored = checkpoint.load(self.paths.checkpoint_dir, self.net, self.trainer)
+                restored = checkpoint.load(self.paths.checkpoint_dir, self.net, self.trainer, self.average)
                 if restored is not None:
                     self.state = restored
             self._agree_on_state()
@@ -261,6 +264,8 @@ class Training:
             totals = [cls_loss + box_loss for cls_loss, box_loss in parts]
         autograd.backward(totals)
         self.trainer.step(self.world.gradient_scale())
+        if self.average is not None:
+            self.average.update()
         ce = sum(float(c.asscalar()) for c, _ in parts)
         l1 = sum(float(b.asscalar()) for _, b in parts)
         return ce, l1, stops > 0
@@ -292,8 +297,16 @@ class Training:
             raise Stopped("SIGTERM while reading the validation stream")
         self._end_pass(loader, "validation", epoch)
 
+    def _averaged(self) -> AbstractContextManager:
+        """The weight average in the network inside the block, when ema_decay asks for one."""
+        return self.average.applied() if self.average is not None else nullcontext()
+
     def _validate_here(self, epoch: int) -> float:
         metric = VOCMeanAP(self.hp.num_classes, self.hp.overlap_threshold, voc07=True)
+        with self._averaged():
+            return self._score(metric, epoch)
+
+    def _score(self, metric: VOCMeanAP, epoch: int) -> float:
         for batch in self._validation_batches(epoch):
             mark_progress()
             contexts = self.contexts[:len(batch.images)]
@@ -342,15 +355,16 @@ class Training:
     def _save_model(self) -> None:
         if not self.world.is_root:
             return
-        if self.val_loader is None:  # export needs one forward of the hybridized detector
-            size = self.hp.image_shape
-            self.detector(mx.nd.zeros((1, 3, size, size), ctx=self.contexts[0], dtype="uint8"))
-        artifact.write(self.paths.model_dir, self.detector, self.hp.to_strings(), self.inputs.class_names)
+        with self._averaged():
+            if self.val_loader is None:  # export needs one forward of the hybridized detector
+                size = self.hp.image_shape
+                self.detector(mx.nd.zeros((1, 3, size, size), ctx=self.contexts[0], dtype="uint8"))
+            artifact.write(self.paths.model_dir, self.detector, self.hp.to_strings(), self.inputs.class_names)
         LOG.info('Saved model to "%s"', self.paths.model_dir / artifact.PARAMS_FILE)
 
     def _checkpoint(self) -> None:
         if self.world.is_root and self.paths.checkpoint_dir.is_dir():
-            checkpoint.save(self.paths.checkpoint_dir, self.net, self.trainer, self.state)
+            checkpoint.save(self.paths.checkpoint_dir, self.net, self.trainer, self.state, self.average)
 
     def _finish(self) -> None:
         if self.val_loader is not None:
