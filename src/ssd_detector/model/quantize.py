@@ -216,11 +216,13 @@ def widen_class_outputs(graph: dict, weights: set[str]) -> int:
         for op in ("_contrib_requantize", "_contrib_dequantize", "transpose"):
             following = set(users.get(chain[-1], []))
             if len(following) != 1 or nodes[min(following)]["op"] != op:
-                raise RuntimeError(f"class predictor {node['name']}: expected {op} after {nodes[chain[-1]]['name']}, "
-                                   f"found {[nodes[i]['op'] for i in sorted(following)]}")
+                raise UserError(f"class predictor {node['name']}: expected {op} after {nodes[chain[-1]]['name']}, "
+                                f"found {[nodes[i]['op'] for i in sorted(following)]}; quantize with "
+                                "--class-heads fp32 or int8")
             chain.append(min(following))
         if "min_calib_range" in nodes[chain[1]].get("attrs", {}):
-            raise RuntimeError(f"class predictor {node['name']} was calibrated: its output would be INT8")
+            raise UserError(f"class predictor {node['name']} was calibrated: its output would be INT8; quantize "
+                            "with --class-heads fp32 or int8")
         rewrites[chain[3]] = (conv, chain[1], chain[2])
     dropped = {i for _, requantize, dequantize in rewrites.values() for i in (requantize, dequantize)}
     new_nodes: list[dict] = []
