@@ -186,9 +186,6 @@ def table(title: str, results: dict[str, dict]) -> dict[str, dict]:
     return summary
 
 
-CHOICES = ["INT8 naive", "INT8 entropy", "INT8 cls FP32", "INT8 cls INT8"]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("build/bench/infer"))
@@ -223,7 +220,8 @@ def main() -> int:
     size = int(HYPERPARAMETERS["image_shape"])
     onnx_file = root / "model.onnx"
     export_onnx(model, onnx_file)
-    results = measure(model, validation, test_dir, root, CHOICES, args, onnx_file=onnx_file, threads=threads)
+    choices = list(quantize_options())
+    results = measure(model, validation, test_dir, root, choices, args, onnx_file=onnx_file, threads=threads)
     summary = table(f"CPU inference, {HYPERPARAMETERS['base_network']}@{size}, {threads} threads, "
                     f"{args.test} held-out images (timing: {args.timing_images} images, median of {args.rounds} "
                     "rounds)", results)
@@ -233,7 +231,7 @@ def main() -> int:
         work = root / "also" / folder.name
         work.mkdir(parents=True, exist_ok=True)
         results = measure(folder / "job/model", folder / "data/validation", folder / "test/validation", work,
-                          [c for c in CHOICES if c != "INT8 entropy"], args)
+                          [c for c in choices if c != "INT8 entropy"], args)
         others[str(folder)] = table(f"{folder / 'job/model'}: the same quantizations but entropy", results)
     best = "INT8 naive"  # quantize's defaults
     int8 = summary[best]
