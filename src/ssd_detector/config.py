@@ -49,6 +49,8 @@ MAX_SAMPLES = 1_000_000_000
 MAX_SHUFFLE_BUFFER = 1_000_000
 MAX_SEED = 2**31 - 1
 MAX_SCHEDULE_STEPS = 100
+MAX_ANCHOR_SIZES = 20  # far more feature maps than any base network has
+MAX_ANCHOR_SIZE = 2.0  # fractions of the image side; SSD's last size is 1.05
 
 
 def _unquote(value: Any) -> Any:
@@ -140,6 +142,27 @@ def _parse_epoch_list(value: Any) -> tuple[int, ...]:
     return epochs
 
 
+def _parse_size_list(value: Any) -> tuple[float, ...]:
+    """``"0.04, 0.15, 0.3"``, ``"[0.04, 0.15]"``, a JSON list or ``""`` -> increasing fractions of the image side."""
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        text = str(value).strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        items = [part for part in (p.strip() for p in text.split(",")) if part != ""]
+    if len(items) > MAX_ANCHOR_SIZES:
+        raise ValueError(f"{len(items)} sizes; at most {MAX_ANCHOR_SIZES}")
+    sizes = tuple(_parse_float(item) for item in items)
+    if any(not 0 < s <= MAX_ANCHOR_SIZE for s in sizes):
+        raise ValueError(f"sizes must be in (0, {MAX_ANCHOR_SIZE:g}]")
+    if any(b <= a for a, b in zip(sizes, sizes[1:])):
+        raise ValueError("sizes must be strictly increasing")
+    if len(sizes) == 1:
+        raise ValueError("one size; a layout needs one per feature map plus one")
+    return sizes
+
+
 @dataclass(frozen=True)
 class Param:
     """One hyperparameter: how to parse it and what range it must fall in."""
@@ -199,6 +222,9 @@ SCHEMA: tuple[Param, ...] = (
     Param("nms_topk", _parse_int, 400, f"an integer from 1 to {MAX_NMS_TOPK}, or -1 for no limit",
           lambda v: 1 <= v <= MAX_NMS_TOPK or v == -1),
     Param("overlap_threshold", _parse_float, 0.5, "a number in (0, 1]", _between(0, 1, low_open=True)),
+    # SSD's anchor sizes s_1..s_m+1 (fractions of the image side); empty: the network's default layout.
+    Param("anchor_sizes", _parse_size_list, (), "comma-separated increasing fractions of the image side, one "
+          "more than the network's feature maps, e.g. \"0.04,0.15,0.33\" (empty: the default layout)"),
     Param("augmentation", _parse_str, "full", "one of " + ", ".join(AUGMENTATIONS), lambda v: v in AUGMENTATIONS),
     # An exponential moving average of the weights, updated after every step (0: none).
     Param("ema_decay", _parse_float, 0.0, "a number in [0, 1)", _between(0, 1, high_open=True)),
@@ -243,6 +269,7 @@ class Hyperparameters:
     nms_threshold: float
     nms_topk: int
     overlap_threshold: float
+    anchor_sizes: tuple[float, ...]
     augmentation: str
     ema_decay: float
     seed: int

@@ -10,6 +10,9 @@ import tarfile
 import time
 from pathlib import Path
 
+import mxnet as mx
+import numpy as np
+
 from ssd_detector.data.synthetic import SynthSpec, generate
 from ssd_detector.sagemaker_env import write_job
 from ssd_detector.training.metrics import METRIC_DEFINITIONS
@@ -86,6 +89,30 @@ def test_bad_hyperparameters_fail_with_reason(tmp_path: Path, synth_set: Path):
     assert result.returncode == 1
     failure = (base / "output/failure").read_text()
     assert "image_shape='\"abc\"' is not valid" in failure
+
+
+def test_anchor_sizes_reach_the_saved_model(tmp_path: Path, synth_set: Path):
+    from ssd_detector.model.ssd import SSD
+
+    default = SSD("mobilenet-0.25", 3, 64).layout
+    sizes = (0.05,) + default.sizes[1:]
+    base = make_job(tmp_path, synth_set, {**TINY, "epochs": "1", "anchor_sizes": ",".join(map(str, sizes))})
+    result = train(base)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = mx.nd.load(str(base / "model/model_algo_1-0000.params"))
+    first = saved["arg:anchors"].asnumpy()[0, 0] * 64  # (1, N, 4) normalized corners
+    half = 0.05 * 64 / 2
+    centre = default.steps[0] / 2
+    np.testing.assert_allclose(first, [centre - half, centre - half, centre + half, centre + half], atol=1e-3)
+    assert json.loads((base / "model/hyperparams.json").read_text())["anchor_sizes"] == ",".join(map(str, sizes))
+
+
+def test_anchor_sizes_of_the_wrong_count_fail_with_reason(tmp_path: Path, synth_set: Path):
+    base = make_job(tmp_path, synth_set, {**TINY, "epochs": "1", "anchor_sizes": "0.1,0.5"})
+    result = train(base)
+    assert result.returncode == 1
+    failure = (base / "output/failure").read_text()
+    assert "anchor_sizes=0.1,0.5 has 2 sizes" in failure and "so it takes" in failure
 
 
 def test_missing_imagenet_weights_fail_clearly(tmp_path: Path, synth_set: Path):

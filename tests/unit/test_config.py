@@ -98,6 +98,11 @@ def test_small_networks_are_accepted():
     ("nms_threshold", "0", "a number in (0, 1]"),
     ("nms_topk", "0", "an integer from 1 to 100000, or -1 for no limit"),
     ("overlap_threshold", "1.01", "a number in (0, 1]"),
+    ("anchor_sizes", "0.3,0.2,0.5", "comma-separated increasing fractions of the image side"),
+    ("anchor_sizes", "0,0.2", "comma-separated increasing fractions of the image side"),
+    ("anchor_sizes", "0.1,2.5", "comma-separated increasing fractions of the image side"),
+    ("anchor_sizes", "0.1", "comma-separated increasing fractions of the image side"),
+    ("anchor_sizes", "0.1,x", "comma-separated increasing fractions of the image side"),
     ("kv_store", "nccl", "one of device, local, dist_sync"),
 ])
 def test_bad_value_names_key_value_and_range(key, value, accepted):
@@ -185,3 +190,11 @@ def test_the_typed_fields_are_the_schema():
         hp.epoch  # a misspelt name is an error
     with pytest.raises(KeyError, match="epoch"):
         hp.with_value("epoch", 3)
+
+
+@pytest.mark.parametrize("value", ["0.04, 0.15,0.3", "[0.04, 0.15, 0.3]", [0.04, 0.15, 0.3], '"0.04,0.15,0.3"'])
+def test_anchor_sizes_in_every_form(value):
+    hp = parse_hyperparameters({"num_classes": "3", "anchor_sizes": value})
+    assert hp.anchor_sizes == (0.04, 0.15, 0.3)
+    assert hp.to_strings()["anchor_sizes"] == "0.04,0.15,0.3"
+    assert parse_hyperparameters({"num_classes": "3"}).to_strings()["anchor_sizes"] == ""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mxnet import autograd, gluon
 
-from ssd_detector.errors import UserError
+from ssd_detector.errors import HyperparameterError, UserError
 from ssd_detector.model.anchors import generate_anchors, make_layout
 from ssd_detector.model.backbones import load_pretrained, zoo_weights_file
 from ssd_detector.model.loss import SSDLoss
@@ -20,6 +20,25 @@ from ssd_detector.model.targets import decode, encode, make_targets, match
 def test_anchor_counts_of_the_published_layouts(base, size, count):
     net = SSD(base, 20, size)
     assert net.layout.num_anchors == count == net.anchors.shape[0]
+
+
+def test_anchor_sizes_replace_the_default_layout_sizes():
+    default = SSD("mobilenet-0.25", 3, 256)
+    sizes = (0.04,) + default.layout.sizes[1:]  # a smaller first map only
+    net = SSD("mobilenet-0.25", 3, 256, sizes)
+    assert net.layout.sizes == sizes and net.layout.steps == default.layout.steps
+    assert net.anchors.shape == default.anchors.shape
+    first = net.anchors[0] * 256  # (x0, y0, x1, y1) of the first anchor, centred at 4 px
+    np.testing.assert_allclose(first, [4 - 5.12, 4 - 5.12, 4 + 5.12, 4 + 5.12], atol=1e-4)
+    np.testing.assert_allclose(net.anchors[4096:], default.anchors[4096:])  # other maps unchanged
+
+
+def test_anchor_sizes_of_the_wrong_count_name_the_count_and_the_default():
+    with pytest.raises(HyperparameterError) as info:
+        SSD("mobilenet-0.25", 3, 256, (0.1, 0.2, 0.4))
+    message = str(info.value)
+    assert "anchor_sizes=0.1,0.2,0.4 has 3 sizes" in message
+    assert "7 feature maps, so it takes 8" in message and "0.07,0.15,0.294" in message
 
 
 def test_anchors_equal_mxnet_multibox_prior():

@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import HyperparameterError
+
 WIDE = (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0)
 NARROW = (1.0, 2.0, 0.5)
 # Anchor sizes (fractions of the image side) of the published layouts, one more than layers.
@@ -47,8 +49,10 @@ def default_ratios(num_layers: int) -> tuple[tuple[float, ...], ...]:
     return (NARROW,) + tuple(WIDE for _ in range(num_layers - 3)) + (NARROW, NARROW)
 
 
-def make_layout(base_network: str, image_size: int, feature_sizes: Sequence[int]) -> AnchorLayout:
-    """The layout of a network whose feature maps are feature_sizes at image_size."""
+def make_layout(base_network: str, image_size: int, feature_sizes: Sequence[int],
+                anchor_sizes: Sequence[float] = ()) -> AnchorLayout:
+    """The layout of a network whose feature maps are feature_sizes at image_size; anchor_sizes
+    (the anchor_sizes hyperparameter, one per map plus one) replaces the default sizes."""
     feature_sizes = tuple(int(f) for f in feature_sizes)
     layers = len(feature_sizes)
     if base_network == "vgg-16" and image_size == 300 and layers == 6:
@@ -64,6 +68,14 @@ def make_layout(base_network: str, image_size: int, feature_sizes: Sequence[int]
         # GluonCV's rule for MobileNet at 300: 0.07 on the first map, evenly from 0.15 to 0.87, then 1.05.
         sizes = (0.07,) + tuple(np.linspace(0.15, 0.87, layers - 1)) + (1.05,) if layers > 1 else (0.07, 1.05)
         steps = tuple(image_size / f for f in feature_sizes)
+    if anchor_sizes:
+        if len(anchor_sizes) != layers + 1:
+            default = ",".join(f"{s:.4g}" for s in sizes)
+            raise HyperparameterError(
+                f"anchor_sizes={','.join(f'{s:g}' for s in anchor_sizes)} has {len(anchor_sizes)} sizes; "
+                f"base_network={base_network} at image_shape={image_size} has {layers} feature maps, so it takes "
+                f"{layers + 1} (its default: {default})")
+        sizes = tuple(anchor_sizes)
     return AnchorLayout(image_size, feature_sizes, tuple(float(s) for s in sizes), default_ratios(layers),
                         tuple(float(s) for s in steps))
 

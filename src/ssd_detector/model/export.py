@@ -17,7 +17,7 @@ def export_untrained(model_dir: Path, hyperparameters: Mapping[str, str], seed: 
     nms_threshold, nms_topk used as in training). Class names are the class ids."""
     hp = parse_hyperparameters({"mini_batch_size": "1", **hyperparameters})
     mx.random.seed(seed)
-    net = build_ssd(hp.base_network, hp.num_classes, hp.image_shape)
+    net = build_ssd(hp.base_network, hp.num_classes, hp.image_shape, hp.anchor_sizes)
     net.initialize(mx.init.Xavier(magnitude=2))
     net.materialize()
     detector = SSDDetector(net, nms_threshold=hp.nms_threshold, nms_topk=hp.nms_topk)

@@ -8,6 +8,8 @@ ImageNet mean and std is the first layer, so callers (training batches, serving)
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import mxnet as mx
 import numpy as np
 from mxnet import gluon
@@ -28,7 +30,8 @@ def feature_sizes(features: gluon.HybridBlock, image_size: int) -> tuple[int, ..
 
 
 class SSD(gluon.HybridBlock):
-    def __init__(self, base_network: str, num_classes: int, image_size: int, **kwargs) -> None:
+    def __init__(self, base_network: str, num_classes: int, image_size: int,
+                 anchor_sizes: Sequence[float] = (), **kwargs) -> None:
         super().__init__(**kwargs)
         self.base_network = base_network
         self.num_classes = num_classes
@@ -36,7 +39,7 @@ class SSD(gluon.HybridBlock):
         with self.name_scope():
             self.features = build_features(base_network, image_size)
             self.layout: AnchorLayout = make_layout(base_network, image_size,
-                                                    feature_sizes(self.features, image_size))
+                                                    feature_sizes(self.features, image_size), anchor_sizes)
             self.class_heads = nn.HybridSequential(prefix="class_")
             self.box_heads = nn.HybridSequential(prefix="box_")
             for anchors in self.layout.anchors_per_location:
@@ -71,9 +74,9 @@ class SSD(gluon.HybridBlock):
 NET_PREFIX = "ssd_"
 
 
-def build_ssd(base_network: str, num_classes: int, image_size: int) -> SSD:
+def build_ssd(base_network: str, num_classes: int, image_size: int, anchor_sizes: Sequence[float] = ()) -> SSD:
     """An SSD with the fixed prefix that makes parameter names the same in every process."""
-    return SSD(base_network, num_classes, image_size, prefix=NET_PREFIX)
+    return SSD(base_network, num_classes, image_size, anchor_sizes, prefix=NET_PREFIX)
 
 
 def short_parameter_names(net: SSD) -> dict[str, gluon.Parameter]:

@@ -99,6 +99,10 @@ def load_earlier_model(net: SSD, model_dir: Path, hp: Hyperparameters) -> None:
     if earlier.get("base_network") != hp.base_network:
         raise UserError(f"the model channel holds a {earlier.get('base_network')!r} model but "
                         f"base_network={hp.base_network!r}; incremental training needs the same base network")
+    earlier_sizes, sizes = earlier.get("anchor_sizes", ""), hp.to_strings()["anchor_sizes"]
+    if earlier_sizes != sizes:
+        LOG.warning("model channel: anchor_sizes %r -> %r; the box predictors learnt offsets from the earlier "
+                    "anchors and start from those", earlier_sizes, sizes)
     saved = artifact.read_parameters(model_dir)
     reinitialized = []
     for name, param in net.collect_params().items():
@@ -184,7 +188,7 @@ def worker_batch_size(mini_batch_size: int, local_size: int) -> int:
 def build_network(hp: Hyperparameters, contexts: list[mx.Context], model_channel: Path) -> SSD:
     """The SSD on contexts: from the model channel's earlier model when there is one, else with
     ImageNet weights (use_pretrained_model) or from scratch; then frozen layers, hybridized."""
-    net = build_ssd(hp.base_network, hp.num_classes, hp.image_shape)
+    net = build_ssd(hp.base_network, hp.num_classes, hp.image_shape, hp.anchor_sizes)
     net.initialize(mx.init.Xavier(magnitude=2), ctx=contexts)
     net.materialize(contexts[0])
     if model_channel.exists():
