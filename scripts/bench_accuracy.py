@@ -36,7 +36,7 @@ CLASSES, WIDTH, HEIGHT = 5, 320, 240
 # The best recipe measured from scratch (README, Benchmarks).
 HYPERPARAMETERS = {
     "num_classes": str(CLASSES), "base_network": "mobilenet-0.25", "image_shape": "256", "mini_batch_size": "16",
-    "epochs": "24", "optimizer": "adam", "learning_rate": "0.01", "lr_scheduler_step": "18,22",
+    "epochs": "24", "optimizer": "adam", "learning_rate": "0.01", "lr_scheduler_step": "22,23",
     "lr_scheduler_factor": "0.1", "use_pretrained_model": "0", "augmentation": "light",
 }
 TARGET_MAP = 0.85
