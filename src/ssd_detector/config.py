@@ -123,15 +123,19 @@ def _parse_str(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _list_items(value: Any) -> list[Any]:
+    """``"a, b"``, ``"[a, b]"``, a JSON list or ``""`` -> its items (strings from text)."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    text = str(value).strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return [part for part in (p.strip() for p in text.split(",")) if part != ""]
+
+
 def _parse_epoch_list(value: Any) -> tuple[int, ...]:
     """``"10, 20"``, ``"[10, 20]"``, a JSON list or ``""`` -> increasing positive epochs."""
-    if isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        text = str(value).strip()
-        if text.startswith("[") and text.endswith("]"):
-            text = text[1:-1]
-        items = [part for part in (p.strip() for p in text.split(",")) if part != ""]
+    items = _list_items(value)
     if len(items) > MAX_SCHEDULE_STEPS:
         raise ValueError(f"{len(items)} steps; at most {MAX_SCHEDULE_STEPS}")
     epochs = tuple(_parse_int(item) for item in items)
@@ -144,13 +148,7 @@ def _parse_epoch_list(value: Any) -> tuple[int, ...]:
 
 def _parse_size_list(value: Any) -> tuple[float, ...]:
     """``"0.04, 0.15, 0.3"``, ``"[0.04, 0.15]"``, a JSON list or ``""`` -> increasing fractions of the image side."""
-    if isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        text = str(value).strip()
-        if text.startswith("[") and text.endswith("]"):
-            text = text[1:-1]
-        items = [part for part in (p.strip() for p in text.split(",")) if part != ""]
+    items = _list_items(value)
     if len(items) > MAX_ANCHOR_SIZES:
         raise ValueError(f"{len(items)} sizes; at most {MAX_ANCHOR_SIZES}")
     sizes = tuple(_parse_float(item) for item in items)
