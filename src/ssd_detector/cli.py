@@ -104,6 +104,11 @@ def _cmd_check_job(args: argparse.Namespace) -> int:
 
     def job() -> None:
         inputs = read_training_inputs(paths, decode_images=not args.no_decode)
+        hp = inputs.hyperparameters
+        if hp.anchor_sizes:  # their count depends on the network, which train checks only when it builds it
+            from .model.ssd import layout_for
+
+            layout_for(hp.base_network, hp.image_shape, hp.anchor_sizes)
         summary = {
             "hyperparameters": inputs.hyperparameters.to_strings(),
             "hosts": list(inputs.resources.hosts),

@@ -60,6 +60,11 @@ def test_check_job_writes_failure_file_for_bad_hyperparameters(made: Path, tmp_p
     assert result.returncode == 1
     failure = (base / "output/failure").read_text()
     assert "optimizer='nag'" in failure and "one of sgd, adam, rmsprop, adadelta" in failure
+    write_job(base, {"num_classes": "3", "anchor_sizes": "0.1,0.5"})  # a count only the network can check
+    (base / "output/failure").unlink()
+    result = run("check-job", "--write-failure", env={"SAGEMAKER_BASE_DIR": str(base)})
+    assert result.returncode == 1
+    assert "anchor_sizes=0.1,0.5 has 2 sizes" in (base / "output/failure").read_text()
     write_job(base, {"num_classes": "3"})  # the same job, its hyperparameters corrected
     (base / "output/failure").unlink()
     result = run("check-job", env={"SAGEMAKER_BASE_DIR": str(base)})

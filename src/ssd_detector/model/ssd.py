@@ -29,6 +29,13 @@ def feature_sizes(features: gluon.HybridBlock, image_size: int) -> tuple[int, ..
     return tuple(int(s[2]) for s in shapes)
 
 
+def layout_for(base_network: str, image_size: int, anchor_sizes: Sequence[float] = ()) -> AnchorLayout:
+    """The anchor layout a network would get, from its feature maps alone (no weights, no heads):
+    checks anchor_sizes before any training starts."""
+    features = build_features(base_network, image_size)
+    return make_layout(base_network, image_size, feature_sizes(features, image_size), anchor_sizes)
+
+
 class SSD(gluon.HybridBlock):
     def __init__(self, base_network: str, num_classes: int, image_size: int,
                  anchor_sizes: Sequence[float] = (), **kwargs) -> None:
