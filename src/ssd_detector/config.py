@@ -48,6 +48,7 @@ MAX_NMS_TOPK = 100_000
 MAX_SAMPLES = 1_000_000_000
 MAX_SHUFFLE_BUFFER = 1_000_000
 MAX_SEED = 2**31 - 1
+MAX_TIME_BUDGET = 28 * 24 * 3600  # SageMaker's longest training job, in seconds
 MAX_SCHEDULE_STEPS = 100
 MAX_ANCHOR_SIZES = 20  # far more feature maps than any base network has
 MAX_ANCHOR_SIZE = 2.0  # fractions of the image side; SSD's last size is 1.05
@@ -226,6 +227,9 @@ SCHEMA: tuple[Param, ...] = (
     Param("augmentation", _parse_str, "full", "one of " + ", ".join(AUGMENTATIONS), lambda v: v in AUGMENTATIONS),
     # An exponential moving average of the weights, updated after every step (0: none).
     Param("ema_decay", _parse_float, 0.0, "a number in [0, 1)", _between(0, 1, high_open=True)),
+    # Seconds the training may take: the schedule's end moves earlier to fit (0: no budget).
+    Param("time_budget_seconds", _parse_int, 0, f"an integer from 0 to {MAX_TIME_BUDGET} (0: no budget)",
+          _between(0, MAX_TIME_BUDGET)),
     # The training's randomness: initialization, the order of the images, augmentation.
     Param("seed", _parse_int, 0, f"an integer from 0 to {MAX_SEED}", _between(0, MAX_SEED)),
     # Pipe mode: images held to mix the order within a pass over the stream (0: stream order).
@@ -270,6 +274,7 @@ class Hyperparameters:
     anchor_sizes: tuple[float, ...]
     augmentation: str
     ema_decay: float
+    time_budget_seconds: int
     seed: int
     pipe_shuffle_buffer: int
     kv_store: str

@@ -1,4 +1,5 @@
 """`ssd-detector train` as the container runs it: a real process on a SageMaker-style tree."""
+import csv
 import json
 import os
 import re
@@ -154,6 +155,32 @@ def test_sigterm_saves_a_checkpoint_and_a_restart_resumes(tmp_path: Path, synth_
     assert len(newest) == 2, "the newest checkpoint and the one before it"
     assert json.loads((newest[-1] / "ssd-checkpoint.json").read_text())["next_epoch"] == 2
     assert not list((base / "checkpoints").glob(".*")), "no temporary folders left"
+
+
+def test_time_budget_moves_the_end_and_the_steps_earlier(tmp_path: Path, synth_set: Path):
+    # Far more epochs than 20 s hold: the job ends in time, with its two drops before the end.
+    hyperparameters = {**TINY, "epochs": "5000", "lr_scheduler_step": "4990,4995", "time_budget_seconds": "20"}
+    base = make_job(tmp_path, synth_set, hyperparameters)
+    (base / "checkpoints").mkdir()
+    start = time.monotonic()
+    result = train(base)
+    wall = time.monotonic() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert wall < 20 + 15, f"{wall:.0f} s for a 20 s budget (the process's start and imports are not counted)"
+    assert re.search(r"time_budget_seconds=20: epochs \d+ to 4999 do not fit", result.stderr)
+    assert "learning-rate steps now at epochs" in result.stderr
+    rows = list(csv.DictReader(open(base / "output/data/report/metrics.csv")))
+    assert 3 <= len(rows) < 5000 and rows[-1]["epoch"] == str(len(rows) - 1)
+    rates = [float(r["learning_rate"]) for r in rows]
+    assert rates[0] == 0.02 and abs(rates[-1] - 0.02 * 0.01) < 1e-9, rates  # both drops were reached
+    assert json.loads((base / "model/hyperparams.json").read_text())["time_budget_seconds"] == "20"
+    # The checkpoint keeps the end: a restart trains no further epoch.
+    [saved] = sorted((base / "checkpoints").glob("ssd-checkpoint-*"))[-1:]
+    state = json.loads((saved / "ssd-checkpoint.json").read_text())
+    assert state["next_epoch"] == state["end_epoch"] == len(rows)
+    again = train(base)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from checkpoint" in again.stderr and "epoch=" not in again.stderr.split("resuming")[1]
 
 
 def test_incremental_training_with_more_classes(tmp_path: Path, synth_set: Path):

@@ -84,10 +84,23 @@ def test_a_flat_checkpoint_of_an_earlier_release_still_resumes(tmp_path: Path):
 
 def test_loop_state_travels_as_one_array():
     """What the workers agree on after a resume: the whole state in one broadcast."""
-    state = checkpoint.LoopState(next_epoch=7, best_map=0.625, best_epoch=5, epochs_without_improvement=2)
+    state = checkpoint.LoopState(next_epoch=7, best_map=0.625, best_epoch=5, epochs_without_improvement=2,
+                                 end_epoch=21)
     values = state.to_array()
-    assert values.dtype == np.float64 and values.shape == (4,)
+    assert values.dtype == np.float64 and values.shape == (5,)
     assert checkpoint.LoopState.from_array(values) == state
-    assert checkpoint.LoopState.from_array(np.array([7.0000001, 0.625, 4.9999999, 2.0])) == state  # floats back to ints
-    with pytest.raises(ValueError, match="4 numbers"):
-        checkpoint.LoopState.from_array(np.zeros(3))
+    floats = np.array([7.0000001, 0.625, 4.9999999, 2.0, 20.9999999])
+    assert checkpoint.LoopState.from_array(floats) == state  # floats back to ints
+    with pytest.raises(ValueError, match="5 numbers"):
+        checkpoint.LoopState.from_array(np.zeros(4))
+
+
+def test_a_checkpoint_of_an_earlier_version_without_end_epoch_loads(tmp_path: Path):
+    net, trainer = net_and_trainer()
+    saved = checkpoint.save(tmp_path, net, trainer, checkpoint.LoopState(next_epoch=3, end_epoch=9))
+    raw = json.loads((saved / checkpoint.STATE).read_text())
+    del raw["end_epoch"]
+    (saved / checkpoint.STATE).write_text(json.dumps(raw))
+    fresh, fresh_trainer = net_and_trainer()
+    state = checkpoint.load(tmp_path, fresh, fresh_trainer)
+    assert state == checkpoint.LoopState(next_epoch=3)

@@ -104,6 +104,8 @@ def test_small_networks_are_accepted():
     ("anchor_sizes", "0.1", "comma-separated increasing fractions of the image side"),
     ("anchor_sizes", "0.1,x", "comma-separated increasing fractions of the image side"),
     ("kv_store", "nccl", "one of device, local, dist_sync"),
+    ("time_budget_seconds", "-5", "an integer from 0 to 2419200 (0: no budget)"),
+    ("time_budget_seconds", "15m", "an integer from 0 to 2419200 (0: no budget)"),
 ])
 def test_bad_value_names_key_value_and_range(key, value, accepted):
     raw = {"num_classes": "3", key: value}
@@ -125,6 +127,7 @@ def test_bad_value_names_key_value_and_range(key, value, accepted):
     ("num_training_samples", str(10 ** 12), "an integer from 1 to 1000000000"),
     ("lr_scheduler_step", ",".join(str(i) for i in range(1, 200)), "comma-separated increasing epochs"),
     ("lr_scheduler_step", "5,20000", "comma-separated increasing epochs"),
+    ("time_budget_seconds", str(10 ** 9), "an integer from 0 to 2419200"),
 ])
 def test_upper_bounds_name_key_value_and_range(key, value, accepted):
     with pytest.raises(HyperparameterError) as info:
@@ -174,6 +177,12 @@ def test_our_own_hyperparameters_seed_and_pipe_shuffle_buffer():
         parse_hyperparameters({"num_classes": "2", "seed": "-1"})
     with pytest.raises(HyperparameterError, match="pipe_shuffle_buffer='lots' is not valid"):
         parse_hyperparameters({"num_classes": "2", "pipe_shuffle_buffer": "lots"})
+
+
+def test_time_budget_seconds_defaults_to_none_and_takes_sdk_forms():
+    assert parse_hyperparameters({"num_classes": "2"}).time_budget_seconds == 0
+    assert parse_hyperparameters({"num_classes": "2", "time_budget_seconds": "900"}).time_budget_seconds == 900
+    assert parse_hyperparameters({"num_classes": "2", "time_budget_seconds": 900}).time_budget_seconds == 900
 
 
 def test_the_typed_fields_are_the_schema():

@@ -41,19 +41,20 @@ class LoopState:
     best_map: float = -1.0
     best_epoch: int = -1
     epochs_without_improvement: int = 0
+    end_epoch: int = 0  # the epoch the job ends before when time_budget_seconds moved it; 0: epochs
 
     def to_array(self) -> np.ndarray:
-        """-> (4,) float64, to send to the other workers whole."""
-        return np.array([self.next_epoch, self.best_map, self.best_epoch, self.epochs_without_improvement],
-                        np.float64)
+        """-> (5,) float64, to send to the other workers whole."""
+        return np.array([self.next_epoch, self.best_map, self.best_epoch, self.epochs_without_improvement,
+                         self.end_epoch], np.float64)
 
     @classmethod
     def from_array(cls, values: np.ndarray) -> "LoopState":
         """The inverse of to_array."""
-        if np.shape(values) != (4,):
-            raise ValueError(f"a loop state is 4 numbers, got shape {np.shape(values)}")
-        next_epoch, best_map, best_epoch, without = (float(v) for v in values)
-        return cls(round(next_epoch), best_map, round(best_epoch), round(without))
+        if np.shape(values) != (5,):
+            raise ValueError(f"a loop state is 5 numbers, got shape {np.shape(values)}")
+        next_epoch, best_map, best_epoch, without, end_epoch = (float(v) for v in values)
+        return cls(round(next_epoch), best_map, round(best_epoch), round(without), round(end_epoch))
 
 
 def _fsync(path: Path) -> None:
@@ -110,6 +111,7 @@ def _read_state(folder: Path) -> LoopState:
     raw = json.loads((folder / STATE).read_text())
     if isinstance(raw, dict):
         raw.pop("num_update", None)  # written by earlier versions, never read (the trainer keeps its own)
+        raw.setdefault("end_epoch", 0)  # absent from earlier versions' checkpoints
     names = {f.name for f in fields(LoopState)}
     if not isinstance(raw, dict) or set(raw) != names:
         raise ValueError(f"{STATE} holds {sorted(raw) if isinstance(raw, dict) else raw!r}, not the fields "

@@ -34,6 +34,7 @@ from .metrics import MetricLog
 from .protocol import mark_progress
 from .report import EpochRow, TrainingReport
 from .schedule import batches_per_epoch
+from .time_budget import TimeBudget, seconds_per_epoch
 
 LOG = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class Training:
 
     def __init__(self, inputs: TrainingInputs, contexts: list[mx.Context], workers: int,
                  world: distributed.World | None = None) -> None:
+        created = time.monotonic()  # the time budget counts from here, data loading included
         self.inputs = inputs
         self.hp = inputs.hyperparameters
         self.paths = inputs.paths
@@ -90,6 +92,9 @@ class Training:
         self.batch_size, self.updates_per_epoch = job.batch_size, job.updates_per_epoch
         self.average = WeightAverage(self.net.collect_params(), self.hp.ema_decay) if self.hp.ema_decay > 0 else None
         self.state = checkpoint.LoopState()
+        self.budget = TimeBudget(self.hp.time_budget_seconds, created) if self.hp.time_budget_seconds else None
+        self._validation_seconds = 0.0
+        self._epoch_mark = 0.0  # when the latest epoch ended (time.monotonic())
         self.report = TrainingReport(self.paths.output_data_dir / "report", enabled=self.world.is_root)
         self.started = time.monotonic()
         self._first_epoch = 0  # the first epoch this process runs (later than 0 when resumed)
@@ -105,13 +110,19 @@ class Training:
                 if restored is not None:
                     self.state = restored
             self._agree_on_state()
+            if self.state.end_epoch and self.budget is not None:  # a resumed job keeps its budget's end
+                self._move_end(self.hp.epochs, min(self.state.end_epoch, self.hp.epochs))
+            else:
+                self.state.end_epoch = 0  # restarted without a budget: every epoch
             LOG.info("training %s at %d on %s: %d training images, batch %d, %d epochs%s",
                      hp.base_network, hp.image_shape, ", ".join(str(c) for c in self.contexts),
                      hp.num_training_samples, hp.mini_batch_size, hp.epochs,
                      f", worker {self.world.rank} of {self.world.size} (batch {self.batch_size} each)"
                      if self.world.size > 1 else "")
             self.started, self._first_epoch = time.monotonic(), self.state.next_epoch
-            for epoch in range(self.state.next_epoch, hp.epochs):
+            self._epoch_mark = self.started
+            epoch = self.state.next_epoch
+            while epoch < self.planned_end:
                 result = self.train_epoch(epoch)
                 if result.stopped:
                     self.state.next_epoch = epoch  # the interrupted epoch runs again on resume
@@ -130,6 +141,7 @@ class Training:
                     return
                 if stop_early:
                     break
+                epoch += 1
             self._finish()
         finally:
             self.stop.uninstall()
@@ -143,7 +155,7 @@ class Training:
             loader.set_epoch(epoch)
             yield from loader
             return
-        batches = loader.batches(epoch, read_ahead=epoch + 1 < self.hp.epochs)
+        batches = loader.batches(epoch, read_ahead=epoch + 1 < self.planned_end)
         self._pass_stopped = False
         while True:
             batch = next(batches, None)
@@ -319,6 +331,43 @@ class Training:
                               label[:, 1:5], label[:, 0].astype(np.int64), label[:, 5] > 0)
         return metric.value()
 
+    @property
+    def planned_end(self) -> int:
+        """The epoch the job ends before: ``epochs``, or earlier when the time budget moved it."""
+        return self.state.end_epoch or self.hp.epochs
+
+    def _move_end(self, old_end: int, end: int) -> None:
+        """The job ends before ``end`` instead of ``old_end`` from now on; the learning-rate
+        schedule moves with it."""
+        self.schedule.end_at(old_end, end, self.trainer.optimizer.num_update, self.state.next_epoch,
+                             self.updates_per_epoch)
+        self.state.end_epoch = end
+
+    def _fit_budget(self, epoch: int) -> None:
+        """After epoch ``epoch`` (validated and saved): moves the end earlier when the epochs left
+        do not fit the time budget. Rank 0's clock decides for every worker."""
+        if self.budget is None:
+            return
+        now = time.monotonic()
+        epoch_seconds, self._epoch_mark = now - self._epoch_mark, now
+        end = self.budget.end_after(now, epoch_seconds, self._validation_seconds, epoch + 1, self.planned_end,
+                                    self.hp.epochs)
+        end = round(self.world.broadcast_float(float(end)))
+        if end == self.planned_end:
+            return
+        self._move_end(self.planned_end, end)
+        if not self.world.is_root:
+            return
+        steps = [e for e in self.schedule.step_epochs if e > epoch]
+        LOG.warning("time_budget_seconds=%d: %s (%.1f s an epoch, %.0f s used); %s",
+                    self.hp.time_budget_seconds,
+                    "every epoch fits again" if end == self.hp.epochs
+                    else f"epochs {end} to {self.hp.epochs - 1} do not fit, the job ends after epoch {end - 1}"
+                    if end > epoch + 1 else f"no further epoch fits, the job ends after epoch {epoch}",
+                    seconds_per_epoch(self.budget.epoch_seconds), now - self.budget.started,
+                    f"learning-rate steps now at epochs {','.join(map(str, steps))}" if steps
+                    else "no learning-rate step ahead")
+
     def end_epoch(self, epoch: int, result: EpochResult) -> bool:
         """Logs, validates, keeps the best model and checkpoints; returns whether to stop early."""
         throughput = result.images / max(result.seconds, 1e-9)
@@ -328,7 +377,9 @@ class Training:
         stop_early = False
         value: float | None = None
         if self.val_loader is not None:
+            validation_start = time.monotonic()
             value = self.validate(epoch)
+            self._validation_seconds = time.monotonic() - validation_start
             self.metrics.validation_map(epoch, value)
             summary += f", validation mAP={value:.4f}"
             verdict = self.early_stopping.observe(self.state, epoch, value)
@@ -341,14 +392,15 @@ class Training:
                 stop_early = True
         else:
             self._save_model()
+        self.state.next_epoch = epoch + 1
+        self._fit_budget(epoch)
         elapsed = time.monotonic() - self.started
-        left = elapsed / (epoch + 1 - self._first_epoch) * (self.hp.epochs - epoch - 1)
+        left = elapsed / (epoch + 1 - self._first_epoch) * (self.planned_end - epoch - 1)
         summary += f", {format_seconds(elapsed)} elapsed, {format_seconds(left)} left"
         LOG.info("%s", summary)
         self.report.add_epoch(EpochRow(epoch, result.cross_entropy, result.smooth_l1, value,
                                        float(self.trainer.learning_rate), result.seconds, throughput))
-        self.metrics.progress(100.0 * (epoch + 1) / self.hp.epochs)
-        self.state.next_epoch = epoch + 1
+        self.metrics.progress(100.0 * (epoch + 1) / self.planned_end)
         self._checkpoint()
         return stop_early
 

@@ -45,6 +45,15 @@ class StepWithWarmup(lr_scheduler.LRScheduler):
                              else updates_done + (e - epochs_done) * updates_per_epoch
                              for s, e in zip(self.step_updates, self.step_epochs)]
 
+    def end_at(self, old_end: int, new_end: int, updates_done: int, epochs_done: int,
+               updates_per_epoch: int) -> None:
+        """The job now ends after epoch new_end - 1 instead of old_end - 1: steps still ahead move
+        earlier by the difference, keeping their distance from the end (a step that would fall
+        into the past comes at the next epoch); steps already passed stay passed."""
+        shift = new_end - old_end
+        self.step_epochs = [e if e <= epochs_done else max(epochs_done, e + shift) for e in self.step_epochs]
+        self.rebase(updates_done, epochs_done, updates_per_epoch)
+
 
 class CosineWithWarmup(StepWithWarmup):
     """lr = base * (1 + cos(pi * done / total)) / 2 over the job's updates, after the same warm-up;
@@ -66,6 +75,12 @@ class CosineWithWarmup(StepWithWarmup):
     def rebase(self, updates_done: int, epochs_done: int, updates_per_epoch: int) -> None:
         """The end of the decay moves with a corrected batch count (Pipe mode's first epoch)."""
         self.total_updates = max(1, updates_done + (self.epochs - epochs_done) * updates_per_epoch)
+
+    def end_at(self, old_end: int, new_end: int, updates_done: int, epochs_done: int,
+               updates_per_epoch: int) -> None:
+        """The decay reaches zero at the new end instead (a time budget shortened the job)."""
+        self.epochs = new_end
+        self.rebase(updates_done, epochs_done, updates_per_epoch)
 
 
 def make_schedule(kind: str, base_lr: float, epochs: int, step_epochs: Sequence[int], factor: float,

@@ -1,0 +1,37 @@
+"""time_budget_seconds: how many epochs fit in what is left of the budget."""
+import pytest
+
+from ssd_detector.training.time_budget import END_SECONDS, TimeBudget, fitting_end, seconds_per_epoch
+
+
+def test_the_epoch_estimate_leaves_out_the_first_epoch_and_takes_the_slower_of_latest_and_mean():
+    assert seconds_per_epoch([50.0]) == 50.0
+    assert seconds_per_epoch([50.0, 40.0]) == 40.0  # the first epoch hybridizes and warms caches
+    assert seconds_per_epoch([50.0, 40.0, 42.0, 38.0]) == pytest.approx(40.0)  # mean of the last 3
+    assert seconds_per_epoch([50.0, 38.0, 38.0, 44.0]) == 44.0  # slowing down: the latest
+    assert seconds_per_epoch([50.0] + [40.0] * 10 + [10.0, 10.0, 10.0]) == 10.0  # only the last 3 count
+    with pytest.raises(ValueError, match="no epoch"):
+        seconds_per_epoch([])
+
+
+def test_fitting_end_counts_whole_epochs_in_what_is_left():
+    # 900 s, 100 used, 40 s epochs, 20 s for the end: 780 s hold 19 more epochs.
+    assert fitting_end(900, 100, [40.0, 40.0], next_epoch=2, end=30, final_seconds=20) == 21
+    assert fitting_end(900, 100, [40.0, 40.0], next_epoch=2, end=10, final_seconds=20) == 10  # never past end
+    assert fitting_end(900, 890, [40.0, 40.0], next_epoch=2, end=30, final_seconds=20) == 2  # nothing more fits
+    assert fitting_end(900, 950, [40.0], next_epoch=1, end=30, final_seconds=20) == 1  # already over
+
+
+def test_the_budget_moves_the_end_later_only_with_an_epoch_to_spare():
+    budget = TimeBudget(seconds=500, started=0.0)
+    # After epoch 0 (60 s): (500 - 60 - 5 - 10) / 60 -> 7 more epochs, so the job ends before epoch 8.
+    assert budget.end_after(60.0, 60.0, validation_seconds=5, next_epoch=1, end=30, most=30) == 8
+    # Epoch 1 took 40 s: 2 + (500 - 100 - 15) / 40 = 11.6 would end before 11, but a later end
+    # keeps an epoch to spare: 2 + (385 - 40) / 40 -> 10. Then the estimate wobbles (39.5 s, 41 s)
+    # and the end holds, where without the spare epoch it would move to 11 and back.
+    assert budget.end_after(100.0, 40.0, validation_seconds=5, next_epoch=2, end=8, most=30) == 10
+    assert budget.end_after(139.0, 39.0, validation_seconds=5, next_epoch=3, end=10, most=30) == 10
+    assert budget.end_after(180.0, 41.0, validation_seconds=5, next_epoch=4, end=10, most=30) == 10
+    # Slower from here: the end moves earlier at once, with no spare epoch asked.
+    assert budget.end_after(260.0, 80.0, validation_seconds=5, next_epoch=5, end=10, most=30) == 7
+    assert END_SECONDS == 10
