@@ -7,7 +7,7 @@ occlusion, blur and lighting changes; ssd-detector synth --style photo). Each he
 made with another seed and never seen in training or model selection; the photo family's
 held-out split also uses photographs that its training images never show. Training runs through
 the container's real entry point (`ssd-detector train` on a SageMaker-style tree). With --runs N
-each family is trained N times with training seeds 0..N-1 and the mean and spread are printed;
+each family is trained N times with training seeds 0..N-1 (--first-seed S: S..S+N-1) and the mean and spread are printed;
 --peer also trains GluonCV's SSD on the same data, network, input size and budget
 (scripts/bench_peer.py); --pretrained fine-tunes from the ImageNet weights in $MXNET_HOME when
 they are there. Run with `make bench-accuracy` (ARGS="..." passes options).
@@ -142,10 +142,11 @@ def run_family(args: argparse.Namespace, family: str, hyperparameters: dict) -> 
     data, test_dir = make_sets(root, family, args.train, args.validation, args.test)
     runs = []
     for run in range(args.runs):
-        chosen = {**hyperparameters, "seed": str(run)}
+        seed = args.first_seed + run
+        chosen = {**hyperparameters, "seed": str(seed)}
         LOG.info("%s, run %d: training %s", family, run + 1, json.dumps(chosen))
-        result = train_once(root / "job", data, chosen, args.budget, root / f"train-{run}.log")
-        result.update(held_out_scores(root / "job/model", test_dir), seed=run)
+        result = train_once(root / "job", data, chosen, args.budget, root / f"train-{seed}.log")
+        result.update(held_out_scores(root / "job/model", test_dir), seed=seed)
         LOG.info("%s, run %d: held-out mAP %.4f (%s) after %.0f s%s, best validation mAP %.4f over %d epochs",
                  family, run + 1, result["map"], sizes_text(result["by_size"]), result["wall_seconds"],
                  "" if result["finished"] else " (STOPPED at the budget)", max(result["validation_map"], default=0),
@@ -203,7 +204,8 @@ def main() -> int:
     parser.add_argument("--validation", type=int, default=300)
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--budget", type=float, default=900, help="seconds of training allowed per run")
-    parser.add_argument("--runs", type=int, default=1, help="training runs per family (seeds 0..N-1)")
+    parser.add_argument("--runs", type=int, default=1, help="training runs per family (seeds S..S+N-1)")
+    parser.add_argument("--first-seed", type=int, default=0, help="S, the first run's training seed")
     parser.add_argument("--hyperparameters", type=json.loads, default={}, help="JSON overriding the defaults")
     parser.add_argument("--peer", action="store_true", help="also train GluonCV's SSD on the same budget")
     parser.add_argument("--pretrained", action="store_true",
@@ -213,8 +215,9 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     unknown = sorted(set(families) - set(FAMILIES))
-    if unknown or not families or args.runs < 1:
-        parser.error(f"--families {args.families!r} must name some of {', '.join(FAMILIES)}; --runs must be >= 1")
+    if unknown or not families or args.runs < 1 or args.first_seed < 0:
+        parser.error(f"--families {args.families!r} must name some of {', '.join(FAMILIES)}; --runs must be >= 1, "
+                     f"--first-seed >= 0")
     budgeted = {**HYPERPARAMETERS, "time_budget_seconds": str(max(1, int(args.budget) - STARTUP_SECONDS))}
     hyperparameters = {**budgeted, **{k: str(v) for k, v in args.hyperparameters.items()}}
     note = "from scratch"
