@@ -7,10 +7,10 @@ occlusion, blur and lighting changes; ssd-detector synth --style photo). Each he
 made with another seed and never seen in training or model selection; the photo family's
 held-out split also uses photographs that its training images never show. Training runs through
 the container's real entry point (`ssd-detector train` on a SageMaker-style tree). With --runs N
-each family is trained N times with training seeds 0..N-1 (--first-seed S: S..S+N-1) and the mean and spread are printed;
---peer also trains GluonCV's SSD on the same data, network, input size and budget
-(scripts/bench_peer.py); --pretrained fine-tunes from the ImageNet weights in $MXNET_HOME when
-they are there. Run with `make bench-accuracy` (ARGS="..." passes options).
+each family is trained N times with training seeds 0..N-1 (--first-seed S: S..S+N-1) and the
+mean and spread are printed; --peer also trains GluonCV's SSD on the same data, network, input
+size and budget (scripts/bench_peer.py); --pretrained fine-tunes from the ImageNet weights in
+$MXNET_HOME when they are there. Run with `make bench-accuracy` (ARGS="..." passes options).
 """
 from __future__ import annotations
 

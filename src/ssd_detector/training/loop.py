@@ -345,7 +345,8 @@ class Training:
 
     def _fit_budget(self, epoch: int) -> None:
         """After epoch ``epoch`` (validated and saved): moves the end earlier when the epochs left
-        do not fit the time budget. Rank 0's clock decides for every worker."""
+        do not fit the time budget, or later again when faster epochs leave room (never past
+        ``epochs``). Rank 0's clock decides for every worker."""
         if self.budget is None:
             return
         now = time.monotonic()
