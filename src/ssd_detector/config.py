@@ -220,7 +220,11 @@ SCHEMA: tuple[Param, ...] = (
     Param("nms_threshold", _parse_float, 0.45, "a number in (0, 1]", _between(0, 1, low_open=True)),
     Param("nms_topk", _parse_int, 400, f"an integer from 1 to {MAX_NMS_TOPK}, or -1 for no limit",
           lambda v: 1 <= v <= MAX_NMS_TOPK or v == -1),
+    # The built-in's "evaluation overlap threshold": the IoU a detection needs to count in validation mAP.
     Param("overlap_threshold", _parse_float, 0.5, "a number in (0, 1]", _between(0, 1, low_open=True)),
+    # The IoU at which an anchor becomes a positive of an object in training, besides each object's
+    # best anchor; 0.5 is the built-in's (MultiBoxTarget's).
+    Param("match_threshold", _parse_float, 0.5, "a number in (0, 1]", _between(0, 1, low_open=True)),
     # SSD's anchor sizes s_1..s_m+1 (fractions of the image side); empty: the network's default layout.
     Param("anchor_sizes", _parse_size_list, (), "comma-separated increasing fractions of the image side, one "
           "more than the network's feature maps, e.g. \"0.04,0.15,0.33\" (empty: the default layout)"),
@@ -271,6 +275,7 @@ class Hyperparameters:
     nms_threshold: float
     nms_topk: int
     overlap_threshold: float
+    match_threshold: float
     anchor_sizes: tuple[float, ...]
     augmentation: str
     ema_decay: float

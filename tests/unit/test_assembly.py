@@ -1,9 +1,14 @@
 """Assembling a job: devices, data workers, the per-worker batch, frozen layers."""
+import numpy as np
 import pytest
 
 from ssd_detector.errors import HyperparameterError
 from ssd_detector.model.ssd import build_ssd
-from ssd_detector.training.assembly import data_workers, freeze_layers, worker_batch_size
+from ssd_detector.model.targets import match
+from ssd_detector.training.assembly import data_workers, freeze_layers, make_loaders, worker_batch_size
+from ssd_detector.training.distributed import World
+from ssd_detector.training.inputs import read_training_inputs
+from ssd_detector.sagemaker_env import write_job
 
 
 def test_freeze_layer_pattern():
@@ -52,3 +57,19 @@ def test_the_host_batch_is_split_among_its_workers():
     assert worker_batch_size(10, 4) == 2  # the remainder is dropped, as the built-in's per-GPU split
     with pytest.raises(HyperparameterError, match="mini_batch_size=3 is smaller than the 4 workers"):
         worker_batch_size(3, 4)
+
+
+def test_training_targets_match_at_match_threshold_not_overlap_threshold(tmp_path, synth_set):
+    """overlap_threshold is the built-in's evaluation threshold; anchors match objects at match_threshold."""
+    paths = write_job(tmp_path / "job", {"num_classes": "3", "image_shape": "128", "base_network": "mobilenet-0.25",
+                                         "use_pretrained_model": "0", "overlap_threshold": "0.9",
+                                         "match_threshold": "0.3"},
+                      {"train": synth_set / "recordio/train", "validation": synth_set / "recordio/validation"})
+    inputs = read_training_inputs(paths)
+    net = build_ssd("mobilenet-0.25", 3, 128)
+    train, validation = make_loaders(inputs, net, 4, 0, World(), lambda: False)
+    sample = inputs.train.samples[0]
+    cls_target, _ = train.targets(sample.boxes, sample.class_ids)
+    expected = match(net.anchors, sample.boxes, 0.3) >= 0
+    assert expected.sum() > (match(net.anchors, sample.boxes, 0.9) >= 0).sum()  # the thresholds differ here
+    assert np.array_equal(cls_target > 0, expected)

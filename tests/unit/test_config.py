@@ -98,6 +98,7 @@ def test_small_networks_are_accepted():
     ("nms_threshold", "0", "a number in (0, 1]"),
     ("nms_topk", "0", "an integer from 1 to 100000, or -1 for no limit"),
     ("overlap_threshold", "1.01", "a number in (0, 1]"),
+    ("match_threshold", "0", "a number in (0, 1]"),
     ("anchor_sizes", "0.3,0.2,0.5", "comma-separated increasing fractions of the image side"),
     ("anchor_sizes", "0,0.2", "comma-separated increasing fractions of the image side"),
     ("anchor_sizes", "0.1,2.5", "comma-separated increasing fractions of the image side"),

@@ -1,9 +1,10 @@
 """Training targets for SSD: match anchors to objects and encode the box offsets.
 
 Matching and encoding follow MXNet's MultiBoxTarget: every object takes its best anchor first
-(greedily, highest overlap first), then every other anchor whose best overlap reaches
-``overlap_threshold`` takes that object. Offsets are centre/size deltas divided by the
-variances, which MXNet's MultiBoxDetection decodes. Runs in numpy, in the data workers.
+(greedily, highest overlap first), then every other anchor whose best overlap reaches the
+threshold (MultiBoxTarget's ``overlap_threshold``, the job's ``match_threshold``) takes that
+object. Offsets are centre/size deltas divided by the variances, which MXNet's
+MultiBoxDetection decodes. Runs in numpy, in the data workers.
 """
 from __future__ import annotations
 
