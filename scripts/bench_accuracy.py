@@ -39,7 +39,7 @@ CLASSES, WIDTH, HEIGHT = 5, 320, 240
 HYPERPARAMETERS = {
     "num_classes": str(CLASSES), "base_network": "mobilenet-0.25", "image_shape": "256", "mini_batch_size": "16",
     "epochs": "60", "optimizer": "adam", "learning_rate": "0.01", "lr_scheduler_step": "58,59",
-    "lr_scheduler_factor": "0.1", "use_pretrained_model": "0", "augmentation": "light",
+    "lr_scheduler_factor": "0.1", "use_pretrained_model": "0", "augmentation": "light", "match_threshold": "0.4",
 }
 TARGET_MAP = 0.85
 # Of --budget, what the training process needs outside its own time_budget_seconds (start, imports).
