@@ -67,7 +67,7 @@ def test_training_targets_match_at_match_threshold_not_overlap_threshold(tmp_pat
                       {"train": synth_set / "recordio/train", "validation": synth_set / "recordio/validation"})
     inputs = read_training_inputs(paths)
     net = build_ssd("mobilenet-0.25", 3, 128)
-    train, validation = make_loaders(inputs, net, 4, 0, World(), lambda: False)
+    train, _ = make_loaders(inputs, net, 4, 0, World(), lambda: False)
     sample = inputs.train.samples[0]
     cls_target, _ = train.targets(sample.boxes, sample.class_ids)
     expected = match(net.anchors, sample.boxes, 0.3) >= 0
