@@ -6,9 +6,12 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from .errors import Stopped, UserError
@@ -20,6 +23,8 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger("ssd_detector")
 EXIT_TERMINATED = 128 + signal.SIGTERM  # a tool stopped by SIGTERM, as a shell reports it
+# A SIGTERM that arrives during an import is sent again this much later, until no import runs.
+IMPORT_RETRY_SECONDS = 0.05
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -146,9 +151,26 @@ def _stop_on_sigterm(reason: str) -> None:
     """As PID 1 of a container a process ignores SIGTERM unless it handles it: every command
     handles it from its first line (`train` until its loop takes over, and a stop is not a
     failure there; `serve` hands it to gunicorn, which installs its own)."""
-    def stop(signum: int, frame: object) -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if _importing(frame):
+            # Raised inside an import (cv2's initialization, numpy's under it), the exception becomes
+            # an ImportError and leaves half-made extension modules that can crash the interpreter
+            # at exit: the stop waits until the import is done.
+            resend = threading.Timer(IMPORT_RETRY_SECONDS, os.kill, (os.getpid(), signal.SIGTERM))
+            resend.daemon = True
+            resend.start()
+            return
         raise Stopped(reason)
     signal.signal(signal.SIGTERM, stop)
+
+
+def _importing(frame: FrameType | None) -> bool:
+    """Whether frame, or a frame that called it, is the import machinery's."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
