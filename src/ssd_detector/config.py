@@ -21,7 +21,7 @@ from .errors import HyperparameterError, shown
 
 LOG = logging.getLogger(__name__)
 
-BASE_NETWORKS = ("vgg-16", "resnet-50", "mobilenet-1.0", "mobilenet-0.25")
+BASE_NETWORKS = ("vgg-16", "resnet-50", "mobilenet-1.0", "mobilenet-0.5", "mobilenet-0.25")
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adadelta")
 KV_STORES = ("device", "local", "dist_sync", "dist_device_sync", "dist_async")
 # full: SSD's augmentation (expand, IoU-constrained crop, colour, flip); light: colour and flip

@@ -65,7 +65,7 @@ def test_values_as_sdk_v3_serializes_them():
 
 
 def test_small_networks_are_accepted():
-    for net in ("mobilenet-1.0", "mobilenet-0.25"):
+    for net in ("mobilenet-1.0", "mobilenet-0.5", "mobilenet-0.25"):
         assert parse_hyperparameters({"num_classes": "1", "base_network": net}).base_network == net
 
 
@@ -73,7 +73,7 @@ def test_small_networks_are_accepted():
     ("num_classes", "0", "an integer from 1 to 10000"),
     ("num_classes", "two", "an integer from 1 to 10000"),
     ("num_training_samples", "-5", "an integer from 1 to 1000000000"),
-    ("base_network", "vgg-19", "one of vgg-16, resnet-50, mobilenet-1.0, mobilenet-0.25"),
+    ("base_network", "vgg-19", "one of vgg-16, resnet-50, mobilenet-1.0, mobilenet-0.5, mobilenet-0.25"),
     ("use_pretrained_model", "2", "0 or 1"),
     ("image_shape", "32", "an integer from 64 to 2048"),
     ("image_shape", "300.5", "an integer from 64 to 2048"),

@@ -109,7 +109,7 @@ def test_loss_on_a_tiny_case(hybrid):
     assert box_loss.asscalar() == pytest.approx(smooth_l1, rel=1e-5)
 
 
-@pytest.mark.parametrize("base,size", [("mobilenet-0.25", 128), ("mobilenet-1.0", 128), ("resnet-50", 128),
+@pytest.mark.parametrize("base,size", [("mobilenet-0.25", 128), ("mobilenet-0.5", 128), ("mobilenet-1.0", 128), ("resnet-50", 128),
                                        ("vgg-16", 96)])
 def test_one_training_step_then_export_and_import(base, size, tmp_path: Path):
     mx.random.seed(0)

@@ -6,7 +6,7 @@ read: the base's own maps plus extra layers that halve the resolution down to 1x
                 conv4_3 L2-normalized with a learned scale (starts at 20)
   resnet-50     ResNet-50 v1, stage 3 (stride 16) and stage 4 (stride 32); below 448 pixels also
                 stage 2 (stride 8)
-  mobilenet-*   MobileNet v1 at width 1.0 or 0.25, after relu22 (stride 16) and relu26 (stride 32);
+  mobilenet-*   MobileNet v1 at width 1.0, 0.5 or 0.25, after relu22 (stride 16) and relu26 (stride 32);
                 below 448 pixels also after relu10 (stride 8)
 """
 from __future__ import annotations
@@ -25,14 +25,16 @@ from ..errors import UserError
 LOG = logging.getLogger(__name__)
 
 ZOO_NAMES = {"vgg-16": "vgg16", "resnet-50": "resnet50_v1", "mobilenet-1.0": "mobilenet1.0",
-             "mobilenet-0.25": "mobilenet0.25"}
+             "mobilenet-0.5": "mobilenet0.5", "mobilenet-0.25": "mobilenet0.25"}
 # Extra layers after the base: output channels of each (each halves the map).
 EXTRA_FILTERS = {"vgg-16": (512, 256, 256, 256), "resnet-50": (512, 512, 256, 256),
-                 "mobilenet-1.0": (512, 512, 256, 256), "mobilenet-0.25": (256, 256, 128, 128)}
+                 "mobilenet-1.0": (512, 512, 256, 256), "mobilenet-0.5": (256, 256, 128, 128),
+                 "mobilenet-0.25": (256, 256, 128, 128)}
 # The VGG-16 of SSD512 has one more extra layer.
 VGG_512_EXTRA = 256
 # Indices into the model zoo's `features` where the stride-8, -16 and -32 maps end.
-_SPLITS = {"resnet50_v1": (6, 7, 8), "mobilenet1.0": (33, 69, 81), "mobilenet0.25": (33, 69, 81)}
+_SPLITS = {"resnet50_v1": (6, 7, 8), "mobilenet1.0": (33, 69, 81), "mobilenet0.5": (33, 69, 81),
+           "mobilenet0.25": (33, 69, 81)}
 # Below this input size ResNet and MobileNet also predict from their stride-8 map: small inputs
 # need the finer grid for small objects (the published layouts at 512 start at stride 16).
 STRIDE8_BELOW = 448

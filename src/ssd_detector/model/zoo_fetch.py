@@ -1,4 +1,4 @@
-"""Fetches the ImageNet weights of the four base networks into a model zoo folder, as MXNet's
+"""Fetches the ImageNet weights of the five base networks into a model zoo folder, as MXNet's
 model zoo lays them out (``ROOT/models/<name>-<short hash>.params``), checking each SHA-1.
 
 Run at image build time (``python -m ssd_detector.model.zoo_fetch ROOT``). It does not load
@@ -22,6 +22,7 @@ SHA1 = {
     "vgg16": "e660d4569ccb679ec68f1fd3cce07a387252a90a",
     "resnet50_v1": "0aee57f96768c0a2d5b23a6ec91eb08dfb0a45ce",
     "mobilenet1.0": "6b8c5106c730e8750bcd82ceb75220a3351157cd",
+    "mobilenet0.5": "8e9d539cc66aa5efa71c4b6af983b936ab8701c3",
     "mobilenet0.25": "9f83e440996887baf91a6aff1cccc1c903a64274",
 }
 DEFAULT_REPO = "https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/"
