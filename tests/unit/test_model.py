@@ -9,6 +9,7 @@ from mxnet import autograd, gluon
 
 from ssd_detector.errors import HyperparameterError, UserError
 from ssd_detector.model.anchors import generate_anchors, make_layout
+from ssd_detector.model import zoo_fetch
 from ssd_detector.model.backbones import load_pretrained, zoo_weights_file
 from ssd_detector.model.loss import SSDLoss
 from ssd_detector.model.ssd import SSD, SSDDetector
@@ -147,17 +148,19 @@ def test_one_training_step_then_export_and_import(base, size, tmp_path: Path):
     np.testing.assert_array_equal(imported(images).asnumpy(), detections.asnumpy())
 
 
-def test_pretrained_weights_from_the_zoo_folder(tmp_path: Path):
+@pytest.mark.parametrize("base,zoo_name", [("mobilenet-0.25", "mobilenet0.25"), ("mobilenet-0.5", "mobilenet0.5")])
+def test_pretrained_weights_from_the_zoo_folder(base, zoo_name, tmp_path: Path):
     from mxnet.gluon.model_zoo import vision
-    zoo = vision.get_model("mobilenet0.25", pretrained=False)
+    zoo = vision.get_model(zoo_name, pretrained=False)
     zoo.initialize(mx.init.Normal(1.0))
     zoo(mx.nd.zeros((1, 3, 64, 64)))
-    path = zoo_weights_file("mobilenet-0.25", tmp_path)
+    path = zoo_weights_file(base, tmp_path)
+    assert path.name == f"{zoo_name}-{zoo_fetch.SHA1[zoo_name][:8]}.params"
     zoo.save_parameters(str(path))
-    net = SSD("mobilenet-0.25", 2, 128)
+    net = SSD(base, 2, 128)
     net.initialize(mx.init.Xavier())
     net.materialize()
-    assert load_pretrained(net.features, "mobilenet-0.25", tmp_path) == path
+    assert load_pretrained(net.features, base, tmp_path) == path
     np.testing.assert_array_equal(net.features.stages[0][0].weight.data().asnumpy(),
                                   zoo.features[0].weight.data().asnumpy())
     np.testing.assert_array_equal(net.features.stages[2][-2].gamma.data().asnumpy(),
