@@ -8,8 +8,8 @@ import pytest
 from mxnet import autograd, gluon
 
 from ssd_detector.errors import HyperparameterError, UserError
-from ssd_detector.model.anchors import generate_anchors, make_layout
 from ssd_detector.model import zoo_fetch
+from ssd_detector.model.anchors import generate_anchors, make_layout
 from ssd_detector.model.backbones import load_pretrained, zoo_weights_file
 from ssd_detector.model.loss import SSDLoss
 from ssd_detector.model.ssd import SSD, SSDDetector
@@ -110,8 +110,8 @@ def test_loss_on_a_tiny_case(hybrid):
     assert box_loss.asscalar() == pytest.approx(smooth_l1, rel=1e-5)
 
 
-@pytest.mark.parametrize("base,size", [("mobilenet-0.25", 128), ("mobilenet-0.5", 128), ("mobilenet-1.0", 128), ("resnet-50", 128),
-                                       ("vgg-16", 96)])
+@pytest.mark.parametrize("base,size", [("mobilenet-0.25", 128), ("mobilenet-0.5", 128), ("mobilenet-1.0", 128),
+                                       ("resnet-50", 128), ("vgg-16", 96)])
 def test_one_training_step_then_export_and_import(base, size, tmp_path: Path):
     mx.random.seed(0)
     net = SSD(base, 3, size)
