@@ -45,6 +45,7 @@ MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 4_096
 MAX_LABEL_WIDTH = 100_000  # 20,000 objects of 5 values
 MAX_NMS_TOPK = 100_000
+MAX_MATCH_TOPK = 100
 MAX_SAMPLES = 1_000_000_000
 MAX_SHUFFLE_BUFFER = 1_000_000
 MAX_SEED = 2**31 - 1
@@ -225,6 +226,8 @@ SCHEMA: tuple[Param, ...] = (
     # The IoU at which an anchor becomes a positive of an object in training, besides each object's
     # best anchor; 0.5 is the built-in's (MultiBoxTarget's).
     Param("match_threshold", _parse_float, 0.5, "a number in (0, 1]", _between(0, 1, low_open=True)),
+    # Each object's k best anchors also become its positives (model.targets); 0: the built-in's matching.
+    Param("match_topk", _parse_int, 0, f"an integer from 0 to {MAX_MATCH_TOPK} (0: off)", _between(0, MAX_MATCH_TOPK)),
     # SSD's anchor sizes s_1..s_m+1 (fractions of the image side); empty: the network's default layout.
     Param("anchor_sizes", _parse_size_list, (), "comma-separated increasing fractions of the image side, one "
           "more than the network's feature maps, e.g. \"0.04,0.15,0.33\" (empty: the default layout)"),
@@ -276,6 +279,7 @@ class Hyperparameters:
     nms_topk: int
     overlap_threshold: float
     match_threshold: float
+    match_topk: int
     anchor_sizes: tuple[float, ...]
     augmentation: str
     ema_decay: float

@@ -60,16 +60,18 @@ def test_the_host_batch_is_split_among_its_workers():
 
 
 def test_training_targets_match_at_match_threshold_not_overlap_threshold(tmp_path, synth_set):
-    """overlap_threshold is the built-in's evaluation threshold; anchors match objects at match_threshold."""
+    """overlap_threshold is the built-in's evaluation threshold; anchors match objects at match_threshold,
+    plus each object's match_topk best anchors."""
     paths = write_job(tmp_path / "job", {"num_classes": "3", "image_shape": "128", "base_network": "mobilenet-0.25",
                                          "use_pretrained_model": "0", "overlap_threshold": "0.9",
-                                         "match_threshold": "0.3"},
+                                         "match_threshold": "0.3", "match_topk": "12"},
                       {"train": synth_set / "recordio/train", "validation": synth_set / "recordio/validation"})
     inputs = read_training_inputs(paths)
     net = build_ssd("mobilenet-0.25", 3, 128)
     train, _ = make_loaders(inputs, net, 4, 0, World(), lambda: False)
     sample = inputs.train.samples[0]
     cls_target, _ = train.targets(sample.boxes, sample.class_ids)
-    expected = match(net.anchors, sample.boxes, 0.3) >= 0
-    assert expected.sum() > (match(net.anchors, sample.boxes, 0.9) >= 0).sum()  # the thresholds differ here
+    expected = match(net.anchors, sample.boxes, 0.3, topk=12) >= 0
+    assert expected.sum() > (match(net.anchors, sample.boxes, 0.3) >= 0).sum()  # topk adds positives here
+    assert (match(net.anchors, sample.boxes, 0.3) >= 0).sum() > (match(net.anchors, sample.boxes, 0.9) >= 0).sum()
     assert np.array_equal(cls_target > 0, expected)

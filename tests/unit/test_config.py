@@ -99,6 +99,8 @@ def test_small_networks_are_accepted():
     ("nms_topk", "0", "an integer from 1 to 100000, or -1 for no limit"),
     ("overlap_threshold", "1.01", "a number in (0, 1]"),
     ("match_threshold", "0", "a number in (0, 1]"),
+    ("match_topk", "-1", "an integer from 0 to 100 (0: off)"),
+    ("match_topk", "2.5", "an integer from 0 to 100 (0: off)"),
     ("anchor_sizes", "0.3,0.2,0.5", "comma-separated increasing fractions of the image side"),
     ("anchor_sizes", "0,0.2", "comma-separated increasing fractions of the image side"),
     ("anchor_sizes", "0.1,2.5", "comma-separated increasing fractions of the image side"),

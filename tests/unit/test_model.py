@@ -75,6 +75,32 @@ def test_matching_gives_each_object_its_best_anchor_then_thresholds():
     assert np.all(box_target[2] == 0)
 
 
+def test_match_topk_gives_a_small_object_its_best_anchors():
+    anchors = np.array([[0.0, 0.0, 0.2, 0.2], [0.06, 0.0, 0.26, 0.2], [0.0, 0.07, 0.2, 0.27],
+                        [0.3, 0.3, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.55, 0.55, 1.0, 1.0]], np.float32)
+    # A small object in the corner overlaps anchors 0, 1, 2 by 0.25, 0.22 and 0.19: at 0.5 only its
+    # best anchor is a positive. A large object overlaps anchors 4 and 5 by 0.8 and 0.65.
+    boxes = np.array([[0.05, 0.05, 0.15, 0.15], [0.5, 0.5, 0.95, 0.95]], np.float32)
+    assert match(anchors, boxes, 0.5).tolist() == [0, -1, -1, -1, 1, 1]
+    assert match(anchors, boxes, 0.5, topk=2).tolist() == [0, 0, -1, -1, 1, 1]
+    assert match(anchors, boxes, 0.5, topk=3).tolist() == [0, 0, 0, -1, 1, 1]
+    # Anchor 3 is among the small object's 4 best but overlaps it by 0: TOPK_MIN_OVERLAP refuses it.
+    assert match(anchors, boxes, 0.5, topk=4).tolist() == [0, 0, 0, -1, 1, 1]
+    assert match(anchors, boxes, 0.5, topk=100).tolist() == [0, 0, 0, -1, 1, 1]  # k beyond the anchors
+
+
+def test_match_topk_takes_no_anchor_from_an_object_it_overlaps_more():
+    anchors = np.array([[0.0, 0.0, 0.4, 0.4], [0.2, 0.0, 0.6, 0.4], [0.3, 0.0, 0.6, 0.4],
+                        [0.7, 0.7, 0.9, 0.9]], np.float32)
+    # Object 0 overlaps anchors 0 and 1 by 0.6 and 0.23; object 1 is anchor 2 and overlaps anchor 1
+    # by 0.75, under the threshold. Anchor 1 is among the 2 best of both and goes to object 1.
+    boxes = np.array([[0.0, 0.0, 0.4, 0.24], [0.3, 0.0, 0.6, 0.4]], np.float32)
+    assert match(anchors, boxes, 0.8).tolist() == [0, -1, 1, -1]
+    assert match(anchors, boxes, 0.8, topk=2).tolist() == [0, 1, 1, -1]
+    cls_target, _ = make_targets(anchors, boxes, np.array([0, 1]), 0.8, topk=2)
+    assert cls_target.tolist() == [1, 2, 2, 0]
+
+
 def test_targets_equal_mxnet_multibox_target():
     anchors = generate_anchors(make_layout("vgg-16", 300, (38, 19, 10, 5, 3, 1)))
     boxes = np.array([[0.1, 0.1, 0.4, 0.5], [0.5, 0.45, 0.9, 0.95], [0.2, 0.6, 0.3, 0.7]], np.float32)

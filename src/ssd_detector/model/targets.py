@@ -3,7 +3,10 @@
 Matching and encoding follow MXNet's MultiBoxTarget: every object takes its best anchor first
 (greedily, highest overlap first), then every other anchor whose best overlap reaches the
 threshold (MultiBoxTarget's ``overlap_threshold``, the job's ``match_threshold``) takes that
-object. Offsets are centre/size deltas divided by the variances, which MXNet's
+object. With ``topk`` (the job's ``match_topk``) each object also takes its k best-overlapping
+anchors that overlap it by at least TOPK_MIN_OVERLAP and have no better object: a small object
+overlaps few anchors at the threshold, so without it it trains on one or two positives where a
+large one has a dozen. Offsets are centre/size deltas divided by the variances, which MXNet's
 MultiBoxDetection decodes. Runs in numpy, in the data workers.
 """
 from __future__ import annotations
@@ -13,6 +16,8 @@ import numpy as np
 from ..boxes import box_iou
 
 VARIANCES = (0.1, 0.1, 0.2, 0.2)
+# The least IoU at which one of an object's k best anchors still becomes its positive.
+TOPK_MIN_OVERLAP = 0.15
 
 
 def corner_to_centre(boxes: np.ndarray) -> np.ndarray:
@@ -39,7 +44,7 @@ def decode(offsets: np.ndarray, anchors: np.ndarray, variances=VARIANCES) -> np.
     return np.concatenate([xy - wh / 2, xy + wh / 2], axis=1).astype(np.float32)
 
 
-def match(anchors: np.ndarray, boxes: np.ndarray, overlap_threshold: float) -> np.ndarray:
+def match(anchors: np.ndarray, boxes: np.ndarray, overlap_threshold: float, topk: int = 0) -> np.ndarray:
     """-> (N_anchors,) index of the matched object, or -1."""
     matches = np.full(anchors.shape[0], -1, np.int64)
     if boxes.shape[0] == 0:
@@ -59,14 +64,21 @@ def match(anchors: np.ndarray, boxes: np.ndarray, overlap_threshold: float) -> n
     best_iou = iou[np.arange(iou.shape[0]), best]
     free = (matches < 0) & (best_iou >= overlap_threshold)
     matches[free] = best[free]
+    if topk > 0:
+        k = min(topk, iou.shape[0])
+        top = np.argpartition(-iou, k - 1, axis=0)[:k]  # (k, M) anchor indices, each object's k best
+        objects = np.broadcast_to(np.arange(boxes.shape[0]), top.shape)  # (k, M)
+        # An anchor is among the k best of several objects at most once as their best object: no clashes.
+        take = (matches[top] < 0) & (best[top] == objects) & (iou[top, objects] >= TOPK_MIN_OVERLAP)
+        matches[top[take]] = objects[take]
     return matches
 
 
 def make_targets(anchors: np.ndarray, boxes: np.ndarray, class_ids: np.ndarray, overlap_threshold: float,
-                 variances=VARIANCES) -> tuple[np.ndarray, np.ndarray]:
+                 variances=VARIANCES, topk: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """-> (class target (N,) float32: 0 background, c + 1 for class c; box target (N, 4) float32,
     zero where unmatched)."""
-    matches = match(anchors, boxes, overlap_threshold)
+    matches = match(anchors, boxes, overlap_threshold, topk)
     positive = matches >= 0
     cls_target = np.zeros(anchors.shape[0], np.float32)
     cls_target[positive] = class_ids[matches[positive]] + 1
@@ -79,10 +91,11 @@ def make_targets(anchors: np.ndarray, boxes: np.ndarray, class_ids: np.ndarray, 
 class TargetEncoder:
     """Picklable per-sample target maker handed to the data loader's workers."""
 
-    def __init__(self, anchors: np.ndarray, overlap_threshold: float, variances=VARIANCES) -> None:
+    def __init__(self, anchors: np.ndarray, overlap_threshold: float, variances=VARIANCES, topk: int = 0) -> None:
         self.anchors = anchors
         self.overlap_threshold = overlap_threshold
         self.variances = variances
+        self.topk = topk
 
     def __call__(self, boxes: np.ndarray, class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return make_targets(self.anchors, boxes, class_ids, self.overlap_threshold, self.variances)
+        return make_targets(self.anchors, boxes, class_ids, self.overlap_threshold, self.variances, self.topk)

@@ -208,7 +208,7 @@ def make_loaders(inputs: TrainingInputs, net: SSD, batch_size: int, workers: int
     """The training loader (with SSD targets for net's anchors) and the validation loader, if any."""
     hp = inputs.hyperparameters
     transform = train_transform(hp.augmentation, hp.image_shape, hp.epochs)
-    targets = TargetEncoder(net.anchors, hp.match_threshold)
+    targets = TargetEncoder(net.anchors, hp.match_threshold, topk=hp.match_topk)
     train: Loader
     if isinstance(inputs.train, PipeChannel):
         train = stream_loader(inputs.train, inputs.paths, hp, batch_size, transform, workers, targets,
