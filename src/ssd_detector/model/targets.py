@@ -4,10 +4,10 @@ Matching and encoding follow MXNet's MultiBoxTarget: every object takes its best
 (greedily, highest overlap first), then every other anchor whose best overlap reaches the
 threshold (MultiBoxTarget's ``overlap_threshold``, the job's ``match_threshold``) takes that
 object. With ``topk`` (the job's ``match_topk``) each object also takes its k best-overlapping
-anchors that overlap it by at least TOPK_MIN_OVERLAP and have no better object: a small object
-overlaps few anchors at the threshold, so without it it trains on one or two positives where a
-large one has a dozen. Offsets are centre/size deltas divided by the variances, which MXNet's
-MultiBoxDetection decodes. Runs in numpy, in the data workers.
+anchors that overlap it by at least TOPK_MIN_OVERLAP and overlap no other object more: a small
+object overlaps few anchors at the threshold, so by the threshold alone it trains on one or two
+positives where a large one has a dozen. Offsets are centre/size deltas divided by the variances,
+which MXNet's MultiBoxDetection decodes. Runs in numpy, in the data workers.
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def match(anchors: np.ndarray, boxes: np.ndarray, overlap_threshold: float, topk
         k = min(topk, iou.shape[0])
         top = np.argpartition(-iou, k - 1, axis=0)[:k]  # (k, M) anchor indices, each object's k best
         objects = np.broadcast_to(np.arange(boxes.shape[0]), top.shape)  # (k, M)
-        # An anchor is among the k best of several objects at most once as their best object: no clashes.
+        # An anchor goes only to its best object, so none is taken twice when objects share it.
         take = (matches[top] < 0) & (best[top] == objects) & (iou[top, objects] >= TOPK_MIN_OVERLAP)
         matches[top[take]] = objects[take]
     return matches
