@@ -46,6 +46,7 @@ MAX_BATCH_SIZE = 4_096
 MAX_LABEL_WIDTH = 100_000  # 20,000 objects of 5 values
 MAX_NMS_TOPK = 100_000
 MAX_MATCH_TOPK = 100
+MAX_GRADIENT_NORM = 1_000_000
 MAX_SAMPLES = 1_000_000_000
 MAX_SHUFFLE_BUFFER = 1_000_000
 MAX_SEED = 2**31 - 1
@@ -234,6 +235,9 @@ SCHEMA: tuple[Param, ...] = (
     Param("augmentation", _parse_str, "full", "one of " + ", ".join(AUGMENTATIONS), lambda v: v in AUGMENTATIONS),
     # An exponential moving average of the weights, updated after every step (0: none).
     Param("ema_decay", _parse_float, 0.0, "a number in [0, 1)", _between(0, 1, high_open=True)),
+    # The job's gradient is scaled down to this global norm when above it (training.clipping; 0: off).
+    Param("max_gradient_norm", _parse_float, 0.0, f"a number from 0 to {MAX_GRADIENT_NORM} (0: off)",
+          _between(0, MAX_GRADIENT_NORM)),
     # Seconds the training may take: the schedule's end moves earlier to fit (0: no budget).
     Param("time_budget_seconds", _parse_int, 0, f"an integer from 0 to {MAX_TIME_BUDGET} (0: no budget)",
           _between(0, MAX_TIME_BUDGET)),
@@ -283,6 +287,7 @@ class Hyperparameters:
     anchor_sizes: tuple[float, ...]
     augmentation: str
     ema_decay: float
+    max_gradient_norm: float
     time_budget_seconds: int
     seed: int
     pipe_shuffle_buffer: int

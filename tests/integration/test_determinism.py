@@ -1,4 +1,5 @@
 """A seed fixes training on the CPU: two runs of the same job give the same weights."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +56,27 @@ def test_the_weight_average_is_what_validation_and_the_model_use(tmp_path: Path,
     for key, value in models["plain"].items():
         np.testing.assert_allclose(models["tiny"][key], value, rtol=1e-6, atol=1e-7, err_msg=key)
     assert any(not np.allclose(models["half"][k], v) for k, v in models["plain"].items())
+
+
+def test_max_gradient_norm_clips_only_above_its_limit(tmp_path: Path, synth_set: Path):
+    """A limit far above every gradient gives the plain run's weights exactly (the clipped path
+    updates as the unclipped one); a tiny limit clips every update, logs it, and gives others."""
+    import json
+
+    hyperparameters = {**TINY, "epochs": "2", "seed": "5"}
+    models, logs = {}, {}
+    for name, limit in (("plain", None), ("high", "1000000"), ("tiny", "0.001")):
+        base = make_job(tmp_path / name, synth_set,
+                        hyperparameters if limit is None else {**hyperparameters, "max_gradient_norm": limit})
+        result = train(base)
+        assert result.returncode == 0, result.stderr[-3000:]
+        models[name], logs[name] = _weights(base / "model"), result.stderr
+        if limit is not None:
+            assert float(json.loads((base / "model/hyperparams.json").read_text())["max_gradient_norm"]) == float(limit)
+    for key, value in models["plain"].items():
+        assert np.array_equal(models["high"][key], value), key
+    assert "gradient clipped" not in logs["plain"]
+    assert "gradient clipped in 0 updates" in logs["high"]
+    clipped = [int(n) for n in re.findall(r"gradient clipped in (\d+) updates", logs["tiny"])]
+    assert len(clipped) == 2 and all(n > 0 for n in clipped), logs["tiny"][-3000:]
+    assert any(not np.allclose(models["tiny"][k], v) for k, v in models["plain"].items())

@@ -64,11 +64,14 @@ def test_two_workers_on_one_host(tmp_path: Path, data: Path):
     assert not (base / "output/failure").exists()
 
 
-def test_two_workers_update_like_one_with_twice_the_batch(tmp_path: Path, data: Path):
+@pytest.mark.parametrize("clip", [None, "0.05"])
+def test_two_workers_update_like_one_with_twice_the_batch(tmp_path: Path, data: Path, clip: str | None):
     """5 steps: 2 workers x batch 4 give the weights of 1 worker x batch 8 (no batch norm in
-    vgg-16, no augmentation), since mini_batch_size is per host and split across its workers."""
+    vgg-16, no augmentation), since mini_batch_size is per host and split across its workers.
+    With max_gradient_norm low enough to clip every update, the same: the workers clip the job's
+    gradient, the sum of theirs."""
     hyper = {**SMALL, "base_network": "vgg-16", "image_shape": "96", "epochs": "1", "learning_rate": "0.001",
-             "augmentation": "none"}
+             "augmentation": "none", **({"max_gradient_norm": clip} if clip else {})}
     one = make_job(tmp_path / "one", data, hyper, validation=False)
     two = make_job(tmp_path / "two", data, hyper, validation=False)
     code, log_one = finish(start(one))
@@ -76,6 +79,8 @@ def test_two_workers_update_like_one_with_twice_the_batch(tmp_path: Path, data: 
     code, log = finish(start(two, SSD_WORKERS_PER_HOST="2", SSD_RENDEZVOUS_PORT=str(free_port())))
     assert code == 0, log[-3000:]
     assert "batch 4 each" in log
+    if clip:
+        assert "gradient clipped in 5 updates" in log_one and "gradient clipped in 5 updates" in log, log[-3000:]
     # Both logs, cut to their training lines, in case the weights differ (seen once under heavy load).
     shown = "\n".join(f"--- {name}:\n" + "\n".join(line for line in text.splitlines()
                                                      if re.search(r"epoch|batch|Horovod|worker|WARN", line))[-6000:]

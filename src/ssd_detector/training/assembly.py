@@ -172,7 +172,8 @@ def assemble(inputs: TrainingInputs, contexts: list[mx.Context], workers: int, w
     updates_per_epoch = batches_per_epoch(hp.num_training_samples, batch_size * world.size)
     optimizer, params = make_optimizer(hp, updates_per_epoch)
     trainable = {k: v for k, v in net.collect_params().items() if v.grad_req != "null"}
-    trainer = world.trainer(trainable, optimizer, params, kvstore="device" if len(contexts) > 1 else None)
+    trainer = world.trainer(trainable, optimizer, params, kvstore="device" if len(contexts) > 1 else None,
+                            update_on_kvstore=False if hp.max_gradient_norm > 0 else None)
     return Job(net, detector, loss, train_loader, val_loader, trainer, params["lr_scheduler"], batch_size,
                updates_per_epoch)
 

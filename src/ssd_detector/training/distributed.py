@@ -118,10 +118,13 @@ class World:
         pass
 
     def trainer(self, params: Mapping[str, Any], optimizer: str, optimizer_params: dict,
-                kvstore: str | None) -> Any:
+                kvstore: str | None, update_on_kvstore: bool | None = None) -> Any:
+        """update_on_kvstore=False: the gradients are summed first and then each device updates,
+        so the summed gradients can be changed in between (clipping)."""
         from mxnet import gluon
 
-        return gluon.Trainer(params, optimizer, optimizer_params, kvstore=kvstore)
+        return gluon.Trainer(params, optimizer, optimizer_params, kvstore=kvstore,
+                             update_on_kvstore=update_on_kvstore if kvstore else None)
 
     def gradient_scale(self) -> float:
         """What trainer.step takes so that the update is the sum of the workers' gradients."""
@@ -169,7 +172,8 @@ class HorovodWorld(World):
             param.set_data(copy)
 
     def trainer(self, params: Mapping[str, Any], optimizer: str, optimizer_params: dict,
-                kvstore: str | None) -> Any:
+                kvstore: str | None, update_on_kvstore: bool | None = None) -> Any:
+        # One device per worker, no kvstore: allreduce_grads() then update() work as they are.
         return self._hvd.DistributedTrainer(params, optimizer, optimizer_params)
 
     def gradient_scale(self) -> float:

@@ -28,6 +28,7 @@ from ..model import artifact
 from . import checkpoint, distributed
 from .assembly import assemble
 from .averaging import WeightAverage
+from .clipping import clip_global_norm
 from .early_stopping import EarlyStopping
 from .inputs import TrainingInputs, format_issues
 from .metrics import MetricLog
@@ -49,6 +50,8 @@ class EpochResult:
     images: int
     seconds: float
     stopped: bool  # SIGTERM arrived during the epoch
+    clipped: int = 0  # updates whose gradient max_gradient_norm scaled down
+    largest_norm: float = 0.0  # the largest gradient norm of the epoch (0 when not clipping)
 
 
 class StopRequested:
@@ -99,6 +102,7 @@ class Training:
         self.started = time.monotonic()
         self._first_epoch = 0  # the first epoch this process runs (later than 0 when resumed)
         self._pass_stopped = False  # the last pass over a Pipe-mode train channel ended by SIGTERM
+        self._clipped, self._largest_norm = 0, 0.0  # this epoch's, with max_gradient_norm
 
     # ----------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -187,6 +191,7 @@ class Training:
         ce_sum = l1_sum = 0.0
         ce_job = l1_job = 0.0
         seen = batches = 0
+        self._clipped, self._largest_norm = 0, 0.0
         start = time.perf_counter()
         for index, batch in enumerate(self._train_batches(epoch)):
             assert batch.cls_targets is not None and batch.box_targets is not None  # training batches carry targets
@@ -210,7 +215,8 @@ class Training:
             return EpochResult(float(ce_job), float(l1_job), seen * self.world.size, time.perf_counter() - start,
                                True)
         ce_job, l1_job = self.world.allreduce_sum(np.array([ce_sum, l1_sum])) / max(1, batches)
-        return EpochResult(float(ce_job), float(l1_job), seen * self.world.size, time.perf_counter() - start, False)
+        return EpochResult(float(ce_job), float(l1_job), seen * self.world.size, time.perf_counter() - start, False,
+                           self._clipped, self._largest_norm)
 
     def _end_pass(self, loader: StreamLoader, split: str, epoch: int) -> None:
         """After a pass over a Pipe-mode channel: fail on any bad record (all workers together),
@@ -275,11 +281,24 @@ class Training:
                 parts.append(self.loss(cls_pred, box_pred, ct, bt, mx.nd.array([num_positive], ctx=x.context)))
             totals = [cls_loss + box_loss for cls_loss, box_loss in parts]
         autograd.backward(totals)
-        self.trainer.step(self.world.gradient_scale())
+        norm = None
+        if self.hp.max_gradient_norm > 0:
+            self.trainer.allreduce_grads()
+            # The optimizer applies the summed gradients times the trainer's own scale over step's
+            # argument (with Horovod its average times the workers): clip that gradient.
+            factor = self.trainer._scale / self.world.gradient_scale()
+            norm = clip_global_norm(self.trainer._params, self.hp.max_gradient_norm, factor)
+            self.trainer.update(self.world.gradient_scale())
+        else:
+            self.trainer.step(self.world.gradient_scale())
         if self.average is not None:
             self.average.update()
         ce = sum(float(c.asscalar()) for c, _ in parts)
         l1 = sum(float(b.asscalar()) for _, b in parts)
+        if norm is not None:  # read after the losses: the step is done by then
+            value = float(norm.asscalar())
+            self._clipped += value > self.hp.max_gradient_norm
+            self._largest_norm = max(self._largest_norm, value)
         return ce, l1, stops > 0
 
     def _agreed_stop(self, flag: bool) -> bool:
@@ -375,6 +394,9 @@ class Training:
         self.metrics.throughput(throughput)
         summary = (f"Epoch {epoch}: cross_entropy={result.cross_entropy:.4f} smooth_l1={result.smooth_l1:.4f} "
                    f"{throughput:.1f} images/s, {result.seconds:.1f} s")
+        if self.hp.max_gradient_norm > 0:
+            summary += (f", gradient clipped in {result.clipped} updates (largest norm "
+                        f"{result.largest_norm:.4g}, max_gradient_norm={self.hp.max_gradient_norm:g})")
         stop_early = False
         value: float | None = None
         if self.val_loader is not None:
