@@ -4,8 +4,8 @@ From scratch with Adam at a high rate, one batch in thousands can give a gradien
 times the usual (a norm of 1,100 where the others are near 3); Adam then moves the weights it
 touches by about 30 times the rate over the next steps, and the network can collapse to its
 starting loss. Scaling such a gradient down to the limit keeps its direction and removes the
-jolt; below the limit nothing changes, and as Adam divides by the gradient's running size, a
-limit under the usual norm only slows the first updates slightly.
+jolt; below the limit nothing changes. As Adam divides by the gradient's running size, scaling
+many updates alike (a limit below the first epoch's norms) changes their steps little.
 
 The norm is that of the job's gradient, the one the optimizer applies: after the allreduce
 across workers and devices, times the trainer's rescaling.

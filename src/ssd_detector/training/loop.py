@@ -287,7 +287,7 @@ class Training:
             # The optimizer applies the summed gradients times the trainer's own scale over step's
             # argument (with Horovod its average times the workers): clip that gradient.
             factor = self.trainer._scale / self.world.gradient_scale()
-            norm = clip_global_norm(self.trainer._params, self.hp.max_gradient_norm, factor)
+            norm = clip_global_norm(list(self.net.collect_params().values()), self.hp.max_gradient_norm, factor)
             self.trainer.update(self.world.gradient_scale())
         else:
             self.trainer.step(self.world.gradient_scale())
