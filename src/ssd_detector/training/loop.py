@@ -103,6 +103,8 @@ class Training:
         self._first_epoch = 0  # the first epoch this process runs (later than 0 when resumed)
         self._pass_stopped = False  # the last pass over a Pipe-mode train channel ended by SIGTERM
         self._clipped, self._largest_norm = 0, 0.0  # this epoch's, with max_gradient_norm
+        # What clipping reads every step, listed once (frozen layers are skipped by clip_global_norm).
+        self._clip_params = list(self.net.collect_params().values()) if self.hp.max_gradient_norm > 0 else []
 
     # ----------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -287,7 +289,7 @@ class Training:
             # The optimizer applies the summed gradients times the trainer's own scale over step's
             # argument (with Horovod its average times the workers): clip that gradient.
             factor = self.trainer._scale / self.world.gradient_scale()
-            norm = clip_global_norm(list(self.net.collect_params().values()), self.hp.max_gradient_norm, factor)
+            norm = clip_global_norm(self._clip_params, self.hp.max_gradient_norm, factor)
             self.trainer.update(self.world.gradient_scale())
         else:
             self.trainer.step(self.world.gradient_scale())
