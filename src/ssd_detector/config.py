@@ -229,6 +229,9 @@ SCHEMA: tuple[Param, ...] = (
     Param("match_threshold", _parse_float, 0.5, "a number in (0, 1]", _between(0, 1, low_open=True)),
     # Each object's k best anchors also become its positives (model.targets); 0: the built-in's matching.
     Param("match_topk", _parse_int, 0, f"an integer from 0 to {MAX_MATCH_TOPK} (0: off)", _between(0, MAX_MATCH_TOPK)),
+    # A positive anchor of an object with n positives weighs n^-object_balance in the loss, scaled so an
+    # image's positives keep their total (model.targets); 0: each positive counts once (the built-in's).
+    Param("object_balance", _parse_float, 0.0, "a number from 0 to 1 (0: off)", _between(0, 1)),
     # SSD's anchor sizes s_1..s_m+1 (fractions of the image side); empty: the network's default layout.
     Param("anchor_sizes", _parse_size_list, (), "comma-separated increasing fractions of the image side, one "
           "more than the network's feature maps, e.g. \"0.04,0.15,0.33\" (empty: the default layout)"),
@@ -284,6 +287,7 @@ class Hyperparameters:
     overlap_threshold: float
     match_threshold: float
     match_topk: int
+    object_balance: float
     anchor_sizes: tuple[float, ...]
     augmentation: str
     ema_decay: float

@@ -80,3 +80,23 @@ def test_max_gradient_norm_clips_only_above_its_limit(tmp_path: Path, synth_set:
     clipped = [int(n) for n in re.findall(r"gradient clipped in (\d+) updates", logs["tiny"])]
     assert len(clipped) == 2 and all(n > 0 for n in clipped), logs["tiny"][-3000:]
     assert any(not np.allclose(models["tiny"][k], v) for k, v in models["plain"].items())
+
+
+def test_object_balance_reweighs_the_loss_through_the_real_job(tmp_path: Path, synth_set: Path):
+    """The weights travel from the data workers to the loss: a balance of almost 0 gives the plain
+    run's model (every weight 1 up to rounding); 1 gives another."""
+    import json
+
+    hyperparameters = {**TINY, "epochs": "2", "seed": "5"}
+    models = {}
+    for name, balance in (("plain", None), ("tiny", "1e-9"), ("one", "1")):
+        base = make_job(tmp_path / name, synth_set,
+                        hyperparameters if balance is None else {**hyperparameters, "object_balance": balance})
+        result = train(base)
+        assert result.returncode == 0, result.stderr[-3000:]
+        models[name] = _weights(base / "model")
+        if balance is not None:
+            assert float(json.loads((base / "model/hyperparams.json").read_text())["object_balance"]) == float(balance)
+    for key, value in models["plain"].items():
+        np.testing.assert_allclose(models["tiny"][key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+    assert any(not np.allclose(models["one"][k], v, rtol=1e-3, atol=1e-4) for k, v in models["plain"].items())

@@ -75,6 +75,7 @@ def test_small_networks_are_accepted():
     ("num_training_samples", "-5", "an integer from 1 to 1000000000"),
     ("base_network", "vgg-19", "one of vgg-16, resnet-50, mobilenet-1.0, mobilenet-0.5, mobilenet-0.25"),
     ("use_pretrained_model", "2", "0 or 1"),
+    ("object_balance", "1.5", "a number from 0 to 1 (0: off)"),
     ("image_shape", "32", "an integer from 64 to 2048"),
     ("image_shape", "300.5", "an integer from 64 to 2048"),
     ("epochs", "0", "an integer from 1 to 10000"),

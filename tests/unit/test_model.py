@@ -13,7 +13,7 @@ from ssd_detector.model.anchors import generate_anchors, make_layout
 from ssd_detector.model.backbones import load_pretrained, zoo_weights_file
 from ssd_detector.model.loss import SSDLoss
 from ssd_detector.model.ssd import SSD, SSDDetector
-from ssd_detector.model.targets import decode, encode, make_targets, match
+from ssd_detector.model.targets import decode, encode, make_targets, match, positive_weights
 
 
 @pytest.mark.parametrize("base,size,count", [("vgg-16", 300, 8732), ("vgg-16", 512, 24564),
@@ -112,6 +112,51 @@ def test_targets_equal_mxnet_multibox_target():
                                                variances=(0.1, 0.1, 0.2, 0.2))
     np.testing.assert_array_equal(cls[0].asnumpy(), cls_target)
     np.testing.assert_allclose(loc[0].asnumpy().reshape(-1, 4), box_target, atol=1e-5)
+
+
+def test_object_balance_weighs_each_object_by_its_positive_count():
+    # Object 0 has 1 positive, object 1 has 4: 5 positives in all.
+    matches = np.array([0, -1, 1, 1, 1, 1, -1])
+    np.testing.assert_allclose(positive_weights(matches, 0.0), [1, 0, 1, 1, 1, 1, 0])
+    # balance 1: raw weights 1 and 1/4 each, so every object weighs the same; scaled to sum to 5.
+    np.testing.assert_allclose(positive_weights(matches, 1.0), [2.5, 0, 0.625, 0.625, 0.625, 0.625, 0], rtol=1e-6)
+    half = positive_weights(matches, 0.5)  # raw 1 and 1/2
+    np.testing.assert_allclose(half, np.array([1, 0, 0.5, 0.5, 0.5, 0.5, 0]) * 5 / 3, rtol=1e-6)
+    assert positive_weights(np.full(4, -1), 1.0).tolist() == [0, 0, 0, 0]
+    anchors = generate_anchors(make_layout("vgg-16", 300, (38, 19, 10, 5, 3, 1)))
+    boxes = np.array([[0.1, 0.1, 0.4, 0.5], [0.2, 0.6, 0.24, 0.64]], np.float32)
+    cls_target, box_target = make_targets(anchors, boxes, np.array([0, 1]), 0.5, balance=1.0)
+    plain_cls, plain_box = make_targets(anchors, boxes, np.array([0, 1]), 0.5)
+    assert box_target.shape == (len(anchors), 5) and plain_box.shape == (len(anchors), 4)
+    np.testing.assert_array_equal(cls_target, plain_cls)
+    np.testing.assert_array_equal(box_target[:, :4], plain_box)
+    weights = box_target[:, 4]
+    assert weights.sum() == pytest.approx((cls_target > 0).sum(), rel=1e-5)
+    assert weights[cls_target == 1].sum() == pytest.approx(weights[cls_target == 2].sum(), rel=1e-5)
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_weighted_loss_scales_each_positive(hybrid):
+    logits = np.array([[[0.0, 0.0, 2.0], [3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 4.0]]],
+                      np.float32)
+    cls_target = np.array([[2, 1, 0, 0, 0]], np.float32)
+    box_pred = np.zeros((1, 20), np.float32)
+    box_pred[0, :8] = [0.5, -2.0, 0.0, 1.0, 0.2, 0.0, 0.0, 0.0]
+    box_target = np.zeros((1, 5, 5), np.float32)
+    box_target[0, :2, 4] = [1.5, 0.5]  # the positives' weights
+    box_target[0, 2:, 4] = 7.0  # negatives' weights are not read
+    loss = SSDLoss(weighted=True)
+    if hybrid:
+        loss.hybridize()
+    cls_loss, box_loss = loss(mx.nd.array(logits), mx.nd.array(box_pred), mx.nd.array(cls_target),
+                              mx.nd.array(box_target), mx.nd.array([2.0]))
+    log_softmax = logits[0] - np.log(np.exp(logits[0]).sum(axis=1, keepdims=True))
+    ce = -log_softmax[np.arange(5), cls_target[0].astype(int)]
+    negatives = sorted(ce[2:], reverse=True)[:6]  # 3:1 hard negatives: all three
+    assert cls_loss.asscalar() == pytest.approx((1.5 * ce[0] + 0.5 * ce[1] + sum(negatives)) / 2, rel=1e-5)
+    l1_first = 0.5 * 0.5 ** 2 + (2.0 - 0.5) + 0 + 0.5 * 1.0
+    l1_second = 0.5 * 0.2 ** 2
+    assert box_loss.asscalar() == pytest.approx((1.5 * l1_first + 0.5 * l1_second) / 2, rel=1e-5)
 
 
 @pytest.mark.parametrize("hybrid", [False, True])

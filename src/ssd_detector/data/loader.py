@@ -40,7 +40,7 @@ class Batch:
     labels: np.ndarray  # (B, M, 6) float32: class id, corners, difficult; rows of -1 pad
     indices: np.ndarray  # (B,) sample indices, for tests and evaluation
     cls_targets: np.ndarray | None = None  # (B, A) float32, 0 = background, class + 1
-    box_targets: np.ndarray | None = None  # (B, A, 4) float32
+    box_targets: np.ndarray | None = None  # (B, A, 4) float32; (B, A, 5) with a loss weight (object_balance)
     issues: list[Issue] = field(default_factory=list)  # images that failed (tolerant batches only)
 
 

@@ -74,28 +74,47 @@ def match(anchors: np.ndarray, boxes: np.ndarray, overlap_threshold: float, topk
     return matches
 
 
+def positive_weights(matches: np.ndarray, balance: float) -> np.ndarray:
+    """(N,) float32 loss weights from match's output: 0 where unmatched; a positive of an object
+    with n positives gets n^-balance, all scaled so that the positives still sum to their count
+    (the loss keeps its scale; only its share between large and small objects changes)."""
+    positive = matches >= 0
+    weights = np.zeros(matches.shape[0], np.float32)
+    if positive.any():
+        counts = np.bincount(matches[positive]).astype(np.float64)
+        raw = counts[matches[positive]] ** -balance
+        weights[positive] = raw * (positive.sum() / raw.sum())
+    return weights
+
+
 def make_targets(anchors: np.ndarray, boxes: np.ndarray, class_ids: np.ndarray, overlap_threshold: float,
-                 variances=VARIANCES, topk: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                 variances=VARIANCES, topk: int = 0, balance: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """-> (class target (N,) float32: 0 background, c + 1 for class c; box target (N, 4) float32,
-    zero where unmatched)."""
+    zero where unmatched). With balance > 0 the box target is (N, 5): positive_weights last, which
+    SSDLoss(weighted=True) reads."""
     matches = match(anchors, boxes, overlap_threshold, topk)
     positive = matches >= 0
     cls_target = np.zeros(anchors.shape[0], np.float32)
     cls_target[positive] = class_ids[matches[positive]] + 1
-    box_target = np.zeros((anchors.shape[0], 4), np.float32)
+    box_target = np.zeros((anchors.shape[0], 5 if balance > 0 else 4), np.float32)
     if positive.any():
-        box_target[positive] = encode(boxes[matches[positive]], anchors[positive], variances)
+        box_target[positive, :4] = encode(boxes[matches[positive]], anchors[positive], variances)
+    if balance > 0:
+        box_target[:, 4] = positive_weights(matches, balance)
     return cls_target, box_target
 
 
 class TargetEncoder:
     """Picklable per-sample target maker handed to the data loader's workers."""
 
-    def __init__(self, anchors: np.ndarray, overlap_threshold: float, variances=VARIANCES, topk: int = 0) -> None:
+    def __init__(self, anchors: np.ndarray, overlap_threshold: float, variances=VARIANCES, topk: int = 0,
+                 balance: float = 0.0) -> None:
         self.anchors = anchors
         self.overlap_threshold = overlap_threshold
         self.variances = variances
         self.topk = topk
+        self.balance = balance
 
     def __call__(self, boxes: np.ndarray, class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return make_targets(self.anchors, boxes, class_ids, self.overlap_threshold, self.variances, self.topk)
+        return make_targets(self.anchors, boxes, class_ids, self.overlap_threshold, self.variances, self.topk,
+                            self.balance)

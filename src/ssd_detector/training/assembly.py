@@ -165,7 +165,7 @@ def assemble(inputs: TrainingInputs, contexts: list[mx.Context], workers: int, w
     net = build_network(hp, contexts, inputs.paths.channel_dir("model"))
     detector = SSDDetector(net, nms_threshold=hp.nms_threshold, nms_topk=hp.nms_topk)
     detector.hybridize(static_alloc=True)
-    loss = SSDLoss()
+    loss = SSDLoss(weighted=hp.object_balance > 0)
     loss.hybridize()
     train_loader, val_loader = make_loaders(inputs, net, batch_size, workers, world, should_stop)
     assert hp.num_training_samples is not None  # counted by read_training_inputs when not given
@@ -209,7 +209,7 @@ def make_loaders(inputs: TrainingInputs, net: SSD, batch_size: int, workers: int
     """The training loader (with SSD targets for net's anchors) and the validation loader, if any."""
     hp = inputs.hyperparameters
     transform = train_transform(hp.augmentation, hp.image_shape, hp.epochs)
-    targets = TargetEncoder(net.anchors, hp.match_threshold, topk=hp.match_topk)
+    targets = TargetEncoder(net.anchors, hp.match_threshold, topk=hp.match_topk, balance=hp.object_balance)
     train: Loader
     if isinstance(inputs.train, PipeChannel):
         train = stream_loader(inputs.train, inputs.paths, hp, batch_size, transform, workers, targets,
