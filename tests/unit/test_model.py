@@ -114,6 +114,17 @@ def test_targets_equal_mxnet_multibox_target():
     np.testing.assert_allclose(loc[0].asnumpy().reshape(-1, 4), box_target, atol=1e-5)
 
 
+# One image, 5 anchors, 2 classes (+ background): (1, 5, 3) class logits for the loss tests.
+TINY_LOGITS = np.array([[[0.0, 0.0, 2.0], [3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 4.0]]],
+                       np.float32)
+
+
+def _ce(logits: np.ndarray, cls_target: np.ndarray) -> np.ndarray:
+    """Per-anchor softmax cross-entropy of one image, by hand."""
+    log_softmax = logits[0] - np.log(np.exp(logits[0]).sum(axis=1, keepdims=True))
+    return -log_softmax[np.arange(logits.shape[1]), cls_target[0].astype(int)]
+
+
 def test_object_balance_weighs_each_object_by_its_positive_count():
     # Object 0 has 1 positive, object 1 has 4: 5 positives in all.
     matches = np.array([0, -1, 1, 1, 1, 1, -1])
@@ -137,8 +148,7 @@ def test_object_balance_weighs_each_object_by_its_positive_count():
 
 @pytest.mark.parametrize("hybrid", [False, True])
 def test_weighted_loss_scales_each_positive(hybrid):
-    logits = np.array([[[0.0, 0.0, 2.0], [3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 4.0]]],
-                      np.float32)
+    logits = TINY_LOGITS
     cls_target = np.array([[2, 1, 0, 0, 0]], np.float32)
     box_pred = np.zeros((1, 20), np.float32)
     box_pred[0, :8] = [0.5, -2.0, 0.0, 1.0, 0.2, 0.0, 0.0, 0.0]
@@ -150,8 +160,7 @@ def test_weighted_loss_scales_each_positive(hybrid):
         loss.hybridize()
     cls_loss, box_loss = loss(mx.nd.array(logits), mx.nd.array(box_pred), mx.nd.array(cls_target),
                               mx.nd.array(box_target), mx.nd.array([2.0]))
-    log_softmax = logits[0] - np.log(np.exp(logits[0]).sum(axis=1, keepdims=True))
-    ce = -log_softmax[np.arange(5), cls_target[0].astype(int)]
+    ce = _ce(logits, cls_target)
     negatives = sorted(ce[2:], reverse=True)[:6]  # 3:1 hard negatives: all three
     assert cls_loss.asscalar() == pytest.approx((1.5 * ce[0] + 0.5 * ce[1] + sum(negatives)) / 2, rel=1e-5)
     l1_first = 0.5 * 0.5 ** 2 + (2.0 - 0.5) + 0 + 0.5 * 1.0
@@ -162,8 +171,7 @@ def test_weighted_loss_scales_each_positive(hybrid):
 @pytest.mark.parametrize("hybrid", [False, True])
 def test_loss_on_a_tiny_case(hybrid):
     # One image, 5 anchors, 2 classes (+ background). Anchor 0 is positive (class 1 -> target 2).
-    logits = np.array([[[0.0, 0.0, 2.0], [3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 4.0]]],
-                      np.float32)
+    logits = TINY_LOGITS
     cls_target = np.array([[2, 0, 0, 0, 0]], np.float32)
     box_pred = np.zeros((1, 20), np.float32)
     box_pred[0, :4] = [0.5, -2.0, 0.0, 1.0]
@@ -173,8 +181,7 @@ def test_loss_on_a_tiny_case(hybrid):
         loss.hybridize()
     cls_loss, box_loss = loss(mx.nd.array(logits), mx.nd.array(box_pred), mx.nd.array(cls_target),
                                    mx.nd.array(box_target), mx.nd.array([1.0]))
-    log_softmax = logits[0] - np.log(np.exp(logits[0]).sum(axis=1, keepdims=True))
-    ce = -log_softmax[np.arange(5), cls_target[0].astype(int)]
+    ce = _ce(logits, cls_target)
     negatives = sorted(ce[1:], reverse=True)[:3]  # 3:1 hard negatives
     assert cls_loss.asscalar() == pytest.approx(ce[0] + sum(negatives), rel=1e-5)
     smooth_l1 = 0.5 * 0.5 ** 2 + (2.0 - 0.5) + 0 + 0.5 * 1.0
