@@ -216,6 +216,8 @@ SCHEMA: tuple[Param, ...] = (
     Param("early_stopping_min_epochs", _parse_int, 10, f"an integer from 1 to {MAX_EPOCHS}", _between(1, MAX_EPOCHS)),
     Param("early_stopping_patience", _parse_int, 5, f"an integer from 1 to {MAX_EPOCHS}", _between(1, MAX_EPOCHS)),
     Param("early_stopping_tolerance", _parse_float, 0.0, "a number in [0, 1]", _between(0, 1)),
+    # Validate after every n-th epoch and after the last (1: every epoch, the built-in's).
+    Param("validation_interval", _parse_int, 1, f"an integer from 1 to {MAX_EPOCHS}", _between(1, MAX_EPOCHS)),
     Param("freeze_layer_pattern", _parse_str, "", "a Python regular expression", _regex_ok),
     Param("label_width", _parse_int, 350, f"an integer from {MIN_LABEL_WIDTH} to {MAX_LABEL_WIDTH}",
           _between(MIN_LABEL_WIDTH, MAX_LABEL_WIDTH)),
@@ -280,6 +282,7 @@ class Hyperparameters:
     early_stopping_min_epochs: int
     early_stopping_patience: int
     early_stopping_tolerance: float
+    validation_interval: int
     freeze_layer_pattern: str
     label_width: int
     nms_threshold: float

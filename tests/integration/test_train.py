@@ -158,8 +158,10 @@ def test_sigterm_saves_a_checkpoint_and_a_restart_resumes(tmp_path: Path, synth_
 
 
 def test_time_budget_moves_the_end_and_the_steps_earlier(tmp_path: Path, synth_set: Path):
-    # Far more epochs than 20 s hold: the job ends in time, with its two drops before the end.
-    hyperparameters = {**TINY, "epochs": "5000", "lr_scheduler_step": "4990,4995", "time_budget_seconds": "20"}
+    # Far more epochs than 20 s hold: the job ends in time, with its two drops before the end, and
+    # the epoch the budget made the last is validated (validation_interval alone would skip it).
+    hyperparameters = {**TINY, "epochs": "5000", "lr_scheduler_step": "4990,4995", "time_budget_seconds": "20",
+                       "validation_interval": "1000"}
     base = make_job(tmp_path, synth_set, hyperparameters)
     (base / "checkpoints").mkdir()
     start = time.monotonic()
@@ -173,6 +175,8 @@ def test_time_budget_moves_the_end_and_the_steps_earlier(tmp_path: Path, synth_s
     assert 3 <= len(rows) < 5000 and rows[-1]["epoch"] == str(len(rows) - 1)
     rates = [float(r["learning_rate"]) for r in rows]
     assert rates[0] == 0.02 and abs(rates[-1] - 0.02 * 0.01) < 1e-9, rates  # both drops were reached
+    assert validated_epochs(result.stderr) == [len(rows) - 1]
+    assert [r["validation_map"] != "" for r in rows] == [False] * (len(rows) - 1) + [True]
     assert json.loads((base / "model/hyperparams.json").read_text())["time_budget_seconds"] == "20"
     # The checkpoint keeps the end: a restart trains no further epoch.
     [saved] = sorted((base / "checkpoints").glob("ssd-checkpoint-*"))[-1:]
@@ -204,6 +208,36 @@ def test_incremental_training_with_more_classes(tmp_path: Path, synth_set: Path)
     result = train(other)
     assert result.returncode == 1
     assert "incremental training needs the same base network" in (other / "output/failure").read_text()
+
+
+def validated_epochs(log: str) -> list[int]:
+    return [int(e) for e in re.findall(r"epoch=(\d+), validation mAP", log)]
+
+
+def test_validation_interval(tmp_path: Path, synth_set: Path):
+    """Every third epoch and the last are validated; the model kept is the best of those."""
+    base = make_job(tmp_path / "a", synth_set, {**TINY, "epochs": "5", "validation_interval": "3"})
+    result = train(base)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert validated_epochs(result.stderr) == [2, 4]
+    best = re.search(r"best validation mAP [\d.]+ at epoch (\d+)", result.stderr)
+    assert best is not None and int(best.group(1)) in (2, 4)
+    assert json.loads((base / "model/hyperparams.json").read_text())["validation_interval"] == "3"
+    # Patience counts epochs, not validations: with a validation every 2 epochs and a patience of
+    # 2, the first figure that does not double the best (tolerance 1) ends the job.
+    base = make_job(tmp_path / "b", synth_set, {**TINY, "epochs": "30", "validation_interval": "2",
+                                                "early_stopping": "True", "early_stopping_min_epochs": "2",
+                                                "early_stopping_patience": "2", "early_stopping_tolerance": "1.0"})
+    result = train(base)
+    assert result.returncode == 0, result.stderr[-3000:]
+    epochs, values = validated_epochs(result.stderr), metric_values(result.stderr, "validation:mAP")
+    assert epochs == list(range(1, 2 * len(epochs), 2)) and len(epochs) < 15
+    best = values[0]
+    for epoch, value in zip(epochs[1:], values[1:]):  # a figure is the new best when above twice the best
+        if value <= 2 * best:
+            break
+        best = value
+    assert epoch == epochs[-1] and f"early stopping after epoch {epoch}" in result.stderr
 
 
 def test_early_stopping(tmp_path: Path, synth_set: Path):

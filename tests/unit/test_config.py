@@ -94,6 +94,8 @@ def test_small_networks_are_accepted():
     ("early_stopping_min_epochs", "0", "an integer from 1 to 10000"),
     ("early_stopping_patience", "0", "an integer from 1 to 10000"),
     ("early_stopping_tolerance", "1.5", "a number in [0, 1]"),
+    ("validation_interval", "0", "an integer from 1 to 10000"),
+    ("validation_interval", "2.5", "an integer from 1 to 10000"),
     ("freeze_layer_pattern", "^(conv1_", "a Python regular expression"),
     ("label_width", "6", "an integer from 7 to 100000"),
     ("nms_threshold", "0", "a number in (0, 1]"),

@@ -1,7 +1,7 @@
 """Early stopping on validation mAP, as the built-in's hyperparameters describe it."""
 from ssd_detector.config import parse_hyperparameters
 from ssd_detector.training.checkpoint import LoopState
-from ssd_detector.training.early_stopping import EarlyStopping
+from ssd_detector.training.early_stopping import EarlyStopping, epochs_since_validation, validates
 
 
 def run(rule: EarlyStopping, values: list[float]) -> tuple[LoopState, list[tuple[bool, bool]]]:
@@ -60,3 +60,22 @@ def test_resumed_state_carries_on():
     rule = EarlyStopping(True, min_epochs=1, patience=2)
     state = LoopState(next_epoch=3, best_map=0.4, best_epoch=1, epochs_without_improvement=1)
     assert rule.observe(state, 3, 0.39).stop
+
+
+def test_validation_every_nth_epoch_and_the_last():
+    assert [e for e in range(10) if validates(e, 1, 10)] == list(range(10))
+    assert [e for e in range(10) if validates(e, 4, 10)] == [3, 7, 9]
+    assert [e for e in range(8) if validates(e, 4, 8)] == [3, 7]
+    assert [e for e in range(3) if validates(e, 5, 3)] == [2]  # fewer epochs than the interval
+    # The validated epochs' distances from the one before (the first: from the start).
+    assert [epochs_since_validation(e, 4) for e in (3, 7, 9)] == [4, 4, 2]
+    assert epochs_since_validation(6, 1) == 1
+
+
+def test_patience_counts_epochs_between_validations():
+    rule = EarlyStopping(True, min_epochs=1, patience=4)
+    state = LoopState()
+    assert rule.observe(state, 1, 0.5, epochs=2).improved
+    assert not rule.observe(state, 3, 0.4, epochs=2).stop  # 2 epochs without improvement
+    verdict = rule.observe(state, 5, 0.4, epochs=2)
+    assert verdict.stop and state.epochs_without_improvement == 4

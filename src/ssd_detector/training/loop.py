@@ -29,7 +29,7 @@ from . import checkpoint, distributed
 from .assembly import assemble
 from .averaging import WeightAverage
 from .clipping import clip_global_norm
-from .early_stopping import EarlyStopping
+from .early_stopping import EarlyStopping, epochs_since_validation, validates
 from .inputs import TrainingInputs, format_issues
 from .metrics import MetricLog
 from .protocol import mark_progress
@@ -401,24 +401,16 @@ class Training:
                         f"{result.largest_norm:.4g}, max_gradient_norm={self.hp.max_gradient_norm:g})")
         stop_early = False
         value: float | None = None
-        if self.val_loader is not None:
-            validation_start = time.monotonic()
-            value = self.validate(epoch)
-            self._validation_seconds = time.monotonic() - validation_start
-            self.metrics.validation_map(epoch, value)
-            summary += f", validation mAP={value:.4f}"
-            verdict = self.early_stopping.observe(self.state, epoch, value)
-            if verdict.improved:
-                LOG.info("Updating the best model with validation-mAP=%.6f", value)
-                self._save_model()
-            if verdict.stop:
-                LOG.info("early stopping after epoch %d: no improvement of validation mAP over %.4f for %d epochs",
-                         epoch, self.state.best_map, self.state.epochs_without_improvement)
-                stop_early = True
-        else:
+        if self.val_loader is None:
             self._save_model()
+        elif validates(epoch, self.hp.validation_interval, self.planned_end):
+            value, stop_early = self._validate_epoch(epoch)
         self.state.next_epoch = epoch + 1
         self._fit_budget(epoch)
+        if self.val_loader is not None and value is None and epoch + 1 >= self.planned_end:
+            value, stop_early = self._validate_epoch(epoch)  # the budget made this epoch the last
+        if value is not None:
+            summary += f", validation mAP={value:.4f}"
         elapsed = time.monotonic() - self.started
         left = elapsed / (epoch + 1 - self._first_epoch) * (self.planned_end - epoch - 1)
         summary += f", {format_seconds(elapsed)} elapsed, {format_seconds(left)} left"
@@ -428,6 +420,23 @@ class Training:
         self.metrics.progress(100.0 * (epoch + 1) / self.planned_end)
         self._checkpoint()
         return stop_early
+
+    def _validate_epoch(self, epoch: int) -> tuple[float, bool]:
+        """Validates the weights after ``epoch``, saves them when best; returns the mAP and
+        whether early stopping ends the job."""
+        validation_start = time.monotonic()
+        value = self.validate(epoch)
+        self._validation_seconds = time.monotonic() - validation_start
+        self.metrics.validation_map(epoch, value)
+        verdict = self.early_stopping.observe(self.state, epoch, value,
+                                              epochs_since_validation(epoch, self.hp.validation_interval))
+        if verdict.improved:
+            LOG.info("Updating the best model with validation-mAP=%.6f", value)
+            self._save_model()
+        if verdict.stop:
+            LOG.info("early stopping after epoch %d: no improvement of validation mAP over %.4f for %d epochs",
+                     epoch, self.state.best_map, self.state.epochs_without_improvement)
+        return value, verdict.stop
 
     def _save_model(self) -> None:
         if not self.world.is_root:
