@@ -122,8 +122,11 @@ def train_once(job: Path, data: Path, hyperparameters: dict, budget: float, log_
     wall = time.monotonic() - start
     if code not in (0, None):
         raise RuntimeError(f"training failed (exit {code}); see {log_path}")
-    validation = [float(v) for v in re.findall(r"validation mAP <score>=\((\S+)\)", log_path.read_text())]
-    return {"wall_seconds": wall, "finished": code == 0, "validation_map": validation}
+    text = log_path.read_text()
+    validation = [float(v) for v in re.findall(r"validation mAP <score>=\((\S+)\)", text)]
+    # Epochs trained, from the training-loss lines (with validation_interval not every epoch validates).
+    epochs = len(set(re.findall(r"epoch=(\d+), batch=\d+ train", text)))
+    return {"wall_seconds": wall, "finished": code == 0, "validation_map": validation, "epochs": epochs}
 
 
 def spread(values: list[float]) -> str:
@@ -150,7 +153,7 @@ def run_family(args: argparse.Namespace, family: str, hyperparameters: dict) -> 
         LOG.info("%s, run %d: held-out mAP %.4f (%s) after %.0f s%s, best validation mAP %.4f over %d epochs",
                  family, run + 1, result["map"], sizes_text(result["by_size"]), result["wall_seconds"],
                  "" if result["finished"] else " (STOPPED at the budget)", max(result["validation_map"], default=0),
-                 len(result["validation_map"]))
+                 result["epochs"])
         runs.append(result)
     outcome: dict = {"family": family, "runs": runs, "hyperparameters": hyperparameters}
     if args.peer:
