@@ -85,16 +85,15 @@ def test_two_workers_update_like_one_with_twice_the_batch(tmp_path: Path, data: 
     shown = "\n".join(f"--- {name}:\n" + "\n".join(line for line in text.splitlines()
                                                      if re.search(r"epoch|batch|Horovod|worker|WARN", line))[-6000:]
                       for name, text in (("1 worker", log_one), ("2 workers", log)))
-    a = mx.nd.load(str(one / "model/model_algo_1-0000.params"))
-    b = mx.nd.load(str(two / "model/model_algo_1-0000.params"))
+    a = {k: v.asnumpy() for k, v in mx.nd.load(str(one / "model/model_algo_1-0000.params")).items()}
+    b = {k: v.asnumpy() for k, v in mx.nd.load(str(two / "model/model_algo_1-0000.params")).items()}
     assert a.keys() == b.keys()
-    assert np.abs(a["arg:ssd_class_conv0_bias"].asnumpy()).max() > 0, "biases start at 0: the steps ran"
-    flat_a = np.concatenate([a[k].asnumpy().ravel() for k in sorted(a)])
-    flat_b = np.concatenate([b[k].asnumpy().ravel() for k in sorted(b)])
+    assert np.abs(a["arg:ssd_class_conv0_bias"]).max() > 0, "biases start at 0: the steps ran"
+    flat_a = np.concatenate([a[k].ravel() for k in sorted(a)])
+    flat_b = np.concatenate([b[k].ravel() for k in sorted(b)])
     # Each parameter's difference relative to its own size (biases near 0 get a floor), the
     # largest first, to name the layers in case the weights differ.
-    apart = sorted(((np.linalg.norm(a[k].asnumpy() - b[k].asnumpy()) / max(np.linalg.norm(a[k].asnumpy()), 1e-3), k)
-                    for k in a), reverse=True)
+    apart = sorted(((np.linalg.norm(a[k] - b[k]) / max(np.linalg.norm(a[k]), 1e-3), k) for k in a), reverse=True)
     named = "\n".join(f"{k}: {d:.2e}" for d, k in apart[:8])
     assert np.linalg.norm(flat_a - flat_b) / np.linalg.norm(flat_a) < 1e-4, f"{named}\n{shown}"
     assert apart[0][0] < 1e-4, f"{named}\n{shown}"
