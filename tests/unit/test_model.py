@@ -188,6 +188,47 @@ def test_loss_on_a_tiny_case(hybrid):
     assert box_loss.asscalar() == pytest.approx(smooth_l1, rel=1e-5)
 
 
+@pytest.mark.parametrize("hybrid,weighted", [(False, False), (True, False), (True, True)])
+def test_loss_gradients_reach_only_positives_and_mined_negatives(hybrid, weighted):
+    # Two images of 8 anchors, 2 classes: image 0 has 1 positive (3 hard negatives of 7), image 1
+    # has none (so no negatives either). The gradients, by hand: softmax - one-hot on the kept
+    # anchors, smooth L1's derivative on the positives, each times its weight over the positives.
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(2, 8, 3)).astype(np.float32)
+    cls_target = np.zeros((2, 8), np.float32)
+    cls_target[0, 5] = 1
+    box_pred = rng.normal(size=(2, 32)).astype(np.float32) * 2
+    box_target = np.zeros((2, 8, 5 if weighted else 4), np.float32)
+    box_target[0, 5, :4] = [0.3, -0.2, 3.0, 0.1]
+    if weighted:
+        box_target[0, 5, 4] = 2.0
+    weight = 2.0 if weighted else 1.0
+    loss = SSDLoss(weighted=weighted)
+    if hybrid:
+        loss.hybridize()
+    logits_nd, box_nd = mx.nd.array(logits), mx.nd.array(box_pred)
+    logits_nd.attach_grad()
+    box_nd.attach_grad()
+    with autograd.record():
+        cls_loss, box_loss = loss(logits_nd, box_nd, mx.nd.array(cls_target), mx.nd.array(box_target),
+                                  mx.nd.array([1.0]))
+        total = cls_loss + box_loss
+    total.backward()
+
+    probs = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)  # (2, 8, 3)
+    ce = -np.log(probs[0, np.arange(8), cls_target[0].astype(int)])
+    negatives = [i for i in np.argsort(-ce) if i != 5][:3]
+    expected_cls = np.zeros_like(logits)
+    for i, w in [(5, weight)] + [(i, 1.0) for i in negatives]:
+        onehot = np.eye(3, dtype=np.float32)[int(cls_target[0, i])]
+        expected_cls[0, i] = w * (probs[0, i] - onehot)
+    np.testing.assert_allclose(logits_nd.grad.asnumpy(), expected_cls, rtol=1e-4, atol=1e-6)
+    expected_box = np.zeros((2, 8, 4), np.float32)
+    diff = box_pred.reshape(2, 8, 4)[0, 5] - box_target[0, 5, :4]
+    expected_box[0, 5] = weight * np.clip(diff, -1, 1)  # smooth L1 (sigma 1): x inside |x| < 1, else its sign
+    np.testing.assert_allclose(box_nd.grad.asnumpy().reshape(2, 8, 4), expected_box, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("base,size", [("mobilenet-0.25", 128), ("mobilenet-0.5", 128), ("mobilenet-1.0", 128),
                                        ("resnet-50", 128), ("vgg-16", 96)])
 def test_one_training_step_then_export_and_import(base, size, tmp_path: Path):
