@@ -216,7 +216,7 @@ def test_loss_gradients_reach_only_positives_and_mined_negatives(hybrid, weighte
     total.backward()
 
     probs = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)  # (2, 8, 3)
-    ce = -np.log(probs[0, np.arange(8), cls_target[0].astype(int)])
+    ce = _ce(logits, cls_target)  # image 0's
     negatives = [i for i in np.argsort(-ce) if i != 5][:3]
     expected_cls = np.zeros_like(logits)
     for i, w in [(5, weight)] + [(i, 1.0) for i in negatives]:

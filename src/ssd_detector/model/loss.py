@@ -39,8 +39,8 @@ class SSDLoss(gluon.HybridBlock):
         keep = F.sum(positive, axis=1) * self.ratio  # (B,)
         last = F.clip(keep - 1, 0, 1e9)  # index of the last negative kept (pick clips past the end)
         threshold = F.expand_dims(F.pick(ordered, last, axis=1, mode="clip"), -1)  # (B, 1)
-        hard_negative = F.stop_gradient(F.broadcast_mul(F.broadcast_greater_equal(negative_ce, threshold),
-                                                        F.expand_dims(keep > 0, -1)) * (1 - positive))
+        hard_negative = F.broadcast_mul(F.broadcast_greater_equal(negative_ce, threshold),
+                                        F.expand_dims(keep > 0, -1)) * (1 - positive)
         cls_loss = F.sum(ce * (positive_weight + hard_negative)) / F.maximum(num_positive, 1)
         box_pred = F.reshape(box_pred, (0, -1, 4))  # (B, N * 4) -> (B, N, 4)
         diff = F.smooth_l1(box_pred - box_target, scalar=1.0)
