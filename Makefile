@@ -76,29 +76,29 @@ $(BENCH_STAMP): $(STAMP)
 	touch $@
 
 bench-data: bench-deps
-	$(PY) scripts/bench_data.py
+	$(PY) scripts/bench.py data
 
 bench-train: bench-deps
-	$(PY) scripts/bench_train.py
+	$(PY) scripts/bench.py train
 
 bench-scaling: install
-	$(PY) scripts/bench_scaling.py
+	$(PY) scripts/bench.py scaling
 
 bench-infer: install onnx-venv
-	$(PY) scripts/bench_infer.py $(ARGS)
+	$(PY) scripts/bench.py infer $(ARGS)
 
 bench-serve: install
-	$(PY) scripts/bench_serve.py
+	$(PY) scripts/bench.py serve
 
 bench-soak: install
-	$(PY) scripts/bench_soak.py
+	$(PY) scripts/bench.py soak
 
 # Means over three seeds per mode: one from-scratch run's order alone moves its mAP by more than 0.02.
 bench-pipe: install
-	$(PY) scripts/bench_pipe.py --seeds 3 --rounds 2
+	$(PY) scripts/bench.py pipe --seeds 3 --rounds 2
 
 bench-accuracy: bench-deps
-	$(PY) scripts/bench_accuracy.py $(ARGS)
+	$(PY) scripts/bench.py accuracy $(ARGS)
 
 # GPU image (the default), built offline like the CPU image: CUDA, cuDNN and NCCL from wheels.
 image: install

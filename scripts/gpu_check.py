@@ -9,7 +9,7 @@
   allreduce     two Horovod workers on one host (horovodrun, Gloo controller) allreducing GPU
                 tensors, which Horovod hands to NCCL: the sum checked, bandwidth measured
   serve         `ssd-detector serve` with one request, on the GPUs
-  bench_train   scripts/bench_train.py against GluonCV (GluonCV is installed for it when missing)
+  bench_train   `scripts/bench.py train` against GluonCV (GluonCV is installed for it when missing)
 
 Every section records its result or its error; the findings go to one JSON file and a summary
 is printed. `--device cpu --quick` runs every section on the CPU with a tiny network: that is how
@@ -68,9 +68,9 @@ def train_steps_child(args: argparse.Namespace) -> int:
     import mxnet as mx
     from mxnet import autograd, gluon
 
-    sys.path.insert(0, str(HERE))
-    from bench_data import ensure_data
-    from bench_train import training_for
+    # This file's folder is the first entry of sys.path, so the benchmarks package is found.
+    from benchmarks.data import ensure_data
+    from benchmarks.train import training_for
 
     base, size, per_device = {**CONFIGS, **QUICK_CONFIGS}[args.config]
     amp = None
@@ -250,7 +250,7 @@ def section_bench_train(args: argparse.Namespace) -> dict:
                 return {"skipped": f"GluonCV could not be installed: {install.stderr.strip()[-500:]}"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(target)]))
     output = Path(args.work) / "bench-train.json"
-    done = subprocess.run([sys.executable, str(HERE / "bench_train.py"), "--data", str(Path(args.work) / "bench-data"),
+    done = subprocess.run([sys.executable, str(HERE / "bench.py"), "train", "--data", str(Path(args.work) / "bench-data"),
                            "--work", str(Path(args.work) / "bench-train"), "--output", str(output),
                            "--workers", str(max(1, (os.cpu_count() or 2) - 1))],
                           capture_output=True, text=True, timeout=1800, env=env)

@@ -20,6 +20,11 @@
     serves that model.tar.gz with `IMG serve` on a local port until interrupted.
 
 s3:// channels are downloaded with boto3 (the machine's AWS credentials). Needs Docker.
+
+Standard library only (boto3 only for s3://): it runs where only Docker and Python are installed,
+without this project's package. So it lays out /opt/ml itself (``lay_out``, the tree
+``ssd_detector.sagemaker_env.write_job`` writes) and finds manifests itself; tests check both
+against the package's, so they cannot drift apart.
 """
 from __future__ import annotations
 
@@ -65,8 +70,11 @@ def guess_content_type(folder: Path) -> str | None:
     return None
 
 
+MANIFEST_SUFFIXES = (".manifest", ".jsonl", ".jsonlines")  # ssd_detector.data.manifest's
+
+
 def is_manifest(source: Path) -> bool:
-    return source.is_file() and source.suffix.lower() in (".manifest", ".jsonl")
+    return source.is_file() and source.suffix.lower() in MANIFEST_SUFFIXES
 
 
 def lay_out(root: Path, hyperparameters: dict, channels: dict[str, Path], content_types: dict[str, str],
@@ -118,8 +126,7 @@ def label_attribute(manifest: Path) -> str:
 
 def start_feeders(base: Path, channels: dict[str, Path], attribute_names: dict[str, list[str]],
                   distributions: dict[str, str], host_index: int, host_count: int) -> list:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import pipe_feed
+    import pipe_feed  # beside this file (the first entry of sys.path when run as a script)
 
     feeders = []
     for name, source in channels.items():

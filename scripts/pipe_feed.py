@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""SageMaker's side of Pipe mode, played on this machine (standard library only; boto3 for s3://).
+"""SageMaker's side of Pipe mode, played on this machine. Standard library only (boto3 for s3://),
+as scripts/local_run.py, which uses it, runs where only Docker is installed; its RecordIO framing
+is checked against the package's reader (ssd_detector.data.recordio) by the tests.
 
 For a channel, ``PipeFeeder`` creates the FIFO ``<folder>/<channel>_0``, writes the channel's
 bytes into it once the training container opens it, closes it, and goes on with ``<channel>_1``,

@@ -1,6 +1,7 @@
 """What several scripts (and the tests) share; standard library only, since sagemaker_launch.py
-runs in the SDK's environment, where this package is not installed. A script run as
-`python scripts/NAME.py` finds this module beside it."""
+runs in the SDK's environment and local_run.py where only Docker is installed. A script run as
+`python scripts/NAME.py` finds this module beside it (its folder is the first entry of sys.path);
+the tests find it through pytest's `pythonpath` setting (pyproject.toml)."""
 from __future__ import annotations
 
 import socket

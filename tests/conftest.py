@@ -31,16 +31,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def pipe_feed():
-    """scripts/pipe_feed.py (SageMaker's side of Pipe mode) as a module: the writer the Pipe-mode
-    tests feed their FIFOs with."""
-    import importlib.util
-    import sys
+    """scripts/pipe_feed.py (SageMaker's side of Pipe mode): the writer the Pipe-mode tests feed
+    their FIFOs with."""
+    import pipe_feed as module
 
-    path = Path(__file__).resolve().parents[1] / "scripts/pipe_feed.py"
-    spec = importlib.util.spec_from_file_location("pipe_feed", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pipe_feed"] = module
-    spec.loader.exec_module(module)
     return module
 
 

@@ -41,12 +41,7 @@ class Predictor:
         except (KeyError, ValueError):
             self.num_classes = None
         self._transform = ValTransform(self.image_size)
-        with warnings.catch_warnings():
-            # The input's type is unknown until the first call (uint8 pixels); not a problem.
-            warnings.filterwarnings("ignore", message="Cannot decide type")
-            self.net = gluon.SymbolBlock.imports(str(self.model_dir / artifact.SYMBOL_FILE), ["data"],
-                                                 str(self.model_dir / artifact.PARAMS_FILE), ctx=self.ctx)
-        self.net.hybridize(static_alloc=True)
+        self.net = artifact.load_block(self.model_dir, self.ctx)
         self._symbol = mx.sym.load(str(self.model_dir / artifact.SYMBOL_FILE))
         self._by_batch: OrderedDict[int, gluon.SymbolBlock] = OrderedDict()
         LOG.info("loaded model from %s (image_shape %d, %d class names)", self.model_dir, self.image_size,

@@ -87,8 +87,10 @@ def run_launch(major: int, tmp_path: Path, argv: list[str], plans: list[dict]) -
             responses.setdefault(service, []).extend([op, RESPONSES[op]] for op in operations)
     plan_file = tmp_path / f"plan-v{major}.json"
     plan_file.write_text(json.dumps({"argv": argv, "responses": responses}))
+    # The launch script and the package it reads hyperparameters with, as a checkout offers them.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "scripts"), str(ROOT / "src")])}
     result = subprocess.run([str(sdk_python(major)), str(DRIVER), str(plan_file)], capture_output=True, text=True,
-                            timeout=300, cwd=tmp_path)
+                            timeout=300, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout)
     assert out["rc"] == 0 and out["error"] is None, (out["error"] or "") + result.stderr[-2000:]

@@ -30,7 +30,7 @@ CLI = [sys.executable, "-m", "ssd_detector.cli"]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from ssd_detector.model.export import export_untrained
+    from ssd_detector.model.untrained import export_untrained
 
     return export_untrained(tmp_path_factory.mktemp("serve") / "model",
                             {"num_classes": "3", "base_network": "mobilenet-0.25", "image_shape": "128"})
@@ -301,7 +301,7 @@ def test_model_tar_gz_and_sigterm_finishes_requests_in_flight(model_dir: Path, t
 
 
 def test_a_model_slower_to_load_than_the_timeout_is_not_killed(tmp_path: Path):
-    from ssd_detector.model.export import export_untrained
+    from ssd_detector.model.untrained import export_untrained
 
     big = export_untrained(tmp_path / "vgg", {"num_classes": "3", "base_network": "vgg-16", "image_shape": "300"})
     srv = Server(big, tmp_path, env={"SAGEMAKER_MODEL_SERVER_TIMEOUT": "1"}, workers=1)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.util
 import io
 import json
 import sys
@@ -21,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from offline import REGION, offline_environment
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _plain(value: Any) -> Any:
@@ -82,11 +79,8 @@ def stubbed_session(plan: dict[str, list], calls: list) -> Any:
 def main() -> int:
     plan = json.loads(Path(sys.argv[1]).read_text())
     offline_environment()
-    sys.path[:0] = [str(ROOT / "src"), str(ROOT / "scripts")]
-    spec = importlib.util.spec_from_file_location("sagemaker_launch", ROOT / "scripts/sagemaker_launch.py")
-    launch = importlib.util.module_from_spec(spec)
-    sys.modules["sagemaker_launch"] = launch
-    spec.loader.exec_module(launch)
+    import sagemaker_launch as launch  # scripts/ and src/ come through PYTHONPATH (the test sets it)
+
     calls: list = []
     out, error = io.StringIO(), None
     try:

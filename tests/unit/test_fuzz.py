@@ -237,7 +237,7 @@ def test_hyperparameter_parser_names_problems_never_crashes(raw):
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     from ssd_detector.inference import Predictor
-    from ssd_detector.model.export import export_untrained
+    from ssd_detector.model.untrained import export_untrained
     from ssd_detector.serving.app import create_app
     from ssd_detector.serving.settings import ServeSettings
 

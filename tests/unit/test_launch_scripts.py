@@ -3,10 +3,9 @@ local runner's /opt/ml layout and packing, and the weights fetcher's checks."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import importlib
 import io
 import json
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -16,17 +15,11 @@ import pytest
 from ssd_detector.model import zoo_fetch
 from ssd_detector.training.metrics import METRIC_DEFINITIONS
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def load(name: str):
-    if str(SCRIPTS) not in sys.path:
-        sys.path.append(str(SCRIPTS))  # where a script finds script_helpers, as when run as a file
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """A script as a module (scripts/ is on the tests' path, as it is for a script run as a file)."""
+    return importlib.import_module(name)
 
 
 @pytest.fixture

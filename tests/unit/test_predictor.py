@@ -12,7 +12,7 @@ import pytest
 from ssd_detector.errors import UserError
 from ssd_detector.inference import Predictor
 from ssd_detector.model import artifact
-from ssd_detector.model.export import export_untrained
+from ssd_detector.model.untrained import export_untrained
 
 SIZE = 64
 

@@ -14,14 +14,14 @@ def test_a_worker_names_ssd_num_gpus_when_it_asks_for_more_than_mxnet_sees(tmp_p
     import pytest
     from gunicorn.errors import AppImportError
 
-    from ssd_detector import environment
-    from ssd_detector.model.export import export_untrained
+    from ssd_detector import machine
+    from ssd_detector.model.untrained import export_untrained
     from ssd_detector.serving.server import load_app
     from ssd_detector.serving.settings import ServeSettings
 
     model = export_untrained(tmp_path / "model", {"num_classes": "2", "base_network": "mobilenet-0.25",
                                                   "image_shape": "64"})
-    monkeypatch.setattr(environment, "NVIDIA_DRIVER_DIR", tmp_path)
+    monkeypatch.setattr(machine, "NVIDIA_DRIVER_DIR", tmp_path)
     monkeypatch.setenv("SSD_NUM_GPUS", "2")
     settings = ServeSettings.from_env(model, cpu_count=2, workers=1, gpus=2)
     with pytest.raises(AppImportError, match="SSD_NUM_GPUS=2 asks for more GPUs than MXNet sees here"):

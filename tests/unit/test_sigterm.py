@@ -1,4 +1,5 @@
 """The tools' SIGTERM handler: a stop that arrives during an import waits for the import."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +15,9 @@ COMPLETE = True
 
 SCRIPT = """
 import sys, time
-from ssd_detector import cli
+from ssd_detector.cli.signals import stop_on_sigterm
 from ssd_detector.errors import Stopped
-cli._stop_on_sigterm("SIGTERM during test")
-sys.path.insert(0, sys.argv[1])
+stop_on_sigterm("SIGTERM during test")
 try:
     import stopped_while_imported
 except BaseException as exc:
@@ -35,7 +35,8 @@ sys.exit(4)
 
 def test_sigterm_during_an_import_stops_after_it(tmp_path: Path):
     (tmp_path / "stopped_while_imported.py").write_text(MODULE)
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                            timeout=60)
+    # The module is found through PYTHONPATH, imported after the handler is installed.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "stopped after the import: True SIGTERM during test" in result.stdout

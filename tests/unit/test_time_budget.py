@@ -35,3 +35,48 @@ def test_the_budget_moves_the_end_later_only_with_an_epoch_to_spare():
     # Slower from here: the end moves earlier at once, with no spare epoch asked.
     assert budget.end_after(260.0, 80.0, validation_seconds=5, next_epoch=5, end=10, most=30) == 7
     assert END_SECONDS == 10
+
+
+class FakeSchedule:
+    """Records the moves of the end; steps move as StepWithWarmup.end_at moves them."""
+
+    def __init__(self, steps: list[int]) -> None:
+        self.step_epochs = steps
+        self.moves: list[tuple[int, int]] = []
+
+    def end_at(self, old_end: int, new_end: int, updates_done: int, epochs_done: int, updates_per_epoch: int) -> None:
+        self.moves.append((old_end, new_end))
+        self.step_epochs = [e if e <= epochs_done else e + new_end - old_end for e in self.step_epochs]
+
+
+def test_the_end_moves_earlier_with_the_schedule_when_the_epochs_left_do_not_fit():
+    from ssd_detector.training.checkpoint import LoopState
+    from ssd_detector.training.distributed import World
+    from ssd_detector.training.time_budget import JobEnd
+
+    schedule = FakeSchedule([28, 29])
+    end = JobEnd(30, schedule, TimeBudget(900.0, started=0.0), World())
+    state = LoopState(next_epoch=1)
+    # 100 s for epoch 0 and 5 s of validation: 900 - 100 - 15 leave 7 more epochs, ending before 8.
+    end.fit(state, 0, now=100.0, validation_seconds=5.0, updates_done=10, updates_per_epoch=10)
+    assert end.planned(state) == 8 == state.end_epoch
+    assert schedule.moves == [(30, 8)] and schedule.step_epochs == [6, 7]
+
+
+def test_without_a_budget_the_job_runs_every_epoch_and_a_resume_keeps_the_budgets_end():
+    from ssd_detector.training.checkpoint import LoopState
+    from ssd_detector.training.distributed import World
+    from ssd_detector.training.time_budget import JobEnd
+
+    schedule = FakeSchedule([28, 29])
+    unbudgeted = JobEnd(30, schedule, None, World())
+    state = LoopState(next_epoch=5, end_epoch=12)  # checkpointed by a budgeted run
+    unbudgeted.resume(state, 50, 10)
+    assert unbudgeted.planned(state) == 30 and schedule.moves == []
+    unbudgeted.fit(state, 5, now=1e9, validation_seconds=0.0, updates_done=60, updates_per_epoch=10)
+    assert unbudgeted.planned(state) == 30
+
+    budgeted = JobEnd(30, schedule, TimeBudget(900.0, started=0.0), World())
+    state = LoopState(next_epoch=5, end_epoch=12)
+    budgeted.resume(state, 50, 10)
+    assert budgeted.planned(state) == 12 and schedule.moves == [(30, 12)]

@@ -59,15 +59,32 @@ def read_truth_and_detect(data: ChannelData, predictor: Any, threshold: float,
     return truths, detections, seconds
 
 
+def sized_voc07(truths: Sequence[ImageTruth], detections: Sequence[np.ndarray], num_classes: int,
+                overlap: float = 0.5) -> SizedMeanAP:
+    """VOC07 mAP, overall and per object size, of detections (K, 6) per image against their truths."""
+    metric = SizedMeanAP(num_classes, overlap, voc07=True)
+    for truth, rows in zip(truths, detections):
+        metric.update(rows[:, 2:6], rows[:, 0].astype(np.int64), rows[:, 1], truth.boxes, truth.classes,
+                      truth.difficult, truth.width, truth.height)
+    return metric
+
+
+def held_out_scores(data: ChannelData, predictor: Any, num_classes: int) -> dict[str, Any]:
+    """What the benchmarks report for a held-out split: ``map`` (VOC07), ``by_size`` (VOC07 AP per
+    size, None for a size without objects) and ``objects_by_size``."""
+    truths, detections, _ = read_truth_and_detect(data, predictor, 0.0, Progress("score", quiet=True))
+    metric = sized_voc07(truths, detections, num_classes)
+    return {"map": metric.value(), "by_size": metric.size_values(), "objects_by_size": metric.counts}
+
+
 def metrics(truths: Sequence[ImageTruth], detections: Sequence[np.ndarray], num_classes: int,
             class_names: dict[int, str], overlap: float = 0.5) -> tuple[dict[str, Any], VOCMeanAP]:
     """The report's figures; also the VOC07 metric, whose curves the report draws."""
-    voc07 = SizedMeanAP(num_classes, overlap, voc07=True)
+    voc07 = sized_voc07(truths, detections, num_classes, overlap)
     voc12 = VOCMeanAP(num_classes, overlap, voc07=False)
     for truth, rows in zip(truths, detections):
-        boxes, classes, scores = rows[:, 2:6], rows[:, 0].astype(np.int64), rows[:, 1]
-        voc07.update(boxes, classes, scores, truth.boxes, truth.classes, truth.difficult, truth.width, truth.height)
-        voc12.update(boxes, classes, scores, truth.boxes, truth.classes, truth.difficult)
+        voc12.update(rows[:, 2:6], rows[:, 0].astype(np.int64), rows[:, 1], truth.boxes, truth.classes,
+                     truth.difficult)
     aps07, aps12 = voc07.overall.average_precisions(), voc12.average_precisions()
     positives = voc07.overall.positives
     per_class = {}

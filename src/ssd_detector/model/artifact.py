@@ -137,6 +137,23 @@ def read_parameters(model_dir: Path) -> dict:
     return {k.split(":", 1)[1] if k.startswith(("arg:", "aux:")) else k: v for k, v in saved.items()}
 
 
+def load_block(model_dir: Path, ctx=None):
+    """The artifact's inference graph as a hybridized gluon SymbolBlock on ctx (default: the CPU):
+    (B, 3, S, S) uint8 -> (B, N, 6) rows. What predict, serve, evaluate and quantize run."""
+    import warnings
+
+    import mxnet as mx
+
+    model_dir = require_folder(Path(model_dir))
+    with warnings.catch_warnings():
+        # The input's type is unknown until the first call (uint8 pixels); not a problem.
+        warnings.filterwarnings("ignore", message="Cannot decide type")
+        block = mx.gluon.SymbolBlock.imports(str(model_dir / SYMBOL_FILE), ["data"], str(model_dir / PARAMS_FILE),
+                                             ctx=ctx or mx.cpu())
+    block.hybridize(static_alloc=True)
+    return block
+
+
 def read_class_names(model_dir: Path) -> dict[int, str]:
     path = model_dir / CLASSES_FILE
     if not path.is_file():

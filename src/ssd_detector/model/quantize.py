@@ -40,7 +40,6 @@ from ..data.channel import IMAGE_SUFFIXES, files_under, raise_if_issues, read_ch
 from ..data.images import ImageError, decode_rgb
 from ..data.transforms import ValTransform
 from ..errors import UserError
-from ..inference import Predictor
 from . import artifact
 
 LOG = logging.getLogger(__name__)
@@ -270,7 +269,7 @@ def quantize(model_dir: Path, calibration: np.ndarray, output: Path, options: Qu
     kept = fp32_layer_names(symbol, options.fp32_layers, class_heads=options.class_heads == "fp32")
     head_weights = class_head_weights(json.loads(symbol.tojson())["nodes"]) \
         if options.class_heads == "int32-output" else set()
-    net = Predictor(model_dir, mx.cpu()).net
+    net = artifact.load_block(model_dir, mx.cpu())
     # Calibration batches: float32 pixels, as the graph's first layer casts uint8 to float32.
     batch = min(CALIBRATION_BATCH, len(calibration))
     iterator = mx.io.NDArrayIter(data=mx.nd.array(calibration.astype(np.float32)), batch_size=batch,

@@ -14,7 +14,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.errors import AppImportError, HaltServer
 
-from ..environment import gpu_count, gpu_image_without_gpu
+from ..machine import gpu_count, gpu_image_without_gpu
 from ..model import artifact
 from .settings import GRACEFUL_SECONDS, ServeSettings
 

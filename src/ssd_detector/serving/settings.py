@@ -1,6 +1,6 @@
 """Serving settings from the environment SageMaker (and BYOC convention) sets; each bad value
 is named in the error. Serving's variable names live here and nowhere else (SSD_NUM_GPUS, which
-training reads too, lives with the GPU count in ``environment``)."""
+training reads too, lives with the GPU count in ``machine``)."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from ..environment import gpu_count
+from ..machine import gpu_count
 from ..errors import UserError
 from ..sagemaker_env import env_int
 
@@ -58,7 +58,7 @@ class ServeSettings:
                  *, port: int | None = None, workers: int | None = None, host: str | None = None,
                  gpus: int | None = None) -> ServeSettings:
         """Keyword arguments (command-line options) win over the environment; cpu_count and gpus
-        default to this machine's (environment.gpu_count)."""
+        default to this machine's (machine.gpu_count)."""
         environ = os.environ if environ is None else environ
         cpus = cpu_count or os.cpu_count() or 1
         gpus = gpu_count(environ) if gpus is None else gpus

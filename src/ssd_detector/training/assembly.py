@@ -1,7 +1,8 @@
 """A training job assembled from its inputs before the first step, top-down: the devices and
 data workers of this process, the network with its starting weights (an earlier model, ImageNet
 weights, or none) and frozen layers, the loaders (File or Pipe mode), and the optimizer with its
-schedule in a (distributed) trainer. ``assemble`` returns all of it as one ``Job``."""
+schedule in a (distributed) trainer, and the update step that uses them. ``assemble`` returns all
+of it as one ``Job``, which ``loop.Loop`` runs."""
 from __future__ import annotations
 
 import logging
@@ -20,7 +21,7 @@ from ..data.loader import DetectionLoader, Transform
 from ..data.pipe import pipe_timeout
 from ..data.stream import StreamLoader, StreamSource
 from ..data.transforms import ValTransform, train_transform
-from ..environment import gpu_count, gpu_image_without_gpu
+from ..machine import gpu_count, gpu_image_without_gpu
 from ..errors import HyperparameterError, UserError
 from ..model import artifact
 from ..model.backbones import load_pretrained
@@ -31,7 +32,9 @@ from ..sagemaker_env import Paths, env_int
 from . import distributed
 from .inputs import PipeChannel, TrainingInputs
 from .protocol import pipe_folder
+from .averaging import WeightAverage
 from .schedule import StepWithWarmup, batches_per_epoch, make_schedule
+from .step import UpdateStep
 
 LOG = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ VALIDATION_BATCH = 16
 
 
 def visible_gpus() -> int:
-    """The GPUs this process trains on (environment.gpu_count); says so when the GPU image runs
+    """The GPUs this process trains on (machine.gpu_count); says so when the GPU image runs
     where there are none."""
     count = gpu_count()
     if gpu_image_without_gpu(count):
@@ -151,6 +154,9 @@ class Job:
     val_loader: Loader | None
     trainer: gluon.Trainer
     schedule: StepWithWarmup
+    step: UpdateStep  # one update: loss, gradients, clipping, the optimizer, the weight average
+    average: WeightAverage | None  # ema_decay's weight average
+    contexts: list[mx.Context]
     batch_size: int  # per worker
     updates_per_epoch: int
 
@@ -174,8 +180,10 @@ def assemble(inputs: TrainingInputs, contexts: list[mx.Context], workers: int, w
     trainable = {k: v for k, v in net.collect_params().items() if v.grad_req != "null"}
     trainer = world.trainer(trainable, optimizer, params, kvstore="device" if len(contexts) > 1 else None,
                             update_on_kvstore=False if hp.max_gradient_norm > 0 else None)
-    return Job(net, detector, loss, train_loader, val_loader, trainer, params["lr_scheduler"], batch_size,
-               updates_per_epoch)
+    average = WeightAverage(net.collect_params(), hp.ema_decay) if hp.ema_decay > 0 else None
+    step = UpdateStep(net, loss, trainer, contexts, world, hp.max_gradient_norm, average)
+    return Job(net, detector, loss, train_loader, val_loader, trainer, params["lr_scheduler"], step, average,
+               list(contexts), batch_size, updates_per_epoch)
 
 
 def worker_batch_size(mini_batch_size: int, local_size: int) -> int:

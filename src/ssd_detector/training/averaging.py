@@ -8,7 +8,7 @@ layers and batch-norm statistics, which are running averages already, are left a
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -72,3 +72,8 @@ class WeightAverage:
                 raise ValueError(f"{path}: {name} has shape {arrays[name].shape}, the network's {value.shape}")
             value[:] = arrays[name].as_in_context(value.context)
         self.updates = int(arrays[UPDATES_KEY].asscalar())
+
+
+def averaged(average: WeightAverage | None) -> AbstractContextManager:
+    """The weight average in the network inside the block, when there is one."""
+    return average.applied() if average is not None else nullcontext()

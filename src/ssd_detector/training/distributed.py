@@ -130,6 +130,12 @@ class World:
         """What trainer.step takes so that the update is the sum of the workers' gradients."""
         return 1.0
 
+    def gradient_factor(self) -> float:
+        """What the optimizer multiplies the summed gradients by when stepped with gradient_scale():
+        the trainer rescales by its own scale over step's argument, and these are equal here
+        (gluon.Trainer: 1 and 1; Horovod's DistributedTrainer: 1/size and 1/size)."""
+        return 1.0
+
     def shutdown(self, clean: bool = True) -> None:
         pass
 

@@ -1,21 +1,34 @@
 """The ``train`` command of a host: the whole job in this process, the launcher of this host's
-Horovod workers, or one such worker; training itself ends in Training.run()."""
+Horovod workers, or one such worker. A worker's training reads top-down: its inputs
+(``inputs``), the job assembled from them (``assembly``), the epochs (``loop``)."""
 from __future__ import annotations
 
 import logging
+import time
+
+import mxnet as mx
 
 from ..sagemaker_env import Paths, require_job_config
 from . import distributed, launcher, protocol
-from .assembly import data_workers, host_contexts, visible_gpus, worker_contexts
-from .inputs import read_training_inputs
-from .loop import Training
+from .assembly import assemble, data_workers, host_contexts, visible_gpus, worker_contexts
+from .inputs import TrainingInputs, read_training_inputs
+from .loop import Loop
+from .signals import StopRequested
+
+
+def run_training(inputs: TrainingInputs, contexts: list[mx.Context], workers: int, world: distributed.World) -> None:
+    """Assembles this worker's job (``workers`` data workers) and runs its epochs."""
+    created = time.monotonic()  # the time budget counts from here, data loading included
+    stop = StopRequested()  # Pipe-mode readers ask it while they wait for data
+    job = assemble(inputs, contexts, workers, world, should_stop=lambda: stop.flag)
+    Loop(job, inputs, world, stop, created).run()
 
 
 def train_single(paths: Paths) -> None:
     """A job of one worker: this process, every device of the host."""
     inputs = read_training_inputs(paths)
     contexts = host_contexts()
-    Training(inputs, contexts, data_workers(contexts)).run()
+    run_training(inputs, contexts, data_workers(contexts), distributed.World())
 
 
 def train_worker(paths: Paths) -> None:
@@ -28,7 +41,7 @@ def train_worker(paths: Paths) -> None:
         logging.getLogger("ssd_detector").setLevel(logging.WARNING)  # rank 0 tells the story
     try:
         contexts = worker_contexts(world.local_rank, visible_gpus())
-        Training(inputs, contexts, data_workers(contexts, sharing=world.local_size), world).run()
+        run_training(inputs, contexts, data_workers(contexts, sharing=world.local_size), world)
     except BaseException:
         world.shutdown(clean=False)
         raise

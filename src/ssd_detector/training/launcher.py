@@ -23,11 +23,11 @@ from types import FrameType
 from typing import Mapping
 
 from ..data.pipe import PipeFanout, pipe_timeout
-from ..environment import OMP_DEFAULTED_VAR, OMP_THREADS_VAR, gpu_count, usable_cpus
+from ..machine import OMP_DEFAULTED_VAR, OMP_THREADS_VAR, gpu_count, usable_cpus
 from ..errors import JobFailed, Stopped
 from ..failure import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR
 from ..sagemaker_env import BASE_DIR_ENV, Paths, ResourceConfig, env_int, read_input_data_config, read_resource_config
-from . import distributed, network
+from . import distributed, interfaces
 from .protocol import WorkerFiles, shared_pipe_dir
 
 LOG = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class Launcher:
             address = resolve(master, deadline)
             for host in resources.hosts[1:]:
                 resolve(host, deadline)
-        self.interface = network.choose_interface(resources.network_interface_name, address)
+        self.interface = interfaces.choose_interface(resources.network_interface_name, address)
         LOG.info("distributed job: %d host(s) x %d worker(s); this is %s; rendezvous on %s (%s:%d), interface %s",
                  len(resources.hosts), self.per_host, resources.current_host, master, address, self.port,
                  self.interface)

@@ -10,6 +10,7 @@ Each line matches, character for character, one regex of the built-in's metric d
 from __future__ import annotations
 
 import logging
+import re
 
 LOG = logging.getLogger("ssd_detector.metrics")
 
@@ -22,6 +23,15 @@ METRIC_DEFINITIONS = (
     {"Name": "train:throughput", "Regex": r"#throughput_metric: host=\S+, train throughput=(\S+) records/second"},
     {"Name": "validation:mAP", "Regex": r"#quality_metric: host=\S+, epoch=\S+, validation mAP <score>=\((\S+)\)"},
 )
+
+
+def metric_values(log_text: str, name: str) -> list[float]:
+    """Every value a metric definition (by its name, e.g. "validation:mAP") extracts from a job's
+    log, in order: what SageMaker would chart from the same lines."""
+    regexes = {d["Name"]: d["Regex"] for d in METRIC_DEFINITIONS}
+    if name not in regexes:
+        raise ValueError(f"metric {name!r} is not one of {', '.join(regexes)}")
+    return [float(v) for v in re.findall(regexes[name], log_text)]
 
 
 class MetricLog:

@@ -1,10 +1,9 @@
-#!/usr/bin/env python
 """Training throughput (images/s, data loading included) against GluonCV 0.10's SSD.
 
 For each configuration (mobilenet-1.0 at 300, resnet-50 at 512) both implementations train on
 the same synthetic RecordIO set with the same batch size and number of data workers, each in a
 process of its own so that its peak resident memory is its own:
-  ours     the project's Training loop (augmentation and targets in the data workers)
+  ours     the project's training job and update step (augmentation and targets in the data workers)
   gluoncv  GluonCV's training recipe: SSDDefaultTrainTransform with anchors (targets in the
            workers), gluon DataLoader, SSDMultiBoxLoss, ssd_512_mobilenet1.0_custom /
            ssd_512_resnet50_v1_custom (same base networks and extra layers)
@@ -21,6 +20,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from .common import BENCH
 
 LOG = logging.getLogger("bench_train")
 CONFIGS = {"mobilenet-1.0@300": ("mobilenet-1.0", 300, "ssd_512_mobilenet1.0_custom"),
@@ -54,39 +55,38 @@ def endless(loader, set_epoch=None):
 
 
 def training_for(rec: Path, base: str, size: int, batch: int, workers: int, work: Path, contexts=None):
-    """The project's Training for a job of one RecordIO train channel (hyperparameters as the
-    benchmarks use them), on the given devices (default: every GPU of the host, else the CPU)."""
-    import shutil
-
-    from ssd_detector.sagemaker_env import write_job
+    """The project's assembled training job (training.assembly.Job) for one RecordIO train channel
+    (hyperparameters as the benchmarks use them), on the given devices (default: every GPU of the
+    host, else the CPU)."""
+    from ssd_detector.training.assembly import assemble, host_contexts
+    from ssd_detector.training.distributed import World
+    from ssd_detector.sagemaker_env import Paths
     from ssd_detector.training.inputs import read_training_inputs
-    from ssd_detector.training.assembly import host_contexts
-    from ssd_detector.training.loop import Training
 
-    job = work / f"job-{base}-{size}"
-    shutil.rmtree(job, ignore_errors=True)
-    paths = write_job(job, {"num_classes": str(NUM_CLASSES), "base_network": base, "image_shape": str(size),
-                            "mini_batch_size": str(batch), "use_pretrained_model": "0", "learning_rate": "0.001"},
-                      {"train": rec}, link=True)
-    inputs = read_training_inputs(paths, decode_images=False)
-    return Training(inputs, contexts or host_contexts(), workers)
+    from .common import job_tree
+
+    base_dir = job_tree(work / f"job-{base}-{size}",
+                        {"num_classes": str(NUM_CLASSES), "base_network": base, "image_shape": str(size),
+                         "mini_batch_size": str(batch), "use_pretrained_model": "0", "learning_rate": "0.001"},
+                        {"train": rec})
+    inputs = read_training_inputs(Paths(base_dir), decode_images=False)
+    return assemble(inputs, contexts or host_contexts(), workers, World(), should_stop=lambda: False)
 
 
 def run_ours(rec: Path, base: str, size: int, batch: int, workers: int, warmup: int, count: int,
              work: Path) -> dict:
-    training = training_for(rec, base, size, batch, workers, work)
-    loader = training.train_loader
+    job = training_for(rec, base, size, batch, workers, work)
+    loader = job.train_loader
 
     def step(b) -> int:
-        training.train_step(b.images, b.cls_targets, b.box_targets)
+        job.step(b.images, b.cls_targets, b.box_targets)
         return len(b.images)
 
     try:
         seconds, images = time_batches(step, endless(loader, loader.set_epoch), warmup, count)
     finally:
         loader.close()
-    return {"images_per_second": images / seconds, "peak_rss_mb": peak_rss_mb(),
-            "anchors": training.net.layout.num_anchors}
+    return {"images_per_second": images / seconds, "peak_rss_mb": peak_rss_mb(), "anchors": job.net.layout.num_anchors}
 
 
 def run_gluoncv(rec: Path, model: str, size: int, batch: int, workers: int, warmup: int, count: int) -> dict:
@@ -143,7 +143,7 @@ def run_one(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("build/bench/data"))
     parser.add_argument("--work", type=Path, default=Path("build/bench/train"))
@@ -157,14 +157,13 @@ def main() -> int:
     parser.add_argument("--impl", choices=("ours", "gluoncv"), help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--rec", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     if args.one:
         logging.getLogger().setLevel(logging.WARNING)
         return run_one(args)
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_data import ensure_data
+    from .data import ensure_data
 
     rec = ensure_data(args.data, 512, 500, 375)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -172,7 +171,7 @@ def main() -> int:
     for config in args.configs.split(","):
         row = {"config": config}
         for impl in ("ours", "gluoncv"):
-            command = [sys.executable, __file__, "--one", "--impl", impl, "--config", config, "--rec", str(rec),
+            command = [*BENCH, "train", "--one", "--impl", impl, "--config", config, "--rec", str(rec),
                        "--workers", str(args.workers), "--batch", str(args.batch), "--warmup", str(args.warmup),
                        "--count", str(args.count), "--work", str(args.work)]
             done = subprocess.run(command, capture_output=True, text=True,
@@ -191,7 +190,3 @@ def main() -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,19 +1,15 @@
-"""What this machine and installation are: the GPUs a process may use (one count for training and
-serving), and for `ssd-detector info` MXNet and the features it was built with, Horovod's
-collective backends, and the CUDA libraries (wheels) beside it. The GPU image's checks and
-scripts/gpu_check.sh read this instead of guessing."""
+"""What this machine gives a process: the cores it may use (and MXNet's OpenMP threads sized to
+them), and the GPUs it may use, one count for training and serving. (`ssd-detector info`, the
+report of the whole installation, is cli.info.)"""
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 from typing import Mapping
 
-from . import __version__
 from .errors import UserError
 from .sagemaker_env import env_int
 
@@ -22,7 +18,6 @@ LOG = logging.getLogger(__name__)
 IMAGE_VARIANT_VAR = "SSD_IMAGE_VARIANT"  # set by the image: gpu or cpu
 GPUS_VAR = "SSD_NUM_GPUS"  # how many GPUs to use, everywhere (0: the CPU even where there are GPUs)
 NVIDIA_DRIVER_DIR = Path("/proc/driver/nvidia")  # absent: no NVIDIA driver, so no GPU to use
-FEATURES = ("CUDA", "CUDNN", "NCCL", "CUDA_RTC", "MKLDNN", "OPENMP")
 OMP_THREADS_VAR = "OMP_NUM_THREADS"
 # Set beside OMP_NUM_THREADS when default_cpu_threads chose it, so that the launcher may share
 # the cores among its workers instead of passing the whole count on.
@@ -44,23 +39,6 @@ def default_cpu_threads() -> None:
     if OMP_THREADS_VAR not in os.environ:
         os.environ[OMP_THREADS_VAR] = str(usable_cpus())
         os.environ[OMP_DEFAULTED_VAR] = "1"
-
-
-def installed(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def cuda_wheels() -> dict[str, str]:
-    """The CUDA 11 library wheels installed beside MXNet (docker/gpu-requirements.txt), by name."""
-    found = {}
-    for dist in importlib.metadata.distributions():
-        name = (dist.metadata["Name"] or "").lower()
-        if name.startswith("nvidia-") and name.endswith("-cu11"):
-            found[name] = dist.version
-    return dict(sorted(found.items()))
 
 
 def gpu_count(environ: Mapping[str, str] | None = None) -> int:
@@ -99,7 +77,7 @@ def _mxnet_gpus() -> int:
 
 
 def _mxnet_gpus_in_child(environ: Mapping[str, str]) -> int:
-    result = subprocess.run([sys.executable, "-c", f"from {__package__}.environment import _mxnet_gpus; "
+    result = subprocess.run([sys.executable, "-c", f"from {__package__}.machine import _mxnet_gpus; "
                              "print(_mxnet_gpus())"],
                             capture_output=True, text=True, timeout=300, env=dict(environ))
     try:
@@ -112,30 +90,3 @@ def _mxnet_gpus_in_child(environ: Mapping[str, str]) -> int:
 def gpu_image_without_gpu(gpus: int) -> bool:
     """The GPU image started where no GPU is visible (a CPU instance): it then runs on the CPU."""
     return gpus == 0 and os.environ.get(IMAGE_VARIANT_VAR) == "gpu"
-
-
-def describe() -> dict:
-    """One JSON-ready report. Loads MXNet and Horovod (this is a tool's process, not a server's)."""
-    import mxnet as mx
-
-    from .training.distributed import horovod_build
-
-    features = mx.runtime.Features()
-    try:
-        gpus = gpu_count()
-        gpu_error = None
-    except (mx.base.MXNetError, UserError) as exc:
-        gpus, gpu_error = 0, str(exc).strip().splitlines()[0]
-    report = {
-        "ssd_detector": __version__,
-        "python": platform.python_version(),
-        "image_variant": os.environ.get(IMAGE_VARIANT_VAR),
-        "mxnet": {"version": mx.__version__, "distribution": "mxnet-cu112" if installed("mxnet-cu112") else "mxnet",
-                  "features": {name: features.is_enabled(name) for name in FEATURES}},
-        "gpus": gpus,
-        "horovod": horovod_build(),
-        "cuda_wheels": cuda_wheels(),
-    }
-    if gpu_error:
-        report["gpu_error"] = gpu_error
-    return report

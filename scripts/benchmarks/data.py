@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Throughput of the SSD training input pipeline against GluonCV and MXNet's C++ iterator.
 
 One run, same RecordIO data, same batch size, same number of worker processes or threads:
@@ -113,7 +112,7 @@ def bench_mxnet_iter(rec: Path, size: int, batch: int, workers: int, target: int
     return timed("mxnet-c++", endless(epoch), lambda b: b.data[0].shape[0], target)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("build/bench/data"))
     parser.add_argument("--images", type=int, default=512, help="synthetic training images")
@@ -123,7 +122,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="worker processes / threads for every pipeline")
     parser.add_argument("--target", type=int, default=1024, help="images timed per pipeline")
     parser.add_argument("--output", type=Path, default=Path("build/bench/data.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     width, height = (int(v) for v in args.source_size.split("x"))
     rec = ensure_data(args.data, args.images, width, height)
@@ -150,7 +149,3 @@ def main() -> int:
     args.output.write_text(json.dumps({"rates": rates, "ratios": ratios, "settings": vars(args) | {
         "data": str(args.data), "output": str(args.output)}}, indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Accuracy on the CPU: train from scratch on each synthetic family within a time budget, then
 VOC07 mAP of the saved model, overall and per object size, on a held-out split.
 
@@ -9,7 +8,7 @@ held-out split also uses photographs that its training images never show. Traini
 the container's real entry point (`ssd-detector train` on a SageMaker-style tree). With --runs N
 each family is trained N times with training seeds 0..N-1 (--first-seed S: S..S+N-1) and the
 mean and spread are printed; --peer also trains GluonCV's SSD on the same data, network, input
-size and budget (scripts/bench_peer.py); --pretrained fine-tunes from the ImageNet weights in
+size and budget (benchmarks/peer.py); --pretrained fine-tunes from the ImageNet weights in
 $MXNET_HOME when they are there. Run with `make bench-accuracy` (ARGS="..." passes options).
 """
 from __future__ import annotations
@@ -18,21 +17,16 @@ import argparse
 import json
 import logging
 import os
-import re
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
+from ssd_detector.machine import usable_cpus
 
-from ssd_detector.environment import usable_cpus
-from ssd_detector.sagemaker_env import write_job
+from .common import BENCH, CLASSES, held_out, job_tree, make_sets, sizes_text, spread, train
 
 LOG = logging.getLogger("bench_accuracy")
 FAMILIES = ("shapes", "photo")
-CLASSES, WIDTH, HEIGHT = 5, 320, 240
 # The best recipe measured from scratch (README, Benchmarks). The epochs are more than 15 minutes
 # hold on these machines: time_budget_seconds ends the job when the budget does, with the two
 # drops of the rate moved to its last two epochs.
@@ -47,97 +41,15 @@ STARTUP_SECONDS = 20
 # GluonCV's recipe cuts its rate at 2/3 and 5/6 of its epochs and has no time budget; its epochs
 # are slower than ours (16 to 18 fitted in 900 s), so it is given 24, whose cuts (16, 20) it reaches.
 PEER_EPOCHS = 24
-HELD_OUT_PHOTO_EVERY = 4  # every 4th packaged photograph (by name) shows only in held-out images
-
-
-def split_photos(root: Path) -> tuple[Path, Path]:
-    """Folders of links to the packaged photographs: one for training and validation images, one
-    (every HELD_OUT_PHOTO_EVERY-th by name) for held-out images only."""
-    from ssd_detector.data.synth_photo import find_photos
-
-    photos = sorted(find_photos(None), key=lambda p: p.name)
-    seen, unseen = root / "photos/seen", root / "photos/unseen"
-    for folder in (seen, unseen):
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-    for index, photo in enumerate(photos):
-        folder = unseen if index % HELD_OUT_PHOTO_EVERY == HELD_OUT_PHOTO_EVERY - 1 else seen
-        (folder / photo.name).symlink_to(photo)
-    return seen, unseen
-
-
-def make_sets(root: Path, family: str, train: int, validation: int, test: int, seed: int = 31) -> tuple[Path, Path]:
-    """Training and validation sets (RecordIO) under root/data and a held-out RecordIO split made
-    with another seed; made once per family and size."""
-    from ssd_detector.data.synthetic import SynthSpec, generate
-
-    data, held_out = root / "data", root / "test"
-    marker = root / f".made-{train}-{validation}-{test}-{seed}"
-    if not marker.exists():
-        LOG.info("%s: making %d training, %d validation and %d held-out images", family, train, validation, test)
-        for folder in (data, held_out):
-            shutil.rmtree(folder, ignore_errors=True)
-        seen, unseen = split_photos(root) if family == "photo" else (None, None)
-        common = dict(classes=CLASSES, width=WIDTH, height=HEIGHT, format="recordio", style=family)
-        generate(data, SynthSpec(train=train, validation=validation, seed=seed, backgrounds=str(seen or ""), **common))
-        generate(held_out, SynthSpec(train=0, validation=test, seed=seed + 1, backgrounds=str(unseen or ""), **common))
-        marker.touch()
-    return data, held_out / "validation"
-
-
-def held_out_scores(model_dir: Path, test_dir: Path) -> dict:
-    """VOC07 mAP of the model at model_dir on the images of test_dir, overall and per size."""
-    from ssd_detector.data.channel import read_channel
-    from ssd_detector.data.images import decode_rgb
-    from ssd_detector.evaluation.by_size import SizedMeanAP
-    from ssd_detector.inference import Predictor
-
-    predictor = Predictor.load(model_dir)
-    samples = read_channel(test_dir).samples
-    metric = SizedMeanAP(CLASSES)
-    for start in range(0, len(samples), 16):
-        chunk = samples[start:start + 16]
-        rows = predictor.predict_batch([decode_rgb(s.image.read()) for s in chunk])
-        for sample, found in zip(chunk, rows):
-            metric.update(found[:, 2:6], found[:, 0].astype(np.int64), found[:, 1], sample.boxes, sample.class_ids,
-                          sample.difficult, WIDTH, HEIGHT)
-    return {"map": metric.value(), "by_size": metric.size_values(), "objects_by_size": metric.counts}
 
 
 def train_once(job: Path, data: Path, hyperparameters: dict, budget: float, log_path: Path) -> dict:
     """One training job within budget seconds -> its wall time, whether it finished, its
-    validation mAPs; raises RuntimeError when it fails."""
-    shutil.rmtree(job, ignore_errors=True)
-    write_job(job, hyperparameters, {d.name: d for d in data.iterdir() if d.is_dir()}, link=True)
-    start = time.monotonic()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "ssd_detector.cli", "train"], stdout=log, stderr=log,
-                                   env={**os.environ, "SAGEMAKER_BASE_DIR": str(job), "SSD_DATA_WORKERS": "1"})
-        try:
-            code = process.wait(timeout=budget)
-        except subprocess.TimeoutExpired:
-            process.terminate()  # the job saves its best model so far on SIGTERM, as on SageMaker
-            process.wait(timeout=120)
-            code = None
-    wall = time.monotonic() - start
-    if code not in (0, None):
-        raise RuntimeError(f"training failed (exit {code}); see {log_path}")
-    text = log_path.read_text()
-    validation = [float(v) for v in re.findall(r"validation mAP <score>=\((\S+)\)", text)]
-    # Epochs trained, from the training-loss lines (with validation_interval not every epoch validates).
-    epochs = len(set(re.findall(r"epoch=(\d+), batch=\d+ train", text)))
-    return {"wall_seconds": wall, "finished": code == 0, "validation_map": validation, "epochs": epochs}
-
-
-def spread(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f} (one run: no spread)"
-    return (f"mean {np.mean(values):.4f}, std {np.std(values, ddof=1):.4f}, range {min(values):.4f}-{max(values):.4f} "
-            f"over {len(values)} runs")
-
-
-def sizes_text(by_size: dict) -> str:
-    return ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in by_size.items())
+    validation mAPs and epochs; raises RuntimeError when it fails."""
+    run = train(job_tree(job, hyperparameters, {d.name: d for d in data.iterdir() if d.is_dir()}), log_path,
+                budget=budget)
+    return {"wall_seconds": run.wall_seconds, "finished": run.finished,
+            "validation_map": run.values("validation:mAP"), "epochs": run.epochs}
 
 
 def run_family(args: argparse.Namespace, family: str, hyperparameters: dict) -> dict:
@@ -149,7 +61,7 @@ def run_family(args: argparse.Namespace, family: str, hyperparameters: dict) -> 
         chosen = {**hyperparameters, "seed": str(seed)}
         LOG.info("%s, run %d: training %s", family, run + 1, json.dumps(chosen))
         result = train_once(root / "job", data, chosen, args.budget, root / f"train-{seed}.log")
-        result.update(held_out_scores(root / "job/model", test_dir), seed=seed)
+        result.update(held_out(root / "job/model", test_dir), seed=seed)
         LOG.info("%s, run %d: held-out mAP %.4f (%s) after %.0f s%s, best validation mAP %.4f over %d epochs",
                  family, run + 1, result["map"], sizes_text(result["by_size"]), result["wall_seconds"],
                  "" if result["finished"] else " (STOPPED at the budget)", max(result["validation_map"], default=0),
@@ -162,18 +74,18 @@ def run_family(args: argparse.Namespace, family: str, hyperparameters: dict) -> 
 
 
 def run_peer(args: argparse.Namespace, root: Path, data: Path, test_dir: Path, hyperparameters: dict) -> dict:
-    """GluonCV's SSD on the same data, base network, input size and budget (scripts/bench_peer.py)."""
+    """GluonCV's SSD on the same data, base network, input size and budget (benchmarks/peer.py)."""
     out = root / "peer.json"
     out.unlink(missing_ok=True)
-    command = [sys.executable, str(Path(__file__).parent / "bench_peer.py"), "--train", str(data / "train/train.rec"),
+    command = [*BENCH, "peer", "--train", str(data / "train/train.rec"),
                "--validation", str(data / "validation/validation.rec"), "--test", str(test_dir / "validation.rec"),
                "--base-network", hyperparameters["base_network"], "--image-size", hyperparameters["image_shape"],
                "--epochs", str(PEER_EPOCHS), "--batch", hyperparameters["mini_batch_size"],
                "--budget", str(args.budget), "--classes", str(CLASSES), "--work", str(root / "peer"),
                "--output", str(out)]
-    LOG.info("peer: %s", " ".join(command[1:]))
+    LOG.info("peer: %s", " ".join(command[2:]))
     with open(root / "peer.log", "w") as log:
-        # The thread count `train` gives MXNet (environment.default_cpu_threads), so both use every core.
+        # The thread count `train` gives MXNet (machine.default_cpu_threads), so both use every core.
         threads = os.environ.get("OMP_NUM_THREADS", str(usable_cpus()))
         code = subprocess.run(command, stdout=log, stderr=log,
                               env={**os.environ, "SSD_DATA_WORKERS": "1", "OMP_NUM_THREADS": threads}).returncode
@@ -199,7 +111,7 @@ def pretrained_choice(hyperparameters: dict) -> tuple[dict, str]:
     return {**hyperparameters, "use_pretrained_model": "1"}, f"fine-tuned from {path}"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("build/bench/accuracy"))
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated, from: " + ", ".join(FAMILIES))
@@ -214,7 +126,7 @@ def main() -> int:
     parser.add_argument("--pretrained", action="store_true",
                         help="fine-tune from the ImageNet weights in $MXNET_HOME (reported absent when missing)")
     parser.add_argument("--output", type=Path, default=Path("build/bench/accuracy.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     unknown = sorted(set(families) - set(FAMILIES))
@@ -257,7 +169,3 @@ def main() -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"note": note, "budget": args.budget, "families": outcomes}, indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

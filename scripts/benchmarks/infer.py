@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """CPU inference: FP32 MXNet vs the INT8 artifact (`ssd-detector quantize`) vs the ONNX file
 (`ssd-detector export-onnx`) in ONNX Runtime, on one briefly trained model.
 
@@ -28,10 +27,12 @@ from typing import Callable
 
 import numpy as np
 
-from ssd_detector.environment import usable_cpus
+from ssd_detector.machine import usable_cpus
+
+from .common import CLASSES, HEIGHT, WIDTH, job_tree, make_sets, train
 
 LOG = logging.getLogger("bench_infer")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ORT_PYTHON = ROOT / ".venv-onnx/bin/python"
 HYPERPARAMETERS = {
     "base_network": "mobilenet-1.0", "image_shape": "300", "mini_batch_size": "16", "epochs": "8",
@@ -46,17 +47,16 @@ Rows = list[np.ndarray]
 def train_model(root: Path, args: argparse.Namespace) -> tuple[Path, Path, Path]:
     """The trained model, the validation channel (calibration) and the held-out channel; training
     happens once per --root."""
-    import bench_accuracy
-
-    data, test_dir = bench_accuracy.make_sets(root, "shapes", args.train, args.validation, args.test)
+    data, test_dir = make_sets(root, "shapes", args.train, args.validation, args.test)
     model = root / "job/model"
     if not (model / "model_algo_1-symbol.json").exists():
-        hyperparameters = {**HYPERPARAMETERS, "num_classes": str(bench_accuracy.CLASSES),
+        hyperparameters = {**HYPERPARAMETERS, "num_classes": str(CLASSES),
                            **{k: str(v) for k, v in args.hyperparameters.items()}}
         LOG.info("training %s (kept in %s for later runs)", json.dumps(hyperparameters), model)
-        result = bench_accuracy.train_once(root / "job", data, hyperparameters, args.budget, root / "train.log")
-        LOG.info("trained in %.0f s; validation mAP by epoch %s", result["wall_seconds"],
-                 [round(v, 3) for v in result["validation_map"]])
+        run = train(job_tree(root / "job", hyperparameters, {d.name: d for d in data.iterdir() if d.is_dir()}),
+                    root / "train.log", budget=args.budget)
+        LOG.info("trained in %.0f s; validation mAP by epoch %s", run.wall_seconds,
+                 [round(v, 3) for v in run.values("validation:mAP")])
     return model, data / "validation", test_dir
 
 
@@ -72,14 +72,14 @@ def held_out(test_dir: Path, size: int) -> tuple[np.ndarray, list]:
     return np.stack([transform(decode_rgb(s.image.read()), no_boxes)[0] for s in samples]), samples
 
 
-def score(rows: Rows, samples: list, classes: int) -> float:
-    from ssd_detector.evaluation.voc_map import VOCMeanAP
+def score(rows: Rows, samples: list) -> float:
+    """VOC07 mAP of the rows per image (evaluation's code)."""
+    from ssd_detector.evaluation.evaluate import sized_voc07
+    from ssd_detector.evaluation.truth import ImageTruth
 
-    metric = VOCMeanAP(classes)
-    for found, sample in zip(rows, samples):
-        metric.update(found[:, 2:6], found[:, 0].astype(np.int64), found[:, 1], sample.boxes, sample.class_ids,
-                      sample.difficult.astype(bool))
-    return metric.value()
+    truths = [ImageTruth(s.where, WIDTH, HEIGHT, s.boxes, s.class_ids.astype(np.int64), s.difficult.astype(bool))
+              for s in samples]
+    return sized_voc07(truths, rows, CLASSES).value()
 
 
 def mxnet_engine(model_dir: Path) -> Callable[[np.ndarray], Rows]:
@@ -136,8 +136,6 @@ def measure(model: Path, validation: Path, test_dir: Path, work: Path, choices: 
             onnx_file: Path | None = None, threads: int = 1) -> dict[str, dict]:
     """FP32 and each chosen INT8 variant of model (and the ONNX file in ONNX Runtime when given):
     held-out mAP and img/s at batch 1 and 8 per interleaved round."""
-    import bench_accuracy
-
     from ssd_detector.model import artifact
     from ssd_detector.model.quantize import calibration_images, quantize
 
@@ -154,12 +152,11 @@ def measure(model: Path, validation: Path, test_dir: Path, work: Path, choices: 
     names = [*engines, *(["ONNX Runtime"] if onnx_file else [])]
     results: dict[str, dict] = {name: {"ips": {1: [], 8: []}} for name in names}
     for name, run in engines.items():
-        results[name]["map"] = score(all_rows(run, images, 8), samples, bench_accuracy.CLASSES)
+        results[name]["map"] = score(all_rows(run, images, 8), samples)
         run(images[:8])  # warm both batch shapes
         run(images[:1])
     if onnx_file:
-        results["ONNX Runtime"]["map"] = score(onnx_pass(onnx_file, images, 8, work, 0, threads)["rows"], samples,
-                                               bench_accuracy.CLASSES)
+        results["ONNX Runtime"]["map"] = score(onnx_pass(onnx_file, images, 8, work, 0, threads)["rows"], samples)
     for _ in range(args.rounds):  # interleaved: a slow spell of the machine hits every engine alike
         for batch in (1, 8):
             for name, run in engines.items():
@@ -186,7 +183,7 @@ def table(title: str, results: dict[str, dict]) -> dict[str, dict]:
     return summary
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("build/bench/infer"))
     parser.add_argument("--train", type=int, default=800)
@@ -202,7 +199,7 @@ def main() -> int:
                         help="a trained model's folder in make bench-accuracy's layout (job/model, data/validation, "
                         "test/validation, e.g. build/bench/accuracy/photo): quantized and measured the same way; "
                         "repeatable")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     threads = usable_cpus()
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # before MXNet loads: every core, as serving
@@ -248,7 +245,3 @@ def main() -> int:
     args.output.write_text(json.dumps({"engines": summary, "checks": checks, "threads": threads, "also": others},
                                       indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,25 +8,25 @@ from pathlib import Path
 import pytest
 
 from ssd_detector.errors import JobFailed
-from ssd_detector.training import network
+from ssd_detector.training import interfaces
 
 
 def test_an_existing_interface_is_kept():
-    assert network.choose_interface("lo", "127.0.0.1") == "lo"
+    assert interfaces.choose_interface("lo", "127.0.0.1") == "lo"
 
 
 def test_a_missing_interface_is_replaced_by_the_one_reaching_the_peer(caplog):
     with caplog.at_level(logging.WARNING):
-        assert network.choose_interface("ethwe", "127.0.0.1") == "lo"
+        assert interfaces.choose_interface("ethwe", "127.0.0.1") == "lo"
     message = caplog.records[-1].getMessage()
     assert "'ethwe'" in message and "using 'lo'" in message and "127.0.0.1" in message
 
 
 def test_a_missing_interface_without_a_route_is_a_clear_failure(monkeypatch):
-    monkeypatch.setattr(network, "interface_address", lambda name: None)
-    monkeypatch.setattr(network, "route_interface", lambda peer: None)
+    monkeypatch.setattr(interfaces, "interface_address", lambda name: None)
+    monkeypatch.setattr(interfaces, "route_interface", lambda peer: None)
     with pytest.raises(JobFailed) as info:
-        network.choose_interface("ethwe", "127.0.0.1")
+        interfaces.choose_interface("ethwe", "127.0.0.1")
     assert "'ethwe'" in info.value.reason and "127.0.0.1" in info.value.reason and info.value.exit_code == 1
 
 
@@ -37,9 +37,9 @@ def test_route_table_longest_prefix(tmp_path: Path):
         "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n"
         "eth0\t00000000\t010011AC\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
         "eth1\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n")
-    assert network.route_interface("172.17.0.5", table) == "eth1"
-    assert network.route_interface("10.0.0.1", table) == "eth0"
-    assert network.route_interface("10.0.0.1", tmp_path / "absent") is None
+    assert interfaces.route_interface("172.17.0.5", table) == "eth1"
+    assert interfaces.route_interface("10.0.0.1", table) == "eth0"
+    assert interfaces.route_interface("10.0.0.1", tmp_path / "absent") is None
 
 
 def test_the_launcher_gives_workers_an_interface_this_host_has(tmp_path: Path, monkeypatch):

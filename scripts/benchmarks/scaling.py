@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Distributed scaling on this machine: training throughput with 1 and 2 Horovod workers (the
 real `train` entry point and launcher) and the time to allreduce the model's gradients.
 
@@ -13,32 +12,24 @@ import argparse
 import json
 import logging
 import os
-import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from script_helpers import free_port
-from ssd_detector.sagemaker_env import write_job
+
+from .common import BENCH, job_tree, train
 
 LOG = logging.getLogger("bench_scaling")
-THROUGHPUT = re.compile(r"#throughput_metric: host=\S+, train throughput=(\S+) records/second")
 
 
 
 def train_throughput(root: Path, data: Path, workers: int, hyperparameters: dict) -> float:
-    base = root / f"job-{workers}"
-    shutil.rmtree(base, ignore_errors=True)
-    write_job(base, hyperparameters, {d.name: d for d in data.iterdir() if d.is_dir()}, link=True)
-    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SSD_WORKERS_PER_HOST": str(workers),
-           "SSD_RENDEZVOUS_PORT": str(free_port()), "SSD_DATA_WORKERS": "1"}
-    result = subprocess.run([sys.executable, "-m", "ssd_detector.cli", "train"], capture_output=True, text=True,
-                            env=env, timeout=3600)
-    if result.returncode != 0:
-        raise RuntimeError(f"training with {workers} worker(s) failed:\n{result.stderr[-3000:]}")
-    values = [float(v) for v in THROUGHPUT.findall(result.stderr)]
+    base = job_tree(root / f"job-{workers}", hyperparameters, {d.name: d for d in data.iterdir() if d.is_dir()})
+    run = train(base, root / f"job-{workers}.log", {"SSD_WORKERS_PER_HOST": str(workers),
+                                                   "SSD_RENDEZVOUS_PORT": str(free_port())}, budget=3600)
+    values = run.values("train:throughput")
     return sum(values[1:]) / len(values[1:])  # epoch 0 warms up
 
 
@@ -80,7 +71,7 @@ def allreduce_time(base_network: str, image_shape: int, rounds: int) -> dict:
             env = {**os.environ, **distributed.worker_environment(slot, "127.0.0.1", port, "lo", 120),
                    "OMP_NUM_THREADS": "1"}
             processes.append(subprocess.Popen(
-                [sys.executable, __file__, "--allreduce-worker", "--base-network", base_network,
+                [*BENCH, "scaling", "--allreduce-worker", "--base-network", base_network,
                  "--image-shape", str(image_shape), "--rounds", str(rounds)],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
         outputs = [p.communicate(timeout=600)[0] for p in processes]
@@ -91,7 +82,7 @@ def allreduce_time(base_network: str, image_shape: int, rounds: int) -> dict:
         rendezvous.stop()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-network", default="mobilenet-0.25")
     parser.add_argument("--image-shape", type=int, default=256)
@@ -101,7 +92,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20, help="allreduce rounds timed")
     parser.add_argument("--root", type=Path, default=Path("build/bench/scaling"))
     parser.add_argument("--allreduce-worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.allreduce_worker:
         allreduce_worker(args.base_network, args.image_shape, args.rounds)
         return 0
@@ -133,7 +124,3 @@ def main() -> int:
     (args.root / "result.json").write_text(json.dumps({"one": one, "two": two, "efficiency": efficiency, "allreduce_share": share,
                                                        "allreduce": reduce}, indent=1))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

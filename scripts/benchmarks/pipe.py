@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """File mode against Pipe mode: the same synthetic data and recipe trained through the
 container's real entry point (`ssd-detector train` on a SageMaker-style tree), from RecordIO files
 and streamed as a Ground Truth augmented manifest through FIFOs written as SageMaker writes them
@@ -17,20 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import re
-import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_accuracy import held_out_map, make_sets  # the scripts folder is not a package
 from pipe_feed import PipeFeeder, manifest_pass
 
-from ssd_detector.sagemaker_env import write_job
+from .common import held_out, job_tree, make_sets, train
 
 LOG = logging.getLogger("bench_pipe")
 # bench_accuracy's recipe, long enough for the validation mAP to level off: before that, two runs
@@ -46,23 +38,7 @@ MIN_RATIO = 0.95
 MAX_MAP_GAP = 0.02
 
 
-def job_tree(root: Path, name: str, hyperparameters: dict, config: dict, channels: dict | None = None) -> Path:
-    shutil.rmtree(root / name, ignore_errors=True)
-    return write_job(root / name, hyperparameters, channels, input_data_config=config).base
-
-
-def train(base: Path, log_path: Path) -> tuple[float, list[float]]:
-    start = time.monotonic()
-    with open(log_path, "w") as log:
-        code = subprocess.run([sys.executable, "-m", "ssd_detector.cli", "train"], stdout=log, stderr=log,
-                              env={**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SSD_DATA_WORKERS": "1"}).returncode
-    if code != 0:
-        raise SystemExit(f"training failed (exit {code}); see {log_path}")
-    throughputs = [float(v) for v in re.findall(r"train throughput=(\S+) records/second", log_path.read_text())]
-    return time.monotonic() - start, throughputs
-
-
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("build/bench/pipe"))
     parser.add_argument("--train", type=int, default=1200)
@@ -75,9 +51,9 @@ def main() -> int:
                         help="accuracy jobs per mode, with seeds 0, 1, ...: the modes' means are compared, "
                              "and the spread within a mode shows what the randomness alone moves")
     parser.add_argument("--output", type=Path, default=Path("build/bench/pipe.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    data, test_dir = make_sets(args.root, args.train, args.validation, args.test, fmt="both", seed=41)
+    data, test_dir = make_sets(args.root, "shapes", args.train, args.validation, args.test, seed=41, data_format="both")
     hyperparameters = {**HYPERPARAMETERS, "epochs": str(args.epochs), "num_training_samples": str(args.train)}
     steps = [int(e * args.epochs / int(HYPERPARAMETERS["epochs"])) for e in (17, 22)]
     hyperparameters["lr_scheduler_step"] = ",".join(str(max(1, s)) for s in steps)
@@ -97,7 +73,7 @@ def main() -> int:
             for seed in range(args.seeds):
                 wall, _, model = run_mode(mode, args.root, data, {**hyperparameters, "seed": str(seed)},
                                           f"accuracy-{seed}")
-                maps.append(round(held_out_map(model, test_dir), 4))
+                maps.append(round(held_out(model, test_dir)["map"], 4))
                 LOG.info("%s mode, seed %d: held-out mAP %.4f after %.0f s", mode, seed, maps[-1], wall)
             summary[mode].update(held_out_maps=maps, held_out_map=round(statistics.mean(maps), 4))
     for mode, figures in summary.items():
@@ -118,24 +94,24 @@ def main() -> int:
 
 
 def run_mode(mode: str, root: Path, data: Path, hyperparameters: dict, name: str) -> tuple[float, list[float], Path]:
-    """One job in File mode (RecordIO files) or Pipe mode (the manifests, fed through FIFOs)."""
+    """One job in File mode (RecordIO files) or Pipe mode (the manifests, fed through FIFOs) ->
+    its wall time, its epochs' throughputs and its model folder."""
     if mode == "file":
         channel = {"TrainingInputMode": "File", "ContentType": "application/x-recordio"}
-        base = job_tree(root, f"{name}-file", hyperparameters, {"train": channel, "validation": channel},
-                        {split: data / "recordio" / split for split in ("train", "validation")})
-        return (*train(base, root / f"{name}-file.log"), base / "model")
+        base = job_tree(root / f"{name}-file", hyperparameters,
+                        {split: data / "recordio" / split for split in ("train", "validation")},
+                        {"train": channel, "validation": channel})
+        run = train(base, root / f"{name}-file.log")
+        return run.wall_seconds, run.values("train:throughput"), base / "model"
     channel = {"TrainingInputMode": "Pipe", "ContentType": "application/x-recordio", "RecordWrapperType": "RecordIO",
                "S3DistributionType": "FullyReplicated"}
-    base = job_tree(root, f"{name}-pipe", hyperparameters, {"train": channel, "validation": channel})
+    base = job_tree(root / f"{name}-pipe", hyperparameters, None, {"train": channel, "validation": channel})
     feeders = [PipeFeeder(base / "input/data", split,
                           manifest_pass(data / "manifest" / f"{split}.manifest", ATTRIBUTES)).start()
                for split in ("train", "validation")]
     try:
-        return (*train(base, root / f"{name}-pipe.log"), base / "model")
+        run = train(base, root / f"{name}-pipe.log")
+        return run.wall_seconds, run.values("train:throughput"), base / "model"
     finally:
         for feeder in feeders:
             feeder.stop()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

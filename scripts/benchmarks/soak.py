@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Soak: 8 clients for 10 minutes against a real gunicorn `serve`, mixing valid requests with
 hostile ones (garbage, truncated and decompression-bomb images, a JPEG whose header hides its
 size, wrong content types and Accept values, bodies over the limit, stalled bodies). Prints the
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_serve import model_and_picture, start_server, stop, worker_rss_mb
+from .serve import model_and_picture, start_server, stop, worker_rss_mb
 
 LOG = logging.getLogger("bench_soak")
 MAX_RSS_GROWTH = 0.10
@@ -96,14 +95,14 @@ def stalled(port: int) -> int:
     return int(answer.split()[1]) if answer.startswith(b"HTTP/") else 0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--base-network", default="mobilenet-0.25")
     parser.add_argument("--image-shape", type=int, default=256)
     parser.add_argument("--root", type=Path, default=Path("build/bench/soak"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
     from ssd_detector.data.images import encode
@@ -179,7 +178,3 @@ def main() -> int:
         "rss_end_mb": rss_end, "rss_growth": growth, "respawned": respawned,
         "statuses": {f"{n} {s}": c for (n, s), c in statuses.items()}}, indent=1))
     return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

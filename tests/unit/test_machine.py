@@ -1,4 +1,4 @@
-"""`ssd-detector info` and the GPU image's CPU fallback test, on this (CPU) installation."""
+"""`ssd-detector info`, the GPU count and the GPU image's CPU fallback test, on this (CPU) installation."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,8 @@ import os
 import subprocess
 import sys
 
-from ssd_detector.environment import IMAGE_VARIANT_VAR, describe, gpu_image_without_gpu
+from ssd_detector.cli.info import describe
+from ssd_detector.machine import IMAGE_VARIANT_VAR, gpu_image_without_gpu
 
 
 def test_info_reports_this_installation():
@@ -35,25 +36,25 @@ def test_gpu_count_is_the_setting_or_what_mxnet_sees(monkeypatch, tmp_path):
     sees none, so asking for one is refused by name."""
     import pytest
 
-    from ssd_detector import environment
+    from ssd_detector import machine
     from ssd_detector.errors import UserError
 
-    monkeypatch.setattr(environment, "NVIDIA_DRIVER_DIR", tmp_path / "absent")
-    assert environment.gpu_count({}) == 0
-    monkeypatch.setattr(environment, "NVIDIA_DRIVER_DIR", tmp_path)
+    monkeypatch.setattr(machine, "NVIDIA_DRIVER_DIR", tmp_path / "absent")
+    assert machine.gpu_count({}) == 0
+    monkeypatch.setattr(machine, "NVIDIA_DRIVER_DIR", tmp_path)
     import mxnet  # loaded: the path a training or serving worker takes
     assert mxnet.context.num_gpus() == 0
-    assert environment.gpu_count({}) == 0 and environment.gpu_count({"SSD_NUM_GPUS": "0"}) == 0
+    assert machine.gpu_count({}) == 0 and machine.gpu_count({"SSD_NUM_GPUS": "0"}) == 0
     with pytest.raises(UserError, match="SSD_NUM_GPUS=2 asks for more GPUs than MXNet sees here"):
-        environment.gpu_count({"SSD_NUM_GPUS": "2"})
+        machine.gpu_count({"SSD_NUM_GPUS": "2"})
     with pytest.raises(UserError, match="SSD_NUM_GPUS='two'"):
-        environment.gpu_count({"SSD_NUM_GPUS": "two"})
-    assert environment._mxnet_gpus_in_child({}) == 0
+        machine.gpu_count({"SSD_NUM_GPUS": "two"})
+    assert machine._mxnet_gpus_in_child({}) == 0
 
 
 def test_a_process_without_mxnet_counts_without_loading_it():
     """The launcher and gunicorn's master: the setting is taken as it is, and MXNet stays unloaded."""
-    code = ("import sys; from ssd_detector.environment import gpu_count; from ssd_detector.training.launcher "
+    code = ("import sys; from ssd_detector.machine import gpu_count; from ssd_detector.training.launcher "
             "import workers_per_host; print(gpu_count({'SSD_NUM_GPUS': '3'}), gpu_count({}), "
             "workers_per_host({'SSD_NUM_GPUS': '4'}), workers_per_host({}), 'mxnet' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -62,14 +63,14 @@ def test_a_process_without_mxnet_counts_without_loading_it():
 
 
 def test_training_gets_every_usable_core_unless_the_user_chose(monkeypatch):
-    from ssd_detector import environment
+    from ssd_detector import machine
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv(environment.OMP_DEFAULTED_VAR, raising=False)
-    environment.default_cpu_threads()
-    assert os.environ["OMP_NUM_THREADS"] == str(environment.usable_cpus())
-    assert os.environ[environment.OMP_DEFAULTED_VAR] == "1"
+    monkeypatch.delenv(machine.OMP_DEFAULTED_VAR, raising=False)
+    machine.default_cpu_threads()
+    assert os.environ["OMP_NUM_THREADS"] == str(machine.usable_cpus())
+    assert os.environ[machine.OMP_DEFAULTED_VAR] == "1"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    monkeypatch.delenv(environment.OMP_DEFAULTED_VAR)
-    environment.default_cpu_threads()
-    assert os.environ["OMP_NUM_THREADS"] == "3" and environment.OMP_DEFAULTED_VAR not in os.environ
+    monkeypatch.delenv(machine.OMP_DEFAULTED_VAR)
+    machine.default_cpu_threads()
+    assert os.environ["OMP_NUM_THREADS"] == "3" and machine.OMP_DEFAULTED_VAR not in os.environ

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Serving speed over real HTTP on loopback, against the bare predictor in the same run.
 
 1. Overhead: median latency of one client's /invocations (JPEG in, JSON out) against the same
@@ -94,7 +93,7 @@ def model_and_picture(root: Path, base_network: str, image_shape: int) -> tuple[
     """A freshly initialized model under root (its untrained scores make the NMS work hardest)
     and a 640x480 synthetic picture (RGB)."""
     from ssd_detector.data.synthetic import SynthSpec, make_image
-    from ssd_detector.model.export import export_untrained
+    from ssd_detector.model.untrained import export_untrained
 
     root.mkdir(parents=True, exist_ok=True)
     model = export_untrained(root / "model", {"num_classes": "5", "base_network": base_network,
@@ -140,14 +139,14 @@ def quantized_copy(model: Path, out: Path) -> Path:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-network", default="mobilenet-1.0")
     parser.add_argument("--image-shape", type=int, default=300)
     parser.add_argument("--requests", type=int, default=60, help="per measurement")
     parser.add_argument("--root", type=Path, default=Path("build/bench/serve"))
     parser.add_argument("--model-dir", type=Path, help="a trained model instead of a freshly initialized one")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
     from ssd_detector.data.images import decode_rgb, encode
@@ -204,7 +203,3 @@ def main() -> int:
         "worker_rss_mb": loads["FP32"][1], "int8_load": loads["INT8"][0], "int8_worker_rss_mb": loads["INT8"][1]},
         indent=1))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

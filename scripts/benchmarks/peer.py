@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """The peer for bench_accuracy: GluonCV 0.10's SSD trained with GluonCV's own recipe on the same
 RecordIO data, base network, input size and wall-clock budget, then scored on the held-out split
 with the same per-size VOC07 mAP.
@@ -50,7 +49,7 @@ def scores(net, dataset, size: int, classes: int, contexts) -> dict:
     return {"map": metric.value(), "by_size": metric.size_values(), "objects_by_size": metric.counts}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", type=Path, required=True)
     parser.add_argument("--validation", type=Path, required=True)
@@ -64,7 +63,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path("build/bench/peer"))
     parser.add_argument("--output", type=Path, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
     import mxnet as mx
@@ -133,7 +132,3 @@ def main() -> int:
     args.output.write_text(json.dumps(result, indent=2))
     LOG.info("held-out mAP %.4f after %.0f s (%d epochs)", result["map"], wall, epochs_done)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
