@@ -11,7 +11,7 @@ import pytest
 from ssd_detector.data.synthetic import SynthSpec, generate
 from ssd_detector.sagemaker_env import write_job
 
-import ports  # tests/ports.py: this conftest puts the tests' folder on sys.path
+import ports  # tests/ports.py, beside this conftest (pytest's rootdir import mode finds it)
 
 
 @pytest.fixture(scope="session")

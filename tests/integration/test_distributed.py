@@ -91,9 +91,12 @@ def test_two_workers_update_like_one_with_twice_the_batch(tmp_path: Path, data: 
     assert np.abs(a["arg:ssd_class_conv0_bias"]).max() > 0, "biases start at 0: the steps ran"
     flat_a = np.concatenate([a[k].ravel() for k in sorted(a)])
     flat_b = np.concatenate([b[k].ravel() for k in sorted(b)])
-    # Each parameter's difference relative to its own size (biases near 0 get a floor), the
-    # largest first, to name the layers in case the weights differ.
-    apart = sorted(((np.linalg.norm(a[k] - b[k]) / max(np.linalg.norm(a[k]), 1e-3), k) for k in a), reverse=True)
+    # Each parameter's difference relative to its own size, the largest first, to name the
+    # layers in case the weights differ. Small parameters get a floor of 1e-3 per element (RMS):
+    # batch 4 and batch 8 round differently, and on some CPUs one element of a 1,024-element bias
+    # near 0 (fc6's, norm 1.3e-3) ends 2e-7 apart while the whole model agrees to 6e-9.
+    apart = sorted(((np.linalg.norm(a[k] - b[k]) / max(np.linalg.norm(a[k]), 1e-3 * np.sqrt(a[k].size)), k)
+                    for k in a), reverse=True)
     named = "\n".join(f"{k}: {d:.2e}" for d, k in apart[:8])
     assert np.linalg.norm(flat_a - flat_b) / np.linalg.norm(flat_a) < 1e-4, f"{named}\n{shown}"
     assert apart[0][0] < 1e-4, f"{named}\n{shown}"
