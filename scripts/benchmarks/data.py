@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
-
 LOG = logging.getLogger("bench_data")
 
 
