@@ -3,23 +3,19 @@ local runner's /opt/ml layout and packing, and the weights fetcher's checks."""
 from __future__ import annotations
 
 import hashlib
-import importlib
 import io
 import json
 import tarfile
 import zipfile
 from pathlib import Path
 
+import local_run  # scripts/ is on the tests' path, as it is for a script run as a file
 import pytest
+import sagemaker_launch
 
 from ssd_detector.model import zoo_fetch
 from ssd_detector.training.metrics import METRIC_DEFINITIONS
 
-
-
-def load(name: str):
-    """A script as a module (scripts/ is on the tests' path, as it is for a script run as a file)."""
-    return importlib.import_module(name)
 
 
 @pytest.fixture
@@ -30,7 +26,7 @@ def hp_file(tmp_path: Path) -> Path:
 
 
 def test_sagemaker_launch_spec_and_v2_arguments(hp_file: Path):
-    launch = load("sagemaker_launch")
+    launch = sagemaker_launch
     args = launch.build_parser().parse_args([
         "--image-uri", "123.dkr.ecr.us-east-1.amazonaws.com/ssd-detector:gpu", "--role", "arn:aws:iam::1:role/R",
         "--instance-type", "ml.p3.16xlarge", "--instance-count", "2", "--hyperparameters", str(hp_file),
@@ -64,7 +60,7 @@ def test_sagemaker_launch_spec_and_v2_arguments(hp_file: Path):
     (["--distribution", "validation=ShardedByS3Key"], "--distribution for channels that are not given"),
 ])
 def test_sagemaker_arguments_are_checked(hp_file: Path, extra: list[str], words: str):
-    launch = load("sagemaker_launch")
+    launch = sagemaker_launch
     base = ["--image-uri", "i", "--role", "r", "--hyperparameters", str(hp_file), "--channel", "train=s3://b/t",
             "--output-path", "s3://b/o"]
     with pytest.raises(ValueError, match=words.replace("(", r"\(")):
@@ -72,7 +68,7 @@ def test_sagemaker_arguments_are_checked(hp_file: Path, extra: list[str], words:
 
 
 def test_sagemaker_bad_hyperparameters_and_channels_fail_before_any_call(tmp_path: Path, hp_file: Path):
-    launch = load("sagemaker_launch")
+    launch = sagemaker_launch
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"num_classes": "0"}))
     base = ["--image-uri", "i", "--role", "r", "--output-path", "s3://b/o"]
@@ -83,7 +79,7 @@ def test_sagemaker_bad_hyperparameters_and_channels_fail_before_any_call(tmp_pat
 
 
 def test_sagemaker_manifest_channel_arguments(hp_file: Path):
-    launch = load("sagemaker_launch")
+    launch = sagemaker_launch
     args = launch.build_parser().parse_args([
         "--image-uri", "i", "--role", "r", "--hyperparameters", str(hp_file), "--output-path", "s3://b/o",
         "--input-mode", "Pipe", "--channel", "train=s3://b/gt/out.manifest",
@@ -102,7 +98,7 @@ def test_sagemaker_manifest_channel_arguments(hp_file: Path):
 
 
 def test_local_runner_lays_out_pipe_channels(tmp_path: Path):
-    runner = load("local_run")
+    runner = local_run
     manifest = tmp_path / "train.manifest"
     manifest.write_text(json.dumps({"source-ref": "a.jpg", "gt": {"annotations": []}}) + "\n")
     validation = tmp_path / "validation"
@@ -119,7 +115,7 @@ def test_local_runner_lays_out_pipe_channels(tmp_path: Path):
 
 
 def test_local_runner_lays_out_opt_ml_and_packs_like_sagemaker(tmp_path: Path):
-    runner = load("local_run")
+    runner = local_run
     train = tmp_path / "train"
     train.mkdir()
     (train / "train.rec").write_bytes(b"x")
