@@ -25,27 +25,41 @@ class Predictor:
     of an unpacked model folder; ``Predictor.load`` takes a model.tar.gz too."""
 
     @classmethod
-    def load(cls, path: Path | str, ctx: mx.Context | None = None, extract_to: Path | None = None) -> "Predictor":
+    def load(cls, path: Path | str, ctx: mx.Context | None = None, extract_to: Path | None = None,
+             image_shape: int | None = None, mean_pixels: str | None = None) -> "Predictor":
         """The model at path: an artifact folder, a model.tar.gz, or a folder holding one (unpacked
-        to extract_to, default beside it)."""
-        return cls(artifact.locate(path, extract_to), ctx)
+        to extract_to, default beside it). image_shape and mean_pixels ("R,G,B") apply to a model of
+        the built-in algorithm (see model.builtin)."""
+        return cls(artifact.locate(path, extract_to), ctx, image_shape, mean_pixels)
 
-    def __init__(self, model_dir: Path | str, ctx: mx.Context | None = None) -> None:
+    def __init__(self, model_dir: Path | str, ctx: mx.Context | None = None, image_shape: int | None = None,
+                 mean_pixels: str | None = None) -> None:
         self.model_dir = artifact.require_folder(Path(model_dir))
         self.ctx = ctx or mx.cpu()
-        hyperparameters = artifact.read_hyperparameters(self.model_dir)
-        self.image_size = artifact.read_image_shape(self.model_dir)
+        self.image_size = artifact.read_image_shape(self.model_dir, image_shape)
         self.class_names = artifact.read_class_names(self.model_dir)
-        try:
-            self.num_classes: int | None = int(hyperparameters["num_classes"])
-        except (KeyError, ValueError):
-            self.num_classes = None
+        self.num_classes = self._num_classes()
         self._transform = ValTransform(self.image_size)
-        self.net = artifact.load_block(self.model_dir, self.ctx)
-        self._symbol = mx.sym.load(str(self.model_dir / artifact.SYMBOL_FILE))
+        self._symbol = artifact.load_symbol(self.model_dir, mean_pixels)
+        self.net = artifact.load_block(self.model_dir, self.ctx, self._symbol, self.image_size)
         self._by_batch: OrderedDict[int, gluon.SymbolBlock] = OrderedDict()
+        if artifact.is_builtin(self.model_dir):
+            from .model.builtin import read_graph
+
+            LOG.info("%s", read_graph(self.model_dir / artifact.SYMBOL_FILE).describe(self.image_size))
         LOG.info("loaded model from %s (image_shape %d, %d class names)", self.model_dir, self.image_size,
                  len(self.class_names))
+
+    def _num_classes(self) -> int | None:
+        """hyperparams.json's num_classes; for a built-in model without it, its class predictor's."""
+        if (self.model_dir / artifact.HYPERPARAMS_FILE).is_file():
+            try:
+                return int(artifact.read_hyperparameters(self.model_dir)["num_classes"])
+            except (KeyError, ValueError):
+                return None
+        from .model.builtin import read_graph
+
+        return read_graph(self.model_dir / artifact.SYMBOL_FILE).num_classes
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """(B, 3, S, S) uint8 -> the graph's raw output (B, N, 6), -1 rows included.

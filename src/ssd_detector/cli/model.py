@@ -20,7 +20,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..inference import Predictor
 
     _check_threshold(args.threshold)
-    predictor = Predictor.load(args.model_dir)
+    predictor = Predictor.load(args.model_dir, image_shape=args.image_shape, mean_pixels=args.mean_pixels)
     results = {}
     if args.draw:
         args.draw.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..inference import Predictor
 
     _check_threshold(args.threshold)
-    predictor = Predictor.load(args.model_dir)
+    predictor = Predictor.load(args.model_dir, image_shape=args.image_shape, mean_pixels=args.mean_pixels)
     num_classes = args.num_classes or predictor.num_classes
     if num_classes is None or num_classes < 1:
         raise UserError("the model's hyperparams.json has no num_classes; give --num-classes")
@@ -82,6 +82,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                               args.granularity, args.class_heads)
     options.check()
     model_dir = artifact.locate(args.model_dir)
+    artifact.refuse_builtin(model_dir, "quantize")
     images = calibration_images(args.calibration_data, args.annotations, options.num_calibration,
                                 artifact.read_image_shape(model_dir))
     print(json.dumps(quantize(model_dir, images, args.output, options)))
@@ -93,4 +94,16 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     from ..model.onnx_export import export_onnx
 
     print(json.dumps(export_onnx(artifact.locate(args.model_dir), args.output, args.opset)))
+    return 0
+
+
+def cmd_import_builtin(args: argparse.Namespace) -> int:
+    from ..model import artifact
+    from ..model.builtin import import_model
+
+    names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
+    if names is not None and not all(names):
+        raise UserError(f"--class-names {args.class_names!r} has an empty name")
+    print(json.dumps(import_model(artifact.locate(args.model_dir), args.output, names, args.image_shape,
+                                  args.mean_pixels)))
     return 0

@@ -106,9 +106,29 @@ def locate(path: Path | str, extract_to: Path | None = None) -> Path:
     raise UserError(f"no model at {path}: expected {SYMBOL_FILE} and {PARAMS_FILE}, or a {ARCHIVE}")
 
 
+def is_builtin(model_dir: Path) -> bool:
+    """Whether the folder holds a model of SageMaker's built-in algorithm (its training graph)."""
+    from .builtin import is_builtin as graph_is_builtin
+
+    try:
+        return graph_is_builtin(json.loads((Path(model_dir) / SYMBOL_FILE).read_text()))
+    except (OSError, ValueError):
+        return False
+
+
+def refuse_builtin(model_dir: Path, command: str) -> None:
+    """Tools that rewrite a graph take ours: a built-in model is imported first."""
+    if is_builtin(model_dir):
+        raise UserError(f"{model_dir} holds a model of SageMaker's built-in algorithm; {command} takes it once "
+                        f"imported: ssd-detector import-builtin --model-dir {model_dir} --output DIR, then "
+                        f"{command} on DIR")
+
+
 def require_folder(path: Path) -> Path:
-    """path, when it is an unpacked artifact (see locate for one that may be an archive)."""
-    missing = [name for name in (SYMBOL_FILE, PARAMS_FILE, HYPERPARAMS_FILE) if not (path / name).is_file()]
+    """path, when it is an unpacked artifact (see locate for one that may be an archive). A
+    built-in model may lack hyperparams.json (its image_shape is then given another way)."""
+    needed = (SYMBOL_FILE, PARAMS_FILE) if is_builtin(path) else (SYMBOL_FILE, PARAMS_FILE, HYPERPARAMS_FILE)
+    missing = [name for name in needed if not (path / name).is_file()]
     if missing:
         raise UserError(f"{path} is not an unpacked model: it lacks {', '.join(missing)}")
     return path
@@ -118,11 +138,26 @@ def read_hyperparameters(model_dir: Path) -> dict[str, str]:
     path = model_dir / HYPERPARAMS_FILE
     if not path.is_file():
         raise UserError(f"model folder {model_dir} has no {HYPERPARAMS_FILE}")
-    return json.loads(path.read_text())
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is not readable JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path} holds {type(values).__name__}, not an object of hyperparameters")
+    return {str(k): str(v) for k, v in values.items()}
 
 
-def read_image_shape(model_dir: Path) -> int:
-    """The square input side S the artifact's graph takes, from hyperparams.json."""
+def read_image_shape(model_dir: Path, given: int | None = None) -> int:
+    """The square input side S the artifact's graph takes: given, else hyperparams.json's
+    image_shape (for a built-in model without one, $SSD_BUILTIN_IMAGE_SHAPE)."""
+    if given is not None:
+        if not 64 <= given <= 2048:
+            raise UserError(f"--image-shape {given} must be from 64 to 2048")
+        return given
+    if not (model_dir / HYPERPARAMS_FILE).is_file() and is_builtin(model_dir):
+        from .builtin import image_shape_setting
+
+        return image_shape_setting(model_dir)
     try:
         return int(read_hyperparameters(model_dir)["image_shape"])
     except (KeyError, ValueError):
@@ -137,19 +172,62 @@ def read_parameters(model_dir: Path) -> dict:
     return {k.split(":", 1)[1] if k.startswith(("arg:", "aux:")) else k: v for k, v in saved.items()}
 
 
-def load_block(model_dir: Path, ctx=None):
+def load_symbol(model_dir: Path, mean_pixels: str | None = None):
+    """The inference graph of the artifact: (B, 3, S, S) uint8 -> (B, N, 6) rows. Ours is the
+    saved graph; a built-in model's is rebuilt from its training graph (model.builtin), with
+    mean_pixels ("R,G,B") subtracted before it when given."""
+    import mxnet as mx
+
+    if is_builtin(model_dir):
+        from .builtin import inference_symbol, mean_pixels_of as means, read_graph
+
+        graph = read_graph(model_dir / SYMBOL_FILE)
+        return inference_symbol(model_dir / SYMBOL_FILE, means(graph.base_network, mean_pixels))
+    symbol_file = model_dir / SYMBOL_FILE
+    try:
+        graph = json.loads(symbol_file.read_text())
+        head = graph["nodes"][graph["heads"][0][0]]["op"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise UserError(f"{symbol_file} is not a readable MXNet symbol file: {exc}") from None
+    if head != "_contrib_MultiBoxDetection":
+        raise UserError(f"{symbol_file} is neither a model of this algorithm (its graph ends in MultiBoxDetection; "
+                        f"this one in {head}) nor one of SageMaker's built-in algorithm (multibox_cls_pred, "
+                        "multibox_loc_pred, multibox_anchors)")
+    return mx.sym.load(str(symbol_file))
+
+
+def load_block(model_dir: Path, ctx=None, symbol=None, image_shape: int | None = None):
     """The artifact's inference graph as a hybridized gluon SymbolBlock on ctx (default: the CPU):
-    (B, 3, S, S) uint8 -> (B, N, 6) rows. What predict, serve, evaluate and quantize run."""
+    (B, 3, S, S) uint8 -> (B, N, 6) rows. What predict, serve, evaluate and quantize run.
+    symbol: the graph, when load_symbol made it already; image_shape: S, when known already (the
+    parameters' shapes are checked against the graph at that size)."""
     import warnings
 
     import mxnet as mx
 
     model_dir = require_folder(Path(model_dir))
+    symbol = load_symbol(model_dir) if symbol is None else symbol
+    params_file = model_dir / PARAMS_FILE
+    builtin = is_builtin(model_dir)
     with warnings.catch_warnings():
         # The input's type is unknown until the first call (uint8 pixels); not a problem.
         warnings.filterwarnings("ignore", message="Cannot decide type")
-        block = mx.gluon.SymbolBlock.imports(str(model_dir / SYMBOL_FILE), ["data"], str(model_dir / PARAMS_FILE),
-                                             ctx=ctx or mx.cpu())
+        block = mx.gluon.SymbolBlock(symbol, mx.sym.var("data"))
+    try:
+        # A built-in model's checkpoint also holds what its training tail used: ignored here.
+        block.collect_params().load(str(params_file), ctx=ctx or mx.cpu(), allow_missing=False,
+                                    ignore_extra=builtin, cast_dtype=True, dtype_source="saved")
+    except (AssertionError, ValueError, mx.base.MXNetError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UserError(f"{params_file} does not fit the graph of {model_dir / SYMBOL_FILE}: {reason}") from None
+    size = read_image_shape(model_dir) if image_shape is None else image_shape
+    shapes = {name: param.list_data()[0].shape for name, param in block.collect_params().items()}
+    try:  # the first forward would find a mismatch too, in a less telling way
+        symbol.infer_shape(data=(1, 3, size, size), **shapes)
+    except mx.base.MXNetError as exc:
+        lines = [line for line in str(exc).splitlines() if "Error" in line or "inconsistent" in line.lower()]
+        raise UserError(f"{params_file} does not fit the graph of {model_dir / SYMBOL_FILE}: "
+                        f"{(lines or ['shapes differ'])[0].strip()[:300]}") from None
     block.hybridize(static_alloc=True)
     return block
 

@@ -103,6 +103,7 @@ def export_onnx(model_dir: Path, output: Path, opset: int = DEFAULT_OPSET) -> di
 
     _check_opset(opset)
     model_dir = artifact.require_folder(Path(model_dir))
+    artifact.refuse_builtin(model_dir, "export-onnx")
     size = artifact.read_image_shape(model_dir)
     symbol = mx.sym.load(str(model_dir / artifact.SYMBOL_FILE))
     head, nodes = _graph_parts(json.loads(symbol.tojson()), opset)

@@ -259,6 +259,7 @@ def quantize(model_dir: Path, calibration: np.ndarray, output: Path, options: Qu
 
     options.check()
     model_dir = artifact.require_folder(Path(model_dir))
+    artifact.refuse_builtin(model_dir, "quantize")
     hyperparameters = artifact.read_hyperparameters(model_dir)
     if artifact.QUANTIZATION_KEY in hyperparameters:
         raise UserError(f"{model_dir} is already quantized ({hyperparameters[artifact.QUANTIZATION_KEY]}); "

@@ -14,6 +14,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.errors import AppImportError, HaltServer
 
+from ..errors import UserError
 from ..machine import gpu_count, gpu_image_without_gpu
 from ..model import artifact
 from .settings import GRACEFUL_SECONDS, ServeSettings
@@ -112,7 +113,10 @@ def serve(settings: ServeSettings) -> int:
     try:
         # A model.tar.gz is unpacked once, here, into scratch space: /opt/ml/model may be read-only.
         model_dir = artifact.locate(settings.model_dir, extract_to=scratch / "model")
-        image_shape = artifact.read_hyperparameters(model_dir).get("image_shape")
+        try:
+            image_shape: int | str = artifact.read_image_shape(model_dir)
+        except UserError:  # the workers say why, in one line, as they load the model
+            image_shape = "unknown"
         settings = dataclasses.replace(settings, model_dir=model_dir)
         if gpu_image_without_gpu(settings.gpus):
             LOG.warning("no GPU is visible in this container: the GPU image serves on the CPU")
