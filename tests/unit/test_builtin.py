@@ -136,3 +136,13 @@ def test_tools_that_rewrite_graphs_ask_for_the_import_first(resnet: Path, tmp_pa
         quantize(resnet, pictures(128, 4), tmp_path / "int8", QuantizeOptions())
     with pytest.raises(UserError, match="then export-onnx on DIR"):
         export_onnx(resnet, tmp_path / "model.onnx")
+
+
+def test_incremental_training_from_a_built_in_model_is_refused_with_the_reason(resnet: Path, tmp_path: Path):
+    from ssd_detector.training.assembly import load_earlier_model
+
+    import_model(resnet, tmp_path / "ours")
+    for folder in (resnet, tmp_path / "ours"):
+        with pytest.raises(UserError, match="built-in algorithm .* incremental training from such a model is not "
+                                            "supported yet"):
+            load_earlier_model(None, folder, None)  # type: ignore[arg-type]  # refused before either is used

@@ -25,6 +25,7 @@ from ..machine import gpu_count, gpu_image_without_gpu
 from ..errors import HyperparameterError, UserError
 from ..model import artifact
 from ..model.backbones import load_pretrained
+from ..model.builtin import IMPORTED_KEY
 from ..model.loss import SSDLoss
 from ..model.ssd import SSD, SSDDetector, build_ssd, short_parameter_names
 from ..model.targets import TargetEncoder
@@ -95,6 +96,10 @@ def freeze_layers(net: SSD, pattern: str) -> list[str]:
 def load_earlier_model(net: SSD, model_dir: Path, hp: Hyperparameters) -> None:
     """Incremental training: start from an earlier artifact of this algorithm. A different
     num_classes keeps everything but the class predictors, which start afresh."""
+    if artifact.is_builtin(model_dir) or IMPORTED_KEY in artifact.read_hyperparameters(model_dir):
+        raise UserError("the model channel holds a model of SageMaker's built-in algorithm (or one imported from "
+                        "it); incremental training from such a model is not supported yet: give a model trained by "
+                        "this algorithm, or start from ImageNet weights with use_pretrained_model=1")
     earlier = artifact.read_hyperparameters(model_dir)
     if artifact.QUANTIZATION_KEY in earlier:
         raise UserError("the model channel holds an INT8 model (made by quantize); incremental training starts "
