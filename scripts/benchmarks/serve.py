@@ -6,6 +6,10 @@
 2. Load: the default worker count (one per CPU), 1, 2, 4 and 8 concurrent clients: throughput,
    p50 and p99 latency, and each worker's resident memory; for the FP32 model and for its INT8
    copy (`ssd-detector quantize`, naive calibration on synthetic pictures), one after the other.
+3. A model of the built-in algorithm (resnet-50 at 512, its shape made by
+   ssd_detector.model.builtin_example with random weights) served as it is, against the same
+   weights imported into our format (`import-builtin`): median latency of one client, the two
+   servers (one worker each) asked in turn.
 The model is a freshly initialized network (its untrained scores make the NMS work hardest), or
 a trained one with --model-dir (e.g. build/bench/infer/job/model from `make bench-infer`).
 Run with `make bench-serve`.
@@ -139,6 +143,31 @@ def quantized_copy(model: Path, out: Path) -> Path:
     return out
 
 
+def builtin_latency(root: Path, jpeg: bytes, requests: int, size: int) -> dict:
+    """Median /invocations latency of a built-in resnet-50 served as it is and imported."""
+    from ssd_detector.model.builtin import import_model
+    from ssd_detector.model.builtin_example import write_builtin_model
+
+    builtin = write_builtin_model(root / "builtin", "resnet-50", 5, size)
+    imported = root / "builtin-imported"
+    if not (imported / "model_algo_1-symbol.json").exists():
+        import_model(builtin, imported)
+    servers = {name: start_server(model, 1, root / f"serve-{name}.log")
+               for name, model in (("built-in", builtin), ("imported", imported))}
+    times: dict[str, list[float]] = {name: [] for name in servers}
+    try:
+        for index in range(requests + 3):  # in turn, so drifts in machine load hit both alike
+            for name, (_, port) in servers.items():
+                took = invoke(port, jpeg)
+                if index >= 3:  # warm-up
+                    times[name].append(took)
+    finally:
+        for process, _ in servers.values():
+            stop(process)
+    medians = {name: float(np.median(values) * 1e3) for name, values in times.items()}
+    return {"image_shape": size, "median_ms": medians, "ratio": medians["built-in"] / medians["imported"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-network", default="mobilenet-1.0")
@@ -146,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=60, help="per measurement")
     parser.add_argument("--root", type=Path, default=Path("build/bench/serve"))
     parser.add_argument("--model-dir", type=Path, help="a trained model instead of a freshly initialized one")
+    parser.add_argument("--builtin-requests", type=int, default=20, help="per server for the built-in row (0: skip)")
+    parser.add_argument("--builtin-image-shape", type=int, default=512)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
@@ -198,7 +229,14 @@ def main(argv: list[str] | None = None) -> int:
                      r["p99_ms"], r["throughput"] / base["throughput"])
     for name, (_, rss) in loads.items():
         LOG.info("resident memory per worker, %s: %s MB", name, ", ".join(f"{v:.0f}" for v in rss))
-    (args.root / "result.json").write_text(json.dumps({
+    builtin = None
+    if args.builtin_requests:
+        builtin = builtin_latency(args.root, jpeg, args.builtin_requests, args.builtin_image_shape)
+        LOG.info("built-in resnet-50@%d served as it is: %.1f ms, imported: %.1f ms (median of %d, one client): "
+                 "%.3fx (target <= %.2fx: %s)", builtin["image_shape"], builtin["median_ms"]["built-in"],
+                 builtin["median_ms"]["imported"], args.builtin_requests, builtin["ratio"], TARGET_OVERHEAD,
+                 "met" if builtin["ratio"] <= TARGET_OVERHEAD else "NOT met")
+    (args.root / "result.json").write_text(json.dumps({"builtin": builtin,
         "bare_ms": bare_ms, "http_ms": http_ms, "ratio": ratio, "load": loads["FP32"][0],
         "worker_rss_mb": loads["FP32"][1], "int8_load": loads["INT8"][0], "int8_worker_rss_mb": loads["INT8"][1]},
         indent=1))
