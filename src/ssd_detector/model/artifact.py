@@ -214,22 +214,34 @@ def load_block(model_dir: Path, ctx=None, symbol=None, image_shape: int | None =
         warnings.filterwarnings("ignore", message="Cannot decide type")
         block = mx.gluon.SymbolBlock(symbol, mx.sym.var("data"))
     try:
+        saved = mx.nd.load(str(params_file))
+    except mx.base.MXNetError as exc:
+        raise UserError(f"{params_file} is not a readable MXNet parameter file: {_last_line(exc)}") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{params_file} holds unnamed arrays, not a model's parameters")
+    saved = {k.split(":", 1)[1] if k.startswith(("arg:", "aux:")) else k: v for k, v in saved.items()}
+    try:
         # A built-in model's checkpoint also holds what its training tail used: ignored here.
-        block.collect_params().load(str(params_file), ctx=ctx or mx.cpu(), allow_missing=False,
-                                    ignore_extra=builtin, cast_dtype=True, dtype_source="saved")
+        block.collect_params().load_dict(saved, ctx=ctx or mx.cpu(), allow_missing=False, ignore_extra=builtin,
+                                         filename=str(params_file), cast_dtype=True, dtype_source="saved")
     except (AssertionError, ValueError, mx.base.MXNetError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise UserError(f"{params_file} does not fit the graph of {model_dir / SYMBOL_FILE}: {reason}") from None
+        raise UserError(f"{params_file} does not fit the graph of {model_dir / SYMBOL_FILE}: "
+                        f"{_last_line(exc)}") from None
     size = read_image_shape(model_dir) if image_shape is None else image_shape
     shapes = {name: param.list_data()[0].shape for name, param in block.collect_params().items()}
     try:  # the first forward would find a mismatch too, in a less telling way
         symbol.infer_shape(data=(1, 3, size, size), **shapes)
     except mx.base.MXNetError as exc:
-        lines = [line for line in str(exc).splitlines() if "Error" in line or "inconsistent" in line.lower()]
         raise UserError(f"{params_file} does not fit the graph of {model_dir / SYMBOL_FILE}: "
-                        f"{(lines or ['shapes differ'])[0].strip()[:300]}") from None
+                        f"{_last_line(exc)}") from None
     block.hybridize(static_alloc=True)
     return block
+
+
+def _last_line(exc: BaseException) -> str:
+    """The telling line of an MXNet error (its message comes after a C++ traceback)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:300]
 
 
 def read_class_names(model_dir: Path) -> dict[int, str]:
