@@ -83,6 +83,8 @@ def test_without_hyperparams_json_the_image_shape_is_asked_for(resnet: Path, tmp
     images = pictures(128, 1)
     expected = deploy_detections(resnet, images)
     np.testing.assert_allclose(Predictor.load(bare, image_shape=128).forward(images), expected, atol=1e-4)
+    assert import_model(bare, tmp_path / "imported", image_shape=128)["image_shape"] == 128
+    np.testing.assert_allclose(Predictor.load(tmp_path / "imported").forward(images), expected, atol=1e-4)
     monkeypatch.setenv("SSD_BUILTIN_IMAGE_SHAPE", "128")
     predictor = Predictor.load(bare)
     assert predictor.image_size == 128 and predictor.num_classes == 2  # from the class predictor

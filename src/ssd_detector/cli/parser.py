@@ -18,6 +18,14 @@ def _image_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def _builtin_options(p: argparse.ArgumentParser) -> None:
+    """How a model of SageMaker's built-in algorithm is fed, where its files do not say."""
+    p.add_argument("--image-shape", type=int, help="a model of the built-in algorithm without hyperparams.json: "
+                   "its input size S")
+    p.add_argument("--mean-pixels", help="a model of the built-in algorithm: the RGB mean subtracted before it, "
+                   "R,G,B (default: 123.68,116.779,103.939 for vgg-16, none for resnet-50)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssd-detector", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -80,10 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.0, help="drop detections scoring below this")
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     p.add_argument("--draw", type=Path, help="also write each image with its boxes drawn (PNG) here")
-    p.add_argument("--image-shape", type=int, help="a model of the built-in algorithm without hyperparams.json: "
-                   "its input size S")
-    p.add_argument("--mean-pixels", help="a model of the built-in algorithm: the RGB mean subtracted before it, "
-                   "R,G,B (default: 123.68,116.779,103.939 for vgg-16, none for resnet-50)")
+    _builtin_options(p)
     p.set_defaults(func=model.cmd_predict)
 
     p = sub.add_parser("serve", help="host the model over HTTP with gunicorn (the container's serve)")
@@ -160,10 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop detections scoring below this before scoring (default 0: every detection, as training's "
                    "validation mAP)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
-    p.add_argument("--image-shape", type=int, help="a model of the built-in algorithm without hyperparams.json: "
-                   "its input size S")
-    p.add_argument("--mean-pixels", help="a model of the built-in algorithm: the RGB mean subtracted before it, "
-                   "R,G,B (default: 123.68,116.779,103.939 for vgg-16, none for resnet-50)")
+    _builtin_options(p)
     p.set_defaults(func=model.cmd_evaluate)
 
     p = sub.add_parser("import-builtin", help="write a model of SageMaker's built-in Object Detection algorithm "
@@ -171,10 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=Path, required=True, help="the built-in model's folder or model.tar.gz")
     p.add_argument("--output", type=Path, required=True, help="the model folder to write")
     p.add_argument("--class-names", help="comma-separated class names in id order, kept in classes.json")
-    p.add_argument("--image-shape", type=int, help="a model of the built-in algorithm without hyperparams.json: "
-                   "its input size S")
-    p.add_argument("--mean-pixels", help="a model of the built-in algorithm: the RGB mean subtracted before it, "
-                   "R,G,B (default: 123.68,116.779,103.939 for vgg-16, none for resnet-50)")
+    _builtin_options(p)
     p.set_defaults(func=model.cmd_import_builtin)
 
     p = sub.add_parser("export-onnx", help="write the model as one ONNX file with decoding and NMS inside")

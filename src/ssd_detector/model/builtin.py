@@ -229,7 +229,7 @@ def _with_fixed_anchors(model_dir: Path, size: int, means: Sequence[float]) -> A
     from . import artifact
 
     symbol_file = model_dir / artifact.SYMBOL_FILE
-    dynamic = artifact.load_block(model_dir, mx.cpu(), inference_symbol(symbol_file, means))
+    dynamic = artifact.load_block(model_dir, mx.cpu(), inference_symbol(symbol_file, means), size)
     anchors_of = mx.sym.load(str(symbol_file)).get_internals()[f"{ANCHORS}_output"]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Cannot decide type")
