@@ -38,28 +38,28 @@ class Predictor:
         self.ctx = ctx or mx.cpu()
         self.image_size = artifact.read_image_shape(self.model_dir, image_shape)
         self.class_names = artifact.read_class_names(self.model_dir)
-        self.num_classes = self._num_classes()
+        builtin = None
+        if artifact.is_builtin(self.model_dir):
+            from .model.builtin import read_graph
+
+            builtin = read_graph(self.model_dir / artifact.SYMBOL_FILE)
+            LOG.info("%s", builtin.describe(self.image_size))
+        self.num_classes = self._num_classes(builtin.num_classes if builtin else None)
         self._transform = ValTransform(self.image_size)
         self._symbol = artifact.load_symbol(self.model_dir, mean_pixels)
         self.net = artifact.load_block(self.model_dir, self.ctx, self._symbol, self.image_size)
         self._by_batch: OrderedDict[int, gluon.SymbolBlock] = OrderedDict()
-        if artifact.is_builtin(self.model_dir):
-            from .model.builtin import read_graph
-
-            LOG.info("%s", read_graph(self.model_dir / artifact.SYMBOL_FILE).describe(self.image_size))
         LOG.info("loaded model from %s (image_shape %d, %d class names)", self.model_dir, self.image_size,
                  len(self.class_names))
 
-    def _num_classes(self) -> int | None:
+    def _num_classes(self, builtin_classes: int | None) -> int | None:
         """hyperparams.json's num_classes; for a built-in model without it, its class predictor's."""
         if (self.model_dir / artifact.HYPERPARAMS_FILE).is_file():
             try:
                 return int(artifact.read_hyperparameters(self.model_dir)["num_classes"])
             except (KeyError, ValueError):
                 return None
-        from .model.builtin import read_graph
-
-        return read_graph(self.model_dir / artifact.SYMBOL_FILE).num_classes
+        return builtin_classes
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """(B, 3, S, S) uint8 -> the graph's raw output (B, N, 6), -1 rows included.

@@ -168,7 +168,13 @@ def read_parameters(model_dir: Path) -> dict:
     """The saved network's parameters by name (MXNet's arg:/aux: prefixes dropped), as NDArrays."""
     import mxnet as mx
 
-    saved = mx.nd.load(str(model_dir / PARAMS_FILE))
+    params_file = model_dir / PARAMS_FILE
+    try:
+        saved = mx.nd.load(str(params_file))
+    except mx.base.MXNetError as exc:
+        raise UserError(f"{params_file} is not a readable MXNet parameter file: {_last_line(exc)}") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{params_file} holds unnamed arrays, not a model's parameters")
     return {k.split(":", 1)[1] if k.startswith(("arg:", "aux:")) else k: v for k, v in saved.items()}
 
 
@@ -213,13 +219,7 @@ def load_block(model_dir: Path, ctx=None, symbol=None, image_shape: int | None =
         # The input's type is unknown until the first call (uint8 pixels); not a problem.
         warnings.filterwarnings("ignore", message="Cannot decide type")
         block = mx.gluon.SymbolBlock(symbol, mx.sym.var("data"))
-    try:
-        saved = mx.nd.load(str(params_file))
-    except mx.base.MXNetError as exc:
-        raise UserError(f"{params_file} is not a readable MXNet parameter file: {_last_line(exc)}") from None
-    if not isinstance(saved, dict):
-        raise UserError(f"{params_file} holds unnamed arrays, not a model's parameters")
-    saved = {k.split(":", 1)[1] if k.startswith(("arg:", "aux:")) else k: v for k, v in saved.items()}
+    saved = read_parameters(model_dir)
     try:
         # A built-in model's checkpoint also holds what its training tail used: ignored here.
         block.collect_params().load_dict(saved, ctx=ctx or mx.cpu(), allow_missing=False, ignore_extra=builtin,
