@@ -28,7 +28,7 @@ GPU_BUILD_BASE ?= $(GPU_BASE)
 CUDA_FROM ?= wheels
 FETCH_WEIGHTS ?= auto
 
-.PHONY: install sdk-venvs onnx-venv bench-infer demo test test-unit test-integration bench-data bench-train bench-accuracy bench-serve bench-soak bench-scaling bench-pipe bench-deps lint clean image image-cpu image-test image-gpu-check
+.PHONY: install sdk-venvs onnx-venv bench-infer demo test test-unit test-integration bench-data bench-train bench-accuracy bench-serve bench-soak bench-scaling bench-pipe bench-deps stress-distributed lint clean image image-cpu image-test image-gpu-check
 
 install: $(STAMP)
 
@@ -99,6 +99,12 @@ bench-pipe: install
 
 bench-accuracy: bench-deps
 	$(PY) scripts/bench.py accuracy $(ARGS)
+
+# N workers against one with N times the batch, 50 runs per kind of stress, then again with
+# clipping and a weight average; prints runs, failures and the largest relative difference.
+stress-distributed: install
+	$(PY) scripts/stress_distributed.py --runs $(or $(RUNS),50)
+	$(PY) scripts/stress_distributed.py --runs $(or $(RUNS),50) --variants hogs,two-hosts --max-gradient-norm 0.05 --ema-decay 0.9
 
 # GPU image (the default), built offline like the CPU image: CUDA, cuDNN and NCCL from wheels.
 image: install

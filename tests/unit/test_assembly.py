@@ -6,7 +6,8 @@ from ssd_detector.errors import HyperparameterError
 from ssd_detector.model.ssd import build_ssd
 from ssd_detector.model.targets import match
 from ssd_detector.sagemaker_env import write_job
-from ssd_detector.training.assembly import data_workers, freeze_layers, make_loaders, worker_batch_size
+from ssd_detector.training.assembly import data_workers, make_loaders, worker_batch_size
+from ssd_detector.training.starting import freeze_layers
 from ssd_detector.training.distributed import World
 from ssd_detector.training.inputs import read_training_inputs
 

@@ -140,11 +140,68 @@ def test_tools_that_rewrite_graphs_ask_for_the_import_first(resnet: Path, tmp_pa
         export_onnx(resnet, tmp_path / "model.onnx")
 
 
-def test_incremental_training_from_a_built_in_model_is_refused_with_the_reason(resnet: Path, tmp_path: Path):
-    from ssd_detector.training.assembly import load_earlier_model
+def _built_in_outputs(folder: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The saved graph's own multibox_cls_pred (B, C+1, N), multibox_loc_pred and anchors, bound by hand."""
+    internals = mx.sym.load(str(folder / "model_algo_1-symbol.json")).get_internals()
+    group = mx.sym.Group([internals[f"{name}_output"] for name in ("multibox_cls_pred", "multibox_loc_pred",
+                                                                    "multibox_anchors")])
+    saved = mx.nd.load(str(folder / "model_algo_1-0000.params"))
+    module = mx.mod.Module(group, data_names=["data"], label_names=None, context=mx.cpu())
+    module.bind(data_shapes=[("data", images.shape)], for_training=False)
+    module.set_params({k[4:]: v for k, v in saved.items() if k.startswith("arg:")},
+                      {k[4:]: v for k, v in saved.items() if k.startswith("aux:")}, allow_extra=True)
+    module.forward(mx.io.DataBatch([mx.nd.array(images.astype(np.float32))]), is_train=False)
+    return tuple(out.asnumpy() for out in module.get_outputs())  # type: ignore[return-value]
+
+
+def _started(source, classes: int, size: int):
+    from ssd_detector.model import builtin_net
+    from ssd_detector.training.starting import set_saved
+
+    net = builtin_net.build_from(source, classes, size)
+    net.initialize(mx.init.Xavier(magnitude=2))
+    net.materialize(mx.cpu())
+    return net, set_saved(net, source.parameters, skip={net.mean.name})
+
+
+def test_a_built_in_network_to_train_answers_as_its_graph(resnet: Path):
+    from ssd_detector.model import builtin_net
+
+    source = builtin_net.read_source(resnet)
+    assert (source.base_network, source.num_classes, source.anchors) == ("resnet-50", 2, None)
+    net, reinitialized = _started(source, 2, 128)
+    assert reinitialized == []
+    images = pictures(128)
+    cls_pred, box_pred = net(mx.nd.array(images))
+    cls_ref, box_ref, anchors_ref = _built_in_outputs(resnet, images)
+    np.testing.assert_allclose(cls_pred.asnumpy().transpose(0, 2, 1), cls_ref, atol=1e-4)  # (B, N, C+1) -> (B, C+1, N)
+    np.testing.assert_allclose(box_pred.asnumpy(), box_ref, atol=1e-4)
+    np.testing.assert_allclose(net.anchors, anchors_ref.reshape(-1, 4), atol=1e-6)  # (1, N, 4) -> (N, 4)
+
+
+def test_another_class_count_changes_the_class_predictors_only(resnet: Path):
+    from ssd_detector.model import builtin_net
+
+    source = builtin_net.read_source(resnet)
+    net, reinitialized = _started(source, 5, 128)
+    assert reinitialized and all(name.endswith(("_cls_pred_conv_weight", "_cls_pred_conv_bias"))
+                                 for name in reinitialized)
+    assert len(reinitialized) == 2 * sum(1 for n in net.collect_params() if n.endswith("_cls_pred_conv_weight"))
+    cls_pred, box_pred = net(mx.nd.array(pictures(128)))
+    assert cls_pred.shape[2] == 6
+    np.testing.assert_allclose(box_pred.asnumpy(), _built_in_outputs(resnet, pictures(128))[1], atol=1e-4)
+
+
+def test_an_imported_model_keeps_its_anchors_and_its_size(resnet: Path, tmp_path: Path):
+    from ssd_detector.model import builtin_net
 
     import_model(resnet, tmp_path / "ours")
-    for folder in (resnet, tmp_path / "ours"):
-        with pytest.raises(UserError, match="built-in algorithm .* incremental training from such a model is not "
-                                            "supported yet"):
-            load_earlier_model(None, folder, None)  # type: ignore[arg-type]  # refused before either is used
+    source = builtin_net.read_source(tmp_path / "ours")
+    assert source.base_network == "resnet-50" and source.image_shape == 128
+    net, reinitialized = _started(source, 2, 128)
+    assert reinitialized == []
+    cls_ref, box_ref, anchors_ref = _built_in_outputs(resnet, pictures(128))
+    np.testing.assert_allclose(net.anchors, anchors_ref.reshape(-1, 4), atol=1e-6)
+    np.testing.assert_allclose(net(mx.nd.array(pictures(128)))[1].asnumpy(), box_ref, atol=1e-4)
+    with pytest.raises(UserError, match="anchors fixed at image_shape=128; train it with image_shape=128"):
+        builtin_net.build_from(source, 2, 160)

@@ -63,6 +63,29 @@ def test_the_end_moves_earlier_with_the_schedule_when_the_epochs_left_do_not_fit
     assert schedule.moves == [(30, 8)] and schedule.step_epochs == [6, 7]
 
 
+def test_a_job_that_reached_its_end_ends_there_though_a_faster_epoch_would_leave_room():
+    from ssd_detector.training.checkpoint import LoopState
+    from ssd_detector.training.distributed import World
+    from ssd_detector.training.time_budget import JobEnd
+
+    def run(last_epoch_seconds: float, through: int) -> tuple[int, list]:
+        schedule = FakeSchedule([28, 29])
+        end = JobEnd(30, schedule, TimeBudget(900.0, started=0.0), World())
+        state = LoopState(next_epoch=1)
+        now = 0.0
+        for epoch in range(through + 1):  # 100 s an epoch: the end moves to 8 after epoch 0
+            now += last_epoch_seconds if epoch == through else 100.0
+            state.next_epoch = epoch + 1
+            end.fit(state, epoch, now=now, validation_seconds=5.0, updates_done=10 * (epoch + 1),
+                    updates_per_epoch=10)
+        return end.planned(state), schedule.moves
+
+    # A 10 s epoch 6 (not the last): room for one more epoch, and the end moves later.
+    assert run(10.0, through=6) == (9, [(30, 8), (8, 9)])
+    # The same 10 s for epoch 7, the last: validated and saved as the last, the job ends there.
+    assert run(10.0, through=7) == (8, [(30, 8)])
+
+
 def test_without_a_budget_the_job_runs_every_epoch_and_a_resume_keeps_the_budgets_end():
     from ssd_detector.training.checkpoint import LoopState
     from ssd_detector.training.distributed import World

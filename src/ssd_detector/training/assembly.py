@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -22,12 +20,9 @@ from ..data.pipe import pipe_timeout
 from ..data.stream import StreamLoader, StreamSource
 from ..data.transforms import ValTransform, train_transform
 from ..machine import gpu_count, gpu_image_without_gpu
-from ..errors import HyperparameterError, UserError
-from ..model import artifact
-from ..model.backbones import load_pretrained
-from ..model.builtin import IMPORTED_KEY
+from ..errors import HyperparameterError
 from ..model.loss import SSDLoss
-from ..model.ssd import SSD, SSDDetector, build_ssd, short_parameter_names
+from ..model.ssd import SSDDetector
 from ..model.targets import TargetEncoder
 from ..sagemaker_env import Paths, env_int
 from . import distributed
@@ -35,6 +30,7 @@ from .inputs import PipeChannel, TrainingInputs
 from .protocol import pipe_folder
 from .averaging import WeightAverage
 from .schedule import StepWithWarmup, batches_per_epoch, make_schedule
+from .starting import Network, build_network
 from .step import UpdateStep
 
 LOG = logging.getLogger(__name__)
@@ -75,58 +71,6 @@ def worker_contexts(local_rank: int, gpus: int) -> list[mx.Context]:
     return [mx.gpu(local_rank % gpus)] if gpus else [mx.cpu()]
 
 
-def freeze_layers(net: SSD, pattern: str) -> list[str]:
-    """Stops gradients for parameters whose short name matches (re.match) the pattern."""
-    if not pattern:
-        return []
-    names = short_parameter_names(net)
-    regex = re.compile(pattern)
-    frozen = [name for name in names if regex.match(name)]
-    if not frozen:
-        examples = ", ".join(n for n in list(names)[2:8])
-        raise HyperparameterError(
-            f"freeze_layer_pattern={pattern!r} matches no parameter of {net.base_network}; "
-            f"names look like {examples}")
-    for name in frozen:
-        names[name].grad_req = "null"
-    LOG.info("froze %d parameters matching %r (first: %s)", len(frozen), pattern, ", ".join(frozen[:5]))
-    return frozen
-
-
-def load_earlier_model(net: SSD, model_dir: Path, hp: Hyperparameters) -> None:
-    """Incremental training: start from an earlier artifact of this algorithm. A different
-    num_classes keeps everything but the class predictors, which start afresh."""
-    if artifact.is_builtin(model_dir) or IMPORTED_KEY in artifact.read_hyperparameters(model_dir):
-        raise UserError("the model channel holds a model of SageMaker's built-in algorithm (or one imported from "
-                        "it); incremental training from such a model is not supported yet: give a model trained by "
-                        "this algorithm, or start from ImageNet weights with use_pretrained_model=1")
-    earlier = artifact.read_hyperparameters(model_dir)
-    if artifact.QUANTIZATION_KEY in earlier:
-        raise UserError("the model channel holds an INT8 model (made by quantize); incremental training starts "
-                        "from the FP32 model it was made from")
-    if earlier.get("base_network") != hp.base_network:
-        raise UserError(f"the model channel holds a {earlier.get('base_network')!r} model but "
-                        f"base_network={hp.base_network!r}; incremental training needs the same base network")
-    earlier_sizes, sizes = earlier.get("anchor_sizes", ""), hp.to_strings()["anchor_sizes"]
-    if earlier_sizes != sizes:
-        LOG.warning("model channel: anchor_sizes %r -> %r; the box predictors learnt offsets from the earlier "
-                    "anchors and start from those", earlier_sizes, sizes)
-    saved = artifact.read_parameters(model_dir)
-    reinitialized = []
-    for name, param in net.collect_params().items():
-        if name not in saved:
-            raise UserError(f"the model in the model channel lacks parameter {name}; was it trained by "
-                            "this algorithm?")
-        if saved[name].shape != param.shape:
-            reinitialized.append(name)
-            continue
-        param.set_data(saved[name])
-    if reinitialized:
-        LOG.warning("model channel: num_classes %s -> %d; re-initialized the class predictors (%s)",
-                    earlier.get("num_classes"), hp.num_classes, ", ".join(reinitialized))
-    LOG.info("initialized from the model in %s", model_dir)
-
-
 def make_optimizer(hp: Hyperparameters, updates_per_epoch: int) -> tuple[str, dict]:
     schedule = make_schedule(hp.lr_schedule, hp.learning_rate, hp.epochs, hp.lr_scheduler_step,
                              hp.lr_scheduler_factor, updates_per_epoch)
@@ -152,7 +96,7 @@ Loader = DetectionLoader | StreamLoader
 @dataclass
 class Job:
     """Everything the loop runs, built before its first step."""
-    net: SSD
+    net: Network  # our SSD, or a built-in model's own network (incremental training from it)
     detector: SSDDetector  # the network with decoding and NMS: validation and the artifact
     loss: SSDLoss
     train_loader: Loader
@@ -164,6 +108,7 @@ class Job:
     contexts: list[mx.Context]
     batch_size: int  # per worker
     updates_per_epoch: int
+    artifact_entries: dict[str, str] = field(default_factory=dict)  # added to the artifact's hyperparams.json
 
 
 def assemble(inputs: TrainingInputs, contexts: list[mx.Context], workers: int, world: distributed.World,
@@ -173,7 +118,8 @@ def assemble(inputs: TrainingInputs, contexts: list[mx.Context], workers: int, w
     hp = inputs.hyperparameters
     batch_size = worker_batch_size(hp.mini_batch_size, world.local_size)
     mx.random.seed(hp.seed)
-    net = build_network(hp, contexts, inputs.paths.channel_dir("model"))
+    start = build_network(hp, contexts, inputs.paths.channel_dir("model"))
+    net = start.net
     detector = SSDDetector(net, nms_threshold=hp.nms_threshold, nms_topk=hp.nms_topk)
     detector.hybridize(static_alloc=True)
     loss = SSDLoss(weighted=hp.object_balance > 0)
@@ -188,7 +134,7 @@ def assemble(inputs: TrainingInputs, contexts: list[mx.Context], workers: int, w
     average = WeightAverage(net.collect_params(), hp.ema_decay) if hp.ema_decay > 0 else None
     step = UpdateStep(net, loss, trainer, contexts, world, hp.max_gradient_norm, average)
     return Job(net, detector, loss, train_loader, val_loader, trainer, params["lr_scheduler"], step, average,
-               list(contexts), batch_size, updates_per_epoch)
+               list(contexts), batch_size, updates_per_epoch, start.artifact_entries)
 
 
 def worker_batch_size(mini_batch_size: int, local_size: int) -> int:
@@ -199,25 +145,7 @@ def worker_batch_size(mini_batch_size: int, local_size: int) -> int:
     return mini_batch_size // local_size
 
 
-def build_network(hp: Hyperparameters, contexts: list[mx.Context], model_channel: Path) -> SSD:
-    """The SSD on contexts: from the model channel's earlier model when there is one, else with
-    ImageNet weights (use_pretrained_model) or from scratch; then frozen layers, hybridized."""
-    net = build_ssd(hp.base_network, hp.num_classes, hp.image_shape, hp.anchor_sizes)
-    net.initialize(mx.init.Xavier(magnitude=2), ctx=contexts)
-    net.materialize(contexts[0])
-    if model_channel.exists():
-        with tempfile.TemporaryDirectory(prefix="ssd-model-") as extracted:
-            load_earlier_model(net, artifact.locate(model_channel, Path(extracted)), hp)
-    elif hp.use_pretrained_model:
-        load_pretrained(net.features, hp.base_network)
-    else:
-        LOG.info("use_pretrained_model=0: training %s from scratch", hp.base_network)
-    freeze_layers(net, hp.freeze_layer_pattern)
-    net.hybridize(static_alloc=True, static_shape=True)
-    return net
-
-
-def make_loaders(inputs: TrainingInputs, net: SSD, batch_size: int, workers: int, world: distributed.World,
+def make_loaders(inputs: TrainingInputs, net: Network, batch_size: int, workers: int, world: distributed.World,
                  should_stop: Callable[[], bool]) -> tuple[Loader, Loader | None]:
     """The training loader (with SSD targets for net's anchors) and the validation loader, if any."""
     hp = inputs.hyperparameters

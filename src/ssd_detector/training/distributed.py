@@ -166,11 +166,16 @@ class HorovodWorld(World):
     def broadcast_parameters(self, params: Mapping[str, Any]) -> None:
         import mxnet as mx
 
-        # After a forward pass on the CPU, oneDNN may hold weights in a blocked layout whose bytes
-        # Horovod cannot send: broadcast plain copies, then copy them back.
+        # Copies made by MXNet's engine, in the plain layout Horovod sends. A copy outside the
+        # engine (asnumpy) waits only for the writes queued when it starts: an inference forward
+        # still running (materialize() in every job, validation before a resume) queues, as each
+        # oneDNN convolution runs, an in-place change of its weight to a blocked layout, which can
+        # land while asnumpy copies and hand Horovod half-reordered bytes (one head's weights off
+        # by 50-140% on every worker, rank 0 included). The engine orders its own copy before or
+        # after that change.
         plain = []
         for name, param in sorted(params.items()):
-            copy = mx.nd.array(param.data().asnumpy(), dtype=param.dtype)
+            copy = param.data().copyto(mx.cpu())
             self._hvd.broadcast_(copy, root_rank=0, name=f"parameter.{name}")
             plain.append((param, copy))
         mx.nd.waitall()

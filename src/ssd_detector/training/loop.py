@@ -253,7 +253,8 @@ class Loop:
             if self.job.val_loader is None:  # export needs one forward of the hybridized detector
                 size = self.hp.image_shape
                 self.job.detector(mx.nd.zeros((1, 3, size, size), ctx=self.job.contexts[0], dtype="uint8"))
-            artifact.write(self.paths.model_dir, self.job.detector, self.hp.to_strings(), self.inputs.class_names)
+            artifact.write(self.paths.model_dir, self.job.detector, {**self.hp.to_strings(), **self.job.artifact_entries},
+                           self.inputs.class_names)
         LOG.info('Saved model to "%s"', self.paths.model_dir / artifact.PARAMS_FILE)
 
     def _checkpoint(self) -> None:

@@ -6,7 +6,9 @@ the job has left, its end moves earlier, and the learning-rate schedule with it 
 step schedule's drops still ahead keep their distance from the end, a cosine reaches zero at the
 new end. So a job given too many epochs for the machine still ends with its low-rate epochs,
 instead of being stopped before them. The first epoch is slower (hybridization, cold caches), so a
-later estimate may move the end later again, never beyond ``epochs``.
+later estimate may move the end later again, never beyond ``epochs``, and never once the job has
+reached its end: its last epoch was validated and saved as the last, and faster epochs on a
+machine whose load varies must not turn that into one more validation pass.
 """
 from __future__ import annotations
 
@@ -116,7 +118,7 @@ class JobEnd:
         planned = self.planned(state)
         end = self.budget.end_after(now, epoch_seconds, validation_seconds, epoch + 1, planned, self.epochs)
         end = round(self.world.broadcast_float(float(end)))
-        if end == planned:
+        if end == planned or (end > planned and epoch + 1 >= planned):
             return
         self.move(state, planned, end, updates_done, updates_per_epoch)
         if not self.world.is_root:
