@@ -9,7 +9,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Collection, Mapping
+from typing import Collection, Mapping, TypeVar
 
 import mxnet as mx
 from mxnet import gluon
@@ -25,6 +25,7 @@ from ..model.ssd import SSD, build_ssd, short_parameter_names
 LOG = logging.getLogger(__name__)
 
 Network = SSD | BuiltinSSD
+N = TypeVar("N", SSD, BuiltinSSD)
 
 
 @dataclass
@@ -37,29 +38,34 @@ class Start:
 
 def build_network(hp: Hyperparameters, contexts: list[mx.Context], model_channel: Path) -> Start:
     """The network on contexts, initialized, frozen where asked and hybridized."""
-    start = Start(build_ssd(hp.base_network, hp.num_classes, hp.image_shape, hp.anchor_sizes))
     if model_channel.exists():
         with tempfile.TemporaryDirectory(prefix="ssd-model-") as extracted:
-            model_dir = artifact.locate(model_channel, Path(extracted))
-            if builtin_net.is_builtin_network(model_dir):
-                start = builtin_start(model_dir, hp, contexts)
-            else:
-                _initialize(start.net, contexts)
-                load_earlier_model(start.net, model_dir, hp)
+            start = model_channel_start(artifact.locate(model_channel, Path(extracted)), hp, contexts)
     else:
-        _initialize(start.net, contexts)
+        net = _initialized(build_ssd(hp.base_network, hp.num_classes, hp.image_shape, hp.anchor_sizes), contexts)
         if hp.use_pretrained_model:
-            load_pretrained(start.net.features, hp.base_network)
+            load_pretrained(net.features, hp.base_network)
         else:
             LOG.info("use_pretrained_model=0: training %s from scratch", hp.base_network)
+        start = Start(net)
     freeze_layers(start.net, hp.freeze_layer_pattern)
     start.net.hybridize(static_alloc=True, static_shape=True)
     return start
 
 
-def _initialize(net: Network, contexts: list[mx.Context]) -> None:
+def model_channel_start(model_dir: Path, hp: Hyperparameters, contexts: list[mx.Context]) -> Start:
+    """Incremental training from the model channel's model, ours or the built-in's."""
+    if builtin_net.is_builtin_network(model_dir):
+        return builtin_start(model_dir, hp, contexts)
+    net = _initialized(build_ssd(hp.base_network, hp.num_classes, hp.image_shape, hp.anchor_sizes), contexts)
+    load_earlier_model(net, model_dir, hp)
+    return Start(net)
+
+
+def _initialized(net: N, contexts: list[mx.Context]) -> N:
     net.initialize(mx.init.Xavier(magnitude=2), ctx=contexts)
     net.materialize(contexts[0])
+    return net
 
 
 def builtin_start(model_dir: Path, hp: Hyperparameters, contexts: list[mx.Context]) -> Start:
@@ -72,8 +78,7 @@ def builtin_start(model_dir: Path, hp: Hyperparameters, contexts: list[mx.Contex
                         f"trains the model's own network: set base_network={source.base_network}")
     if hp.anchor_sizes:
         LOG.warning("anchor_sizes is ignored: a built-in model's network keeps its own anchors")
-    net = builtin_net.build_from(source, hp.num_classes, hp.image_shape)
-    _initialize(net, contexts)
+    net = _initialized(builtin_net.build_from(source, hp.num_classes, hp.image_shape), contexts)
     reinitialized = set_saved(net, source.parameters, skip={net.mean.name})  # the block's own input mean
     if reinitialized:
         LOG.warning("model channel: num_classes %d -> %d; re-initialized the class predictors (%s)",
