@@ -29,6 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import mxnet as mx
 from mxnet import gluon
@@ -69,9 +70,10 @@ def run(processes: list[tuple[Path, dict[str, str]]], timeout: float = 900) -> P
     failed = []
     for process, log in started:
         try:
-            code = process.wait(timeout=timeout)
+            code: int | str = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
             code = "timeout"
         log.close()
         if code != 0:
@@ -159,15 +161,15 @@ def broadcast_worker(trials: int) -> int:
     # started once (so rank 0 has the machine to itself, as on a host of its own).
     receiving = started(1) if world.rank else None
     for trial in range(trials):
-        params = receiving or started(1000 * trial)
+        params = receiving if receiving is not None else started(1000 * trial)
         world.broadcast_parameters(params)  # at once, as if the Python thread had run ahead of the engine
         mx.nd.waitall()
         names = sorted(params)
         # Rank 0's true start, made again from its seed with nothing racing.
         truth = started(1000 * trial) if world.rank == 0 else None
         mx.nd.waitall()
-        true_norms = world.broadcast_array(np.array([np.linalg.norm(truth[n].data().asnumpy()) if truth else 0.0
-                                                     for n in names]))
+        true_norms = world.broadcast_array(np.array([np.linalg.norm(truth[n].data().asnumpy())
+                                                     if truth is not None else 0.0 for n in names]))
         differences = []
         for name, true_norm in zip(names, true_norms):
             got = params[name].data().asnumpy()
@@ -195,8 +197,8 @@ def broadcast_run(work: Path, trials: int, workers: int = 2) -> dict:
     port = free_port()
     slots = distributed.plan(["127.0.0.1"], workers)
     rendezvous = distributed.Rendezvous(port, slots)
+    processes: list[tuple[subprocess.Popen, Any]] = []
     try:
-        processes = []
         for slot in slots:
             env = {**os.environ, **distributed.worker_environment(slot, "127.0.0.1", port, "lo", 120)}
             log = open(work / f"broadcast-rank{slot.rank}.log", "w+")
@@ -207,8 +209,12 @@ def broadcast_run(work: Path, trials: int, workers: int = 2) -> dict:
         for _, log in processes:
             log.seek(0)
             outputs.append(log.read())
-            log.close()
     finally:
+        for process, log in processes:  # none left behind, even after a timeout
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            log.close()
         rendezvous.stop()
     if any(codes):
         raise RuntimeError(f"broadcast workers exited {codes}:\n" + "\n".join(o[-2000:] for o in outputs))
