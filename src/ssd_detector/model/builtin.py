@@ -93,12 +93,26 @@ def read_graph(symbol_file: Path) -> BuiltinGraph:
     return BuiltinGraph(base, _num_classes(graph, symbol_file), _detection(nodes))
 
 
+def class_reshape(graph: Mapping[str, Any]) -> dict:
+    """The node (in graph itself) feeding multibox_cls_pred's transpose: a Reshape to (0, -1, C + 1)."""
+    return graph["nodes"][_nodes(graph)[CLS_PRED]["inputs"][0][0]]
+
+
+def prior_anchors(graph: Mapping[str, Any], size: int) -> Any:
+    """The anchors of the graph's MultiBoxPrior layers for size x size inputs -> (N, 4) numpy
+    corners. MultiBoxPrior reads only the feature maps' shapes, so the weights need no values."""
+    import mxnet as mx
+
+    anchors = mx.sym.load_json(json.dumps(graph)).get_internals()[f"{ANCHORS}_output"]
+    executor = anchors.simple_bind(mx.cpu(), grad_req="null", data=(1, 3, size, size))
+    for array in executor.arg_arrays + executor.aux_arrays:
+        array[:] = 0
+    return executor.forward(is_train=False)[0].asnumpy().reshape(-1, 4)  # (1, N, 4) -> (N, 4)
+
+
 def _num_classes(graph: Mapping[str, Any], symbol_file: Path) -> int:
     """From the Reshape feeding multibox_cls_pred: shape (0, -1, num_classes + 1)."""
-    nodes = graph["nodes"]
-    by_name = _nodes(graph)
-    transpose = by_name[CLS_PRED]
-    reshape = nodes[transpose["inputs"][0][0]]
+    reshape = class_reshape(graph)
     shape = _attrs(reshape).get("shape", "")
     try:
         last = int(shape.strip("()[] ").split(",")[-1])
@@ -230,14 +244,12 @@ def _with_fixed_anchors(model_dir: Path, size: int, means: Sequence[float]) -> A
 
     symbol_file = model_dir / artifact.SYMBOL_FILE
     dynamic = artifact.load_block(model_dir, mx.cpu(), inference_symbol(symbol_file, means), size)
-    anchors_of = mx.sym.load(str(symbol_file)).get_internals()[f"{ANCHORS}_output"]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Cannot decide type")
-        anchors_block = mx.gluon.SymbolBlock(anchors_of, mx.sym.var("data"), params=dynamic.collect_params())
-        anchors = anchors_block(mx.nd.zeros((1, 3, size, size)))  # (1, N, 4): MultiBoxPrior reads only shapes
         fixed = mx.gluon.SymbolBlock(inference_symbol(symbol_file, means, fixed_anchors=True), mx.sym.var("data"))
     values = {name: param.data() for name, param in dynamic.collect_params().items()}
-    values[ANCHORS_PARAM] = anchors
+    anchors = prior_anchors(json.loads(mx.sym.load(str(symbol_file)).tojson()), size)  # (N, 4)
+    values[ANCHORS_PARAM] = mx.nd.array(anchors.reshape(1, -1, 4))  # (N, 4) -> (1, N, 4)
     # MXNet runs a fix_gamma BatchNorm (bn_data) with gamma 1 whatever is stored, and weight decay
     # moves the stored value during training; ONNX exporters read the stored one: store 1.
     for name in _fixed_gammas(symbol_file):

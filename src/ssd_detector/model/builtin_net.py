@@ -26,7 +26,8 @@ from mxnet import gluon
 
 from ..errors import UserError
 from . import artifact
-from .builtin import ANCHORS, ANCHORS_PARAM, CLS_PRED, IMPORTED_KEY, LOC_PRED, mean_pixels_of, read_graph
+from .builtin import (ANCHORS_PARAM, CLS_PRED, IMPORTED_KEY, LOC_PRED, class_reshape, mean_pixels_of,
+                      prior_anchors, read_graph)
 
 LOG = logging.getLogger(__name__)
 MEAN_PARAM = "builtin_input_mean"  # the constant (1, 3, 1, 1) mean pixel of the block's input
@@ -81,7 +82,6 @@ def with_num_classes(graph: Mapping[str, Any], old: int, new: int) -> dict[str, 
     gets anchors x (new + 1) filters, the reshape before ``multibox_cls_pred`` (0, -1, new + 1)."""
     out = json.loads(json.dumps(graph))
     nodes = out["nodes"]
-    by_name = {node["name"]: node for node in nodes}
     changed = 0
     for node in nodes:
         if node.get("op") == "Convolution" and node["name"].endswith(CLS_CONV_SUFFIX):
@@ -92,23 +92,12 @@ def with_num_classes(graph: Mapping[str, Any], old: int, new: int) -> dict[str, 
                                 f"{old + 1} (classes + background)")
             attrs["num_filter"] = str(filters // (old + 1) * (new + 1))
             changed += 1
-    transpose = by_name[CLS_PRED]
-    reshape = nodes[transpose["inputs"][0][0]]
+    reshape = class_reshape(out)
     if reshape.get("op") != "Reshape" or not changed:
         raise UserError(f"the built-in graph's class predictions are not {CLS_CONV_SUFFIX} layers reshaped into "
                         f"{CLS_PRED}")
     reshape["attrs"]["shape"] = f"(0, -1, {new + 1})"
     return out
-
-
-def prior_anchors(graph: Mapping[str, Any], size: int) -> np.ndarray:
-    """The anchors of the graph's MultiBoxPrior layers for size x size inputs -> (N, 4) corners.
-    MultiBoxPrior reads only the feature maps' shapes, so the weights need no values."""
-    anchors = mx.sym.load_json(json.dumps(graph)).get_internals()[f"{ANCHORS}_output"]
-    executor = anchors.simple_bind(mx.cpu(), grad_req="null", data=(1, 3, size, size))
-    for array in executor.arg_arrays + executor.aux_arrays:
-        array[:] = 0
-    return executor.forward(is_train=False)[0].asnumpy().reshape(-1, 4)  # (1, N, 4) -> (N, 4)
 
 
 class BuiltinSSD(gluon.HybridBlock):
