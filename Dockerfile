@@ -118,7 +118,7 @@ FROM ${BASE_IMAGE} AS runtime
 ENV DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 libgomp1 libquadmath0 libstdc++6 ca-certificates \
+    && apt-get install -y --no-install-recommends python3 libgomp1 libquadmath0 libstdc++6 ca-certificates nginx \
     && rm -rf /var/lib/apt/lists/*
 
 COPY --from=build /opt/venv /opt/venv

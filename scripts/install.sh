@@ -51,7 +51,7 @@ if [[ $bench -eq 1 ]]; then
 fi
 
 if command -v dpkg >/dev/null 2>&1; then
-    apt_install g++ cmake make libgomp1 libquadmath0
+    apt_install g++ cmake make libgomp1 libquadmath0 nginx
 fi
 
 python=$(find_python) || {

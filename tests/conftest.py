@@ -52,3 +52,12 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, synth_set: Path) -> 
                             timeout=600, env={**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SSD_DATA_WORKERS": "0"})
     assert result.returncode == 0, result.stderr[-3000:]
     return base / "model", result.stderr
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A freshly initialized mobilenet-0.25@128 model of 3 classes (for serving tests)."""
+    from ssd_detector.model.untrained import export_untrained
+
+    return export_untrained(tmp_path_factory.mktemp("small-model") / "model",
+                            {"num_classes": "3", "base_network": "mobilenet-0.25", "image_shape": "128"})

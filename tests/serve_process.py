@@ -1,4 +1,5 @@
-"""`ssd-detector serve` started for real by the tests: gunicorn on a free loopback port."""
+"""`ssd-detector serve` started for real by the tests: nginx in front of gunicorn (or gunicorn alone,
+proxy=False) on a free loopback port; and the processes a server is made of."""
 from __future__ import annotations
 
 import http.client
@@ -15,12 +16,13 @@ CLI = [sys.executable, "-m", "ssd_detector.cli"]
 
 
 class Server:
-    def __init__(self, model: Path, tmp: Path, env: dict[str, str] | None = None, workers: int = 2) -> None:
+    def __init__(self, model: Path, tmp: Path, env: dict[str, str] | None = None, workers: int = 2,
+                 proxy: bool = True) -> None:
         self.port = free_port()
         self.log = tmp / f"serve-{self.port}.log"
         self.process = subprocess.Popen(
             [*CLI, "serve", "--model-dir", str(model), "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", str(workers)],
+             "--workers", str(workers), *([] if proxy else ["--no-proxy"])],
             stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     def wait_ready(self, timeout: float = 120) -> None:
@@ -51,3 +53,43 @@ class Server:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=60)
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is pid, now."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # /proc/N/stat: "N (comm) S PPID ..."; comm may hold spaces, so split after its ')'.
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (children, theirs, ...), now."""
+    found, queue = [], [pid]
+    while queue:
+        for child in children_of(queue.pop()):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def command_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def running(pid: int) -> bool:
+    """Whether pid is a live process (a zombie is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -6,7 +6,10 @@
 2. Load: the default worker count (one per CPU), 1, 2, 4 and 8 concurrent clients: throughput,
    p50 and p99 latency, and each worker's resident memory; for the FP32 model and for its INT8
    copy (`ssd-detector quantize`, naive calibration on synthetic pictures), one after the other.
-3. A model of the built-in algorithm (resnet-50 at 512, its shape made by
+3. The stack: through nginx (serve's default) against gunicorn alone (--no-proxy), same model and
+   worker count, the two servers driven in turn at 1 and 8 clients: median and p99 latency and
+   req/s, and nginx's overhead as ratios.
+4. A model of the built-in algorithm (resnet-50 at 512, its shape made by
    ssd_detector.model.builtin_example with random weights) served as it is, against the same
    weights imported into our format (`import-builtin`): median latency of one client, the two
    servers (one worker each) asked in turn.
@@ -33,6 +36,7 @@ from script_helpers import free_port
 
 LOG = logging.getLogger("bench_serve")
 TARGET_OVERHEAD = 1.10
+TARGET_PROXY_OVERHEAD = 1.05
 
 
 
@@ -50,10 +54,10 @@ def invoke(port: int, body: bytes) -> float:
     return time.perf_counter() - start
 
 
-def start_server(model: Path, workers: int | None, log: Path) -> tuple[subprocess.Popen, int]:
+def start_server(model: Path, workers: int | None, log: Path, proxy: bool = True) -> tuple[subprocess.Popen, int]:
     port = free_port()
     command = [sys.executable, "-m", "ssd_detector.cli", "serve", "--model-dir", str(model), "--host", "127.0.0.1",
-               "--port", str(port)]
+               "--port", str(port), *([] if proxy else ["--no-proxy"])]
     env = dict(os.environ)
     if workers is not None:
         command += ["--workers", str(workers)]
@@ -77,9 +81,9 @@ def stop(process: subprocess.Popen) -> None:
     process.wait(timeout=60)
 
 
-def worker_rss_mb(master: int) -> list[float]:
-    """Resident memory of each child of the gunicorn master (one per worker)."""
-    out = []
+def _processes() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command name, resident MB) of every process now."""
+    table = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -88,9 +92,24 @@ def worker_rss_mb(master: int) -> list[float]:
         except OSError:
             continue
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if fields.get("PPid", "").strip() == str(master) and "VmRSS" in fields:
-            out.append(int(fields["VmRSS"].split()[0]) / 1024)
-    return out
+        rss = int(fields["VmRSS"].split()[0]) / 1024 if "VmRSS" in fields else 0.0
+        table[int(entry.name)] = (int(fields.get("PPid", "0")), fields.get("Name", "").strip(), rss)
+    return table
+
+
+def worker_rss_mb(serve: int) -> list[float]:
+    """Resident memory of each gunicorn worker under serve's process: the Python processes below it
+    that have no child (the gunicorn master is serve itself, or its child when nginx is in front)."""
+    table = _processes()
+    below, queue = set(), [serve]
+    while queue:
+        parent = queue.pop()
+        for pid, (ppid, _, _) in table.items():
+            if ppid == parent and pid not in below:
+                below.add(pid)
+                queue.append(pid)
+    parents = {ppid for ppid, _, _ in table.values()}
+    return [table[pid][2] for pid in sorted(below) if pid not in parents and table[pid][1].startswith("python")]
 
 
 def model_and_picture(root: Path, base_network: str, image_shape: int) -> tuple[Path, np.ndarray]:
@@ -127,6 +146,34 @@ def load_rows(model: Path, log: Path, jpeg: bytes, requests: int) -> tuple[list[
     finally:
         stop(server)
     return rows, rss
+
+
+def proxy_rows(model: Path, root: Path, jpeg: bytes, requests: int, workers: int) -> list[dict]:
+    """nginx in front against gunicorn alone, same model and workers: at 1 and 8 clients, the two
+    servers driven in turn, a quarter of the requests at a time, so drifts in load hit both alike."""
+    servers = {"nginx": start_server(model, workers, root / "serve-nginx.log"),
+               "alone": start_server(model, workers, root / "serve-alone.log", proxy=False)}
+    rows = []
+    try:
+        for clients in (1, 8):
+            latencies: dict[str, list[float]] = {name: [] for name in servers}
+            walls = dict.fromkeys(servers, 0.0)
+            with ThreadPoolExecutor(clients) as pool:
+                for name, (_, port) in servers.items():  # warm-up
+                    list(pool.map(lambda _: invoke(port, jpeg), range(clients * 2)))
+                for _ in range(4):
+                    for name, (_, port) in servers.items():
+                        start = time.perf_counter()
+                        latencies[name] += pool.map(lambda _: invoke(port, jpeg), range(max(1, requests // 4)))
+                        walls[name] += time.perf_counter() - start
+            for name in servers:
+                rows.append({"server": name, "clients": clients, "throughput": len(latencies[name]) / walls[name],
+                             "p50_ms": float(np.percentile(latencies[name], 50) * 1e3),
+                             "p99_ms": float(np.percentile(latencies[name], 99) * 1e3)})
+    finally:
+        for process, _ in servers.values():
+            stop(process)
+    return rows
 
 
 def quantized_copy(model: Path, out: Path) -> Path:
@@ -229,6 +276,21 @@ def main(argv: list[str] | None = None) -> int:
                      r["p99_ms"], r["throughput"] / base["throughput"])
     for name, (_, rss) in loads.items():
         LOG.info("resident memory per worker, %s: %s MB", name, ", ".join(f"{v:.0f}" for v in rss))
+    workers = os.cpu_count() or 1
+    proxy = proxy_rows(model, args.root, jpeg, args.requests, workers)
+    LOG.info("through nginx against gunicorn alone, %d worker(s) each, %d requests per server and client count:",
+             workers, args.requests)
+    LOG.info("  clients  server  req/s    p50 ms   p99 ms")
+    for r in proxy:
+        LOG.info("  %7d  %-6s  %6.1f  %7.1f  %7.1f", r["clients"], r["server"], r["throughput"], r["p50_ms"], r["p99_ms"])
+    for clients in (1, 8):
+        via, alone = (next(r for r in proxy if r["clients"] == clients and r["server"] == name)
+                      for name in ("nginx", "alone"))
+        worst = max(via["p50_ms"] / alone["p50_ms"], alone["throughput"] / via["throughput"])
+        LOG.info("nginx's overhead at %d client(s): median %.3fx, p99 %.3fx, req/s %.3fx (target: median and req/s "
+                 "within %.2fx: %s)", clients, via["p50_ms"] / alone["p50_ms"], via["p99_ms"] / alone["p99_ms"],
+                 via["throughput"] / alone["throughput"], TARGET_PROXY_OVERHEAD,
+                 "met" if worst <= TARGET_PROXY_OVERHEAD else "NOT met")
     builtin = None
     if args.builtin_requests:
         builtin = builtin_latency(args.root, jpeg, args.builtin_requests, args.builtin_image_shape)
@@ -236,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                  "%.3fx (target <= %.2fx: %s)", builtin["image_shape"], builtin["median_ms"]["built-in"],
                  builtin["median_ms"]["imported"], args.builtin_requests, builtin["ratio"], TARGET_OVERHEAD,
                  "met" if builtin["ratio"] <= TARGET_OVERHEAD else "NOT met")
-    (args.root / "result.json").write_text(json.dumps({"builtin": builtin,
+    (args.root / "result.json").write_text(json.dumps({"builtin": builtin, "proxy": proxy,
         "bare_ms": bare_ms, "http_ms": http_ms, "ratio": ratio, "load": loads["FP32"][0],
         "worker_rss_mb": loads["FP32"][1], "int8_load": loads["INT8"][0], "int8_worker_rss_mb": loads["INT8"][1]},
         indent=1))

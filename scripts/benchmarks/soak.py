@@ -1,4 +1,4 @@
-"""Soak: 8 clients for 10 minutes against a real gunicorn `serve`, mixing valid requests with
+"""Soak: 8 clients for 10 minutes against a real `serve` (nginx in front of gunicorn), mixing valid requests with
 hostile ones (garbage, truncated and decompression-bomb images, a JPEG whose header hides its
 size, wrong content types and Accept values, bodies over the limit, stalled bodies). Prints the
 request count, the number of 5xx answers and broken connections (both must be 0), p50/p99 of the
@@ -87,7 +87,9 @@ def send(port: int, headers: dict, body: bytes) -> tuple[int, float]:
 
 
 def stalled(port: int) -> int:
-    """Headers and part of a body, then silence: the server must answer 408 on its own."""
+    """Headers and part of a body, then silence: the server must end it on its own. Behind nginx
+    (serve's default) the connection is closed after nginx's body timeout, without an answer (0
+    here); gunicorn alone (--no-proxy) answers 408."""
     with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
         conn.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
                      b"Content-Length: 50000\r\n\r\n\xff\xd8")

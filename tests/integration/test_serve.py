@@ -1,4 +1,5 @@
-"""`ssd-detector serve`: a real gunicorn on a free port, real HTTP over loopback."""
+"""`ssd-detector serve`: real nginx and gunicorn on a free port, real HTTP over loopback (the stack's
+own behaviour, slow clients and process ends: test_serve_stack.py)."""
 from __future__ import annotations
 
 import http.client
@@ -29,11 +30,8 @@ CLI = [sys.executable, "-m", "ssd_detector.cli"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    from ssd_detector.model.untrained import export_untrained
-
-    return export_untrained(tmp_path_factory.mktemp("serve") / "model",
-                            {"num_classes": "3", "base_network": "mobilenet-0.25", "image_shape": "128"})
+def model_dir(small_model: Path) -> Path:
+    return small_model
 
 
 @pytest.fixture(scope="module")
@@ -226,14 +224,23 @@ def raw_request(port: int, head: bytes, body: bytes, wait: float = 30) -> tuple[
     return time.monotonic() - start, answer
 
 
-def test_a_stalled_body_is_a_408_within_seconds(server: Server, image: np.ndarray):
-    head = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-            b"Content-Length: 100000\r\n\r\n")
-    seconds, answer = raw_request(server.port, head, b"\xff\xd8" + b"\0" * 1000)
-    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
-    assert b"no part of the body arrived for 5 s" in answer
-    assert seconds < 10
-    ok_after(server, encode(image, "jpeg"))
+def test_gunicorn_alone_answers_a_stalled_body_with_a_408_within_seconds(model_dir: Path, tmp_path: Path,
+                                                                        image: np.ndarray):
+    """--no-proxy: gunicorn alone bounds what a stalled client holds (behind nginx, gunicorn never
+    sees an incomplete body: test_serve_stack.py)."""
+    server = Server(model_dir, tmp_path, workers=1, proxy=False)
+    try:
+        server.wait_ready()
+        head = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                b"Content-Length: 100000\r\n\r\n")
+        seconds, answer = raw_request(server.port, head, b"\xff\xd8" + b"\0" * 1000)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+        assert b"no part of the body arrived for 5 s" in answer
+        assert seconds < 10
+        ok_after(server, encode(image, "jpeg"))
+        assert "nginx" not in server.log.read_text()
+    finally:
+        assert server.stop() == 0
 
 
 def test_a_refused_body_is_drained_only_so_far(server: Server, image: np.ndarray):

@@ -1,6 +1,7 @@
 """Serving settings from the environment: SageMaker's names, defaults, command-line options, bad values."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,11 @@ def test_settings_from_env(tmp_path: Path):
                        ({"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/csv"}, "text/csv")):
         with pytest.raises(UserError, match=words):
             ServeSettings.from_env(tmp_path, env, cpu_count=2)
+
+
+def test_settings_reach_the_gunicorn_process_unchanged():
+    settings = ServeSettings.from_env(Path("/opt/ml/model"), {"SAGEMAKER_MODEL_SERVER_TIMEOUT": "7"}, cpu_count=4,
+                                      workers=2)
+    behind = dataclasses.replace(settings, socket=Path("/tmp/s/gunicorn.sock"), ready_file=Path("/tmp/s/ready"))
+    assert ServeSettings.from_json(behind.to_json()) == behind
+    assert behind.bind == "unix:/tmp/s/gunicorn.sock" and settings.bind == "0.0.0.0:8080"

@@ -91,12 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     _builtin_options(p)
     p.set_defaults(func=model.cmd_predict)
 
-    p = sub.add_parser("serve", help="host the model over HTTP with gunicorn (the container's serve)")
+    p = sub.add_parser("serve", help="host the model over HTTP: nginx in front of gunicorn (the container's serve)")
     p.add_argument("--model-dir", type=Path, help="model folder or model.tar.gz (default: $SAGEMAKER_BASE_DIR/model)")
     p.add_argument("--base-dir", help="instead of $SAGEMAKER_BASE_DIR or /opt/ml")
     p.add_argument("--port", type=int, help="instead of $SAGEMAKER_BIND_TO_PORT or 8080")
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
     p.add_argument("--workers", type=int, help="instead of $SAGEMAKER_MODEL_SERVER_WORKERS or one per CPU/GPU")
+    p.add_argument("--no-proxy", action="store_true",
+                   help="gunicorn alone on the port, without nginx in front (the default when nginx is not installed)")
     p.set_defaults(func=runtime.cmd_serve)
 
     p = sub.add_parser("info", help="print what this installation is made of as JSON: MXNet and its "

@@ -26,7 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     model_dir = args.model_dir or (Paths(Path(args.base_dir)) if args.base_dir else Paths.from_env()).model_dir
     settings = ServeSettings.from_env(model_dir, port=args.port, workers=args.workers, host=args.host)
-    return serve(settings)
+    return serve(settings, proxy=not args.no_proxy)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -1,11 +1,15 @@
-"""gunicorn serving the app: settings checked and the model located (once) in the master, the model
-loaded in each worker after fork (MXNet is never loaded in the master), threads shared out."""
+"""gunicorn serving the app, and `serve` itself: settings checked and the model located (once) in
+the first process, then gunicorn behind nginx (``supervisor``) or, without nginx, gunicorn alone in
+this process. The model is loaded in each gunicorn worker after fork (MXNet is never loaded in the
+master), threads shared out. ``python -m ssd_detector.serving.server SETTINGS`` is the gunicorn
+process the supervisor starts."""
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -17,6 +21,7 @@ from gunicorn.errors import AppImportError, HaltServer
 from ..errors import UserError
 from ..machine import gpu_count, gpu_image_without_gpu
 from ..model import artifact
+from .nginx import SEARCH_DIRS, find_nginx
 from .settings import GRACEFUL_SECONDS, ServeSettings
 
 LOG = logging.getLogger(__name__)
@@ -87,9 +92,11 @@ class _Gunicorn(BaseApplication):
 
     def load_config(self) -> None:
         s = self.settings
-        options = {
-            "bind": f"{s.host}:{s.port}",
+        options: dict[str, Any] = {
+            "bind": s.bind,
             "workers": s.workers,
+            # Behind nginx, which hands over only complete requests and takes answers at once, a
+            # sync worker is busy only while it predicts (docs/benchmarks.md: sync against gthread).
             "worker_class": "sync",
             "timeout": s.timeout,
             "graceful_timeout": GRACEFUL_SECONDS,
@@ -97,6 +104,9 @@ class _Gunicorn(BaseApplication):
             "post_fork": _post_fork,
             "proc_name": "ssd-detector-serve",
         }
+        if s.ready_file is not None:
+            ready = s.ready_file
+            options["post_worker_init"] = lambda worker: ready.touch()  # this worker has its model
         if os.path.isdir("/dev/shm"):
             options["worker_tmp_dir"] = "/dev/shm"  # heartbeat files off the (maybe slow) container disk
         for key, value in options.items():
@@ -106,28 +116,14 @@ class _Gunicorn(BaseApplication):
         return load_app(self.settings)
 
 
-def serve(settings: ServeSettings) -> int:
-    """Blocks until gunicorn stops (SIGTERM: requests in flight finish, then exit)."""
-    scratch = Path(tempfile.mkdtemp(prefix="ssd-serve-"))
+def run_gunicorn(settings: ServeSettings) -> int:
+    """gunicorn in this process until it stops (SIGTERM: requests in flight finish, then exit)."""
     master = os.getpid()
+    if not settings.gpus:
+        # MXNet reads these when it starts in each worker; a user's own values win.
+        for name in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS"):
+            os.environ.setdefault(name, str(settings.threads_per_worker))
     try:
-        # A model.tar.gz is unpacked once, here, into scratch space: /opt/ml/model may be read-only.
-        model_dir = artifact.locate(settings.model_dir, extract_to=scratch / "model")
-        try:
-            image_shape: int | str = artifact.read_image_shape(model_dir)
-        except UserError:  # the workers say why, in one line, as they load the model
-            image_shape = "unknown"
-        settings = dataclasses.replace(settings, model_dir=model_dir)
-        if gpu_image_without_gpu(settings.gpus):
-            LOG.warning("no GPU is visible in this container: the GPU image serves on the CPU")
-        if not settings.gpus:
-            # MXNet reads these when it starts in each worker; a user's own values win.
-            for name in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS"):
-                os.environ.setdefault(name, str(settings.threads_per_worker))
-        LOG.info("serving %s (image_shape %s) on %s:%d: %d worker(s), %s, timeout %d s, payload limit %d MB",
-                 model_dir, image_shape, settings.host, settings.port, settings.workers,
-                 f"{settings.gpus} GPU(s)" if settings.gpus else f"{settings.threads_per_worker} thread(s) each",
-                 settings.timeout, settings.max_payload_mb)
         _Gunicorn(settings).run()
         return 0
     except HaltServer as exc:
@@ -140,7 +136,50 @@ def serve(settings: ServeSettings) -> int:
             raise
         LOG.error("serving stopped: gunicorn exited with code %s (the worker's reason is above)", exc.code)
         return 1
+
+
+def serve(settings: ServeSettings, proxy: bool = True) -> int:
+    """Blocks until serving stops. proxy: nginx in front when it is installed."""
+    scratch = Path(tempfile.mkdtemp(prefix="ssd-serve-"))
+    first = os.getpid()
+    try:
+        # A model.tar.gz is unpacked once, here, into scratch space: /opt/ml/model may be read-only.
+        model_dir = artifact.locate(settings.model_dir, extract_to=scratch / "model")
+        try:
+            image_shape: int | str = artifact.read_image_shape(model_dir)
+        except UserError:  # the workers say why, in one line, as they load the model
+            image_shape = "unknown"
+        settings = dataclasses.replace(settings, model_dir=model_dir)
+        if gpu_image_without_gpu(settings.gpus):
+            LOG.warning("no GPU is visible in this container: the GPU image serves on the CPU")
+        nginx = find_nginx() if proxy else None
+        if proxy and nginx is None:
+            LOG.warning("nginx is not installed (not on PATH nor in %s): gunicorn alone serves on %s:%d, "
+                        "so slow clients can hold its workers", ", ".join(SEARCH_DIRS), settings.host, settings.port)
+        LOG.info("serving %s (image_shape %s) on %s:%d%s: %d worker(s), %s, timeout %d s, payload limit %d MB",
+                 model_dir, image_shape, settings.host, settings.port, " through nginx" if nginx else "",
+                 settings.workers,
+                 f"{settings.gpus} GPU(s)" if settings.gpus else f"{settings.threads_per_worker} thread(s) each",
+                 settings.timeout, settings.max_payload_mb)
+        if nginx is None:
+            return run_gunicorn(settings)
+        from .supervisor import Supervisor
+
+        return Supervisor(settings, nginx, scratch).run()
     finally:
-        # Workers leave through here too (gunicorn exits them with SystemExit): only the master cleans.
-        if os.getpid() == master:
+        # gunicorn's workers leave through here too (it exits them with SystemExit): only the first
+        # process cleans.
+        if os.getpid() == first:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def child_main(argv: list[str]) -> int:
+    """The gunicorn process behind nginx: settings as JSON (ServeSettings.to_json) in argv[0]."""
+    from ..cli import configure_logging
+
+    configure_logging(verbose=False)
+    return run_gunicorn(ServeSettings.from_json(argv[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(sys.argv[1:]))

@@ -3,10 +3,11 @@ is named in the error. Serving's variable names live here and nowhere else (SSD_
 training reads too, lives with the GPU count in ``machine``)."""
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from ..machine import gpu_count
 from ..errors import UserError
@@ -43,6 +44,26 @@ class ServeSettings:
     default_accept: str = "application/json"
     gpus: int = 0
     threads_per_worker: int = 1
+    # Behind nginx: gunicorn listens on this unix socket only, and each worker touches ready_file
+    # once it has loaded the model (the supervisor starts nginx then).
+    socket: Path | None = None
+    ready_file: Path | None = None
+
+    @property
+    def bind(self) -> str:
+        return f"unix:{self.socket}" if self.socket else f"{self.host}:{self.port}"
+
+    def to_json(self) -> str:
+        """For the gunicorn process the supervisor starts (from_json reads it back)."""
+        return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeSettings:
+        values: dict[str, Any] = json.loads(text)
+        for name in ("model_dir", "socket", "ready_file"):
+            if values[name] is not None:
+                values[name] = Path(values[name])
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
 
     @property
     def max_payload_mb(self) -> int:
