@@ -160,6 +160,43 @@ def test_serve_answers_and_stops_within_30_seconds(tmp_path: Path, data: Path):
         start = time.monotonic()
         docker("stop", "-t", "30", container, check=True)
         assert time.monotonic() - start < 30
+        state = docker("inspect", "-f", "{{.State.ExitCode}}", container, check=True).stdout.strip()
+        assert state == "0", docker("logs", container).stderr[-3000:]
+    finally:
+        docker("rm", "-f", container)
+
+
+def test_serve_behind_nginx_beside_slow_clients_and_a_dead_nginx(tmp_path: Path):
+    """The container's serve: nginx in front, the slow-client check of the stack's tests through
+    Docker's port, no zombie under PID 1, and a killed nginx ends the container naming it."""
+    from ssd_detector.model.untrained import export_untrained
+    from slow_clients import answered_beside_slow_clients
+
+    model = export_untrained(tmp_path / "model", {"num_classes": "3", "base_network": "mobilenet-0.25",
+                                                  "image_shape": "128"})
+    os.chmod(tmp_path / "model", 0o755)
+    port, container = free_port(), name("serve-nginx")
+    docker("run", "-d", "--name", container, "-p", f"127.0.0.1:{port}:8080", "-e", "SAGEMAKER_MODEL_SERVER_WORKERS=2",
+           "-v", f"{model}:/opt/ml/model:ro", IMAGE, "serve", check=True)
+    try:
+        wait_for_ping(port, lambda: docker("logs", container).stderr[-3000:])
+        jpeg = encode(make_image(__import__("numpy").random.default_rng(1), SynthSpec(1, 0, 3))[0], "jpeg")
+        rounds = answered_beside_slow_clients(
+            port, lambda: request(port, "POST", "/invocations", jpeg, {"Content-Type": "image/jpeg"})[0])
+        for pinged, ping_s, invoked, invoke_s in rounds:
+            assert (pinged, invoked) == (200, 200)
+            assert ping_s < 5 and invoke_s < 5, rounds
+        states = docker("exec", container, "sh", "-c", "cat /proc/[0-9]*/stat", check=True).stdout
+        names = [line.split("(", 1)[1].split(")", 1)[0] for line in states.splitlines()]
+        assert "nginx" in names and not [line for line in states.splitlines() if ") Z " in line], states
+        logs = docker("logs", container)
+        assert "listens on 0.0.0.0:8080 in front of gunicorn" in logs.stderr, logs.stderr[-3000:]
+        assert '"POST /invocations HTTP/1.1" 408' in logs.stdout, "nginx's access log on the container's stdout"
+        docker("exec", container, "sh", "-c", "kill -9 $(cat /tmp/ssd-serve-*/nginx/nginx.pid)", check=True)
+        code = docker("wait", container, timeout=60, check=True).stdout.strip()
+        logs = docker("logs", container).stderr
+        assert code == "1", logs[-3000:]
+        assert "serving stopped: nginx (pid" in logs and "was killed by signal 9 (SIGKILL)" in logs, logs[-3000:]
     finally:
         docker("rm", "-f", container)
 

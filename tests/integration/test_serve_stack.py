@@ -16,46 +16,14 @@ import pytest
 from ssd_detector.data.images import encode
 from ssd_detector.data.synthetic import SynthSpec, make_image
 from serve_process import Server, command_of, descendants, running
+from slow_clients import HEAD, answered_beside_slow_clients
 
-SLOW_HEADER_CLIENTS = 64
-STALLED_BODY_CLIENTS = 8
 ANSWER_WITHIN = 5.0
-HEAD = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-        b"Content-Length: 100000\r\n\r\n")
 
 
 @pytest.fixture(scope="module")
 def jpeg() -> bytes:
     return encode(make_image(np.random.default_rng(3), SynthSpec(train=1, validation=0, classes=3))[0], "jpeg")
-
-
-def slow_headers(port: int, stop: threading.Event) -> None:
-    """Sends a request head one byte a second; connects again when nginx closes the connection."""
-    while not stop.is_set():
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-                for byte in HEAD:
-                    conn.sendall(bytes([byte]))
-                    if stop.wait(1.0):
-                        return
-        except OSError:
-            stop.wait(0.2)
-
-
-def stalled_body(port: int, stop: threading.Event) -> None:
-    """Sends a whole head and 1,000 of the 100,000 bytes it declares, then nothing; again when closed."""
-    while not stop.is_set():
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
-                conn.sendall(HEAD + b"\xff\xd8" + b"\0" * 1000)
-                while not stop.is_set():
-                    try:
-                        if conn.recv(1024) == b"":
-                            break  # closed by the server
-                    except TimeoutError:
-                        continue
-        except OSError:
-            stop.wait(0.2)
 
 
 def timed(call) -> tuple[float, int]:
@@ -68,31 +36,15 @@ def test_slow_and_stalled_clients_do_not_hold_the_workers(small_model: Path, tmp
     """64 clients sending their heads a byte a second and 8 whose bodies stall, on 2 workers: a
     normal client's /ping and /invocations are each answered within 5 s, again and again."""
     server = Server(small_model, tmp_path, workers=2)
-    stop = threading.Event()
-    threads = [threading.Thread(target=slow_headers, args=(server.port, stop), daemon=True)
-               for _ in range(SLOW_HEADER_CLIENTS)]
-    threads += [threading.Thread(target=stalled_body, args=(server.port, stop), daemon=True)
-                for _ in range(STALLED_BODY_CLIENTS)]
     try:
         server.wait_ready()
-        for thread in threads:
-            thread.start()
-        time.sleep(3)  # every slow client is connected and sending
-        rounds = []
-        for _ in range(8):  # about 20 s: the slow clients are closed by nginx and come back meanwhile
-            rounds.append((timed(lambda: server.request("GET", "/ping", timeout=30)),
-                           timed(lambda: server.invoke(jpeg))))
-            time.sleep(1.5)
-        for (ping_s, ping), (invoke_s, invoked) in rounds:
-            assert (ping, invoked) == (200, 200)
-            assert ping_s < ANSWER_WITHIN and invoke_s < ANSWER_WITHIN, rounds
+        rounds = answered_beside_slow_clients(server.port, lambda: server.invoke(jpeg)[0])
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=10)
         assert server.stop() == 0
-    log = server.log.read_text()
-    assert '"POST /invocations HTTP/1.1" 408' in log, "nginx logs the clients it timed out"
+    for pinged, ping_s, invoked, invoke_s in rounds:
+        assert (pinged, invoked) == (200, 200)
+        assert ping_s < ANSWER_WITHIN and invoke_s < ANSWER_WITHIN, rounds
+    assert '"POST /invocations HTTP/1.1" 408' in server.log.read_text(), "nginx logs the clients it timed out"
 
 
 def test_a_stalled_body_is_closed_by_nginx_and_never_reaches_a_worker(small_model: Path, tmp_path: Path,
