@@ -148,13 +148,31 @@ def load_rows(model: Path, log: Path, jpeg: bytes, requests: int) -> tuple[list[
     return rows, rss
 
 
-def proxy_rows(model: Path, root: Path, jpeg: bytes, requests: int, workers: int) -> list[dict]:
+def ping(port: int) -> float:
+    start = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/ping")
+        conn.getresponse().read()
+    finally:
+        conn.close()
+    return time.perf_counter() - start
+
+
+def proxy_rows(model: Path, root: Path, jpeg: bytes, requests: int, workers: int) -> tuple[list[dict], dict]:
     """nginx in front against gunicorn alone, same model and workers: at 1 and 8 clients, the two
-    servers driven in turn, a quarter of the requests at a time, so drifts in load hit both alike."""
+    servers driven in turn, a quarter of the requests at a time, so drifts in load hit both alike;
+    and the median /ping of each (no model work: what the proxy itself adds), in turn."""
     servers = {"nginx": start_server(model, workers, root / "serve-nginx.log"),
                "alone": start_server(model, workers, root / "serve-alone.log", proxy=False)}
     rows = []
+    pings: dict[str, list[float]] = {name: [] for name in servers}
     try:
+        for index in range(requests * 2 + 10):
+            for name, (_, port) in servers.items():
+                took = ping(port)
+                if index >= 10:
+                    pings[name].append(took)
         for clients in (1, 8):
             latencies: dict[str, list[float]] = {name: [] for name in servers}
             walls = dict.fromkeys(servers, 0.0)
@@ -173,7 +191,7 @@ def proxy_rows(model: Path, root: Path, jpeg: bytes, requests: int, workers: int
     finally:
         for process, _ in servers.values():
             stop(process)
-    return rows
+    return rows, {name: float(np.median(values) * 1e3) for name, values in pings.items()}
 
 
 def quantized_copy(model: Path, out: Path) -> Path:
@@ -221,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-shape", type=int, default=300)
     parser.add_argument("--requests", type=int, default=60, help="per measurement")
     parser.add_argument("--root", type=Path, default=Path("build/bench/serve"))
+    parser.add_argument("--proxy-requests", type=int, default=200,
+                        help="per server and client count, nginx against gunicorn alone")
     parser.add_argument("--model-dir", type=Path, help="a trained model instead of a freshly initialized one")
     parser.add_argument("--builtin-requests", type=int, default=20, help="per server for the built-in row (0: skip)")
     parser.add_argument("--builtin-image-shape", type=int, default=512)
@@ -277,9 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, (_, rss) in loads.items():
         LOG.info("resident memory per worker, %s: %s MB", name, ", ".join(f"{v:.0f}" for v in rss))
     workers = os.cpu_count() or 1
-    proxy = proxy_rows(model, args.root, jpeg, args.requests, workers)
+    proxy, pings = proxy_rows(model, args.root, jpeg, args.proxy_requests, workers)
     LOG.info("through nginx against gunicorn alone, %d worker(s) each, %d requests per server and client count:",
-             workers, args.requests)
+             workers, args.proxy_requests)
     LOG.info("  clients  server  req/s    p50 ms   p99 ms")
     for r in proxy:
         LOG.info("  %7d  %-6s  %6.1f  %7.1f  %7.1f", r["clients"], r["server"], r["throughput"], r["p50_ms"], r["p99_ms"])
@@ -291,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                  "within %.2fx: %s)", clients, via["p50_ms"] / alone["p50_ms"], via["p99_ms"] / alone["p99_ms"],
                  via["throughput"] / alone["throughput"], TARGET_PROXY_OVERHEAD,
                  "met" if worst <= TARGET_PROXY_OVERHEAD else "NOT met")
+    LOG.info("/ping (no model work), median of %d each: %.2f ms through nginx, %.2f ms alone: nginx adds %.2f ms",
+             args.proxy_requests * 2, pings["nginx"], pings["alone"], pings["nginx"] - pings["alone"])
     builtin = None
     if args.builtin_requests:
         builtin = builtin_latency(args.root, jpeg, args.builtin_requests, args.builtin_image_shape)
@@ -298,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                  "%.3fx (target <= %.2fx: %s)", builtin["image_shape"], builtin["median_ms"]["built-in"],
                  builtin["median_ms"]["imported"], args.builtin_requests, builtin["ratio"], TARGET_OVERHEAD,
                  "met" if builtin["ratio"] <= TARGET_OVERHEAD else "NOT met")
-    (args.root / "result.json").write_text(json.dumps({"builtin": builtin, "proxy": proxy,
+    (args.root / "result.json").write_text(json.dumps({"builtin": builtin, "proxy": proxy, "ping_ms": pings,
         "bare_ms": bare_ms, "http_ms": http_ms, "ratio": ratio, "load": loads["FP32"][0],
         "worker_rss_mb": loads["FP32"][1], "int8_load": loads["INT8"][0], "int8_worker_rss_mb": loads["INT8"][1]},
         indent=1))

@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="instead of $SAGEMAKER_BIND_TO_PORT or 8080")
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
     p.add_argument("--workers", type=int, help="instead of $SAGEMAKER_MODEL_SERVER_WORKERS or one per CPU/GPU")
+    p.add_argument("--multi-model", action="store_true",
+                   help="SageMaker's multi-model API over /models (also SAGEMAKER_MULTI_MODEL=true); models "
+                        "come from folders under $SAGEMAKER_BASE_DIR/models")
     p.add_argument("--no-proxy", action="store_true",
                    help="gunicorn alone on the port, without nginx in front (the default when nginx is not installed)")
     p.set_defaults(func=runtime.cmd_serve)

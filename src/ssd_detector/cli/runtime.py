@@ -24,8 +24,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..serving.server import serve
     from ..serving.settings import ServeSettings
 
-    model_dir = args.model_dir or (Paths(Path(args.base_dir)) if args.base_dir else Paths.from_env()).model_dir
-    settings = ServeSettings.from_env(model_dir, port=args.port, workers=args.workers, host=args.host)
+    paths = Paths(Path(args.base_dir)) if args.base_dir else Paths.from_env()
+    settings = ServeSettings.from_env(args.model_dir or paths.model_dir, port=args.port, workers=args.workers,
+                                      host=args.host, multi_model=True if args.multi_model else None,
+                                      models_root=paths.base / "models")
     return serve(settings, proxy=not args.no_proxy)
 
 

@@ -1,4 +1,5 @@
-"""The Flask app: /ping, /invocations and /execution-parameters, every error a JSON body."""
+"""The Flask app: /ping, /invocations and /execution-parameters, every error a JSON body (and the
+parts a multi-model server shares: ``base_app``, ``answer``)."""
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ class Model(Protocol):
                 max_detections: int | None = None) -> np.ndarray: ...
 
 
-def _json(status: int, body: dict) -> Response:
+def json_response(status: int, body: dict) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/json")
 
 
@@ -94,50 +95,62 @@ def _read_body(limit: int) -> bytes:
     return b"".join(parts)
 
 
-def create_app(model: Model, settings: ServeSettings, max_pixels: int = MAX_PIXELS) -> Flask:
+def answer(model: Model, settings: ServeSettings, max_pixels: int = MAX_PIXELS) -> Response:
+    """/invocations' work for this request and model (a multi-model server's invoke too)."""
+    # Checked before reading the body, so a wrong request costs nothing.
+    chosen, content_type, encoder = codecs.negotiate(request.headers.get("Accept"), settings.default_accept)
+    controls = codecs.parse_controls(request.headers.get(CUSTOM_ATTRIBUTES))
+    codecs.check_content_type(request.content_type)
+    image = codecs.decode_image(request.content_type, _read_body(settings.max_payload_bytes), max_pixels)
+    codecs.check_drawable(chosen, image)
+    threshold = controls.threshold
+    if threshold is None:
+        threshold = codecs.DRAW_THRESHOLD if chosen.startswith("image/") else 0.0
+    rows = model.predict(image, threshold, controls.max_detections)
+    body = encoder(codecs.Result(image, rows, model.class_names))
+    return Response(body, status=200, mimetype=content_type)
+
+
+def base_app() -> Flask:
+    """/ping and the error handlers: every error a JSON body, never a traceback."""
     app = Flask("ssd_detector.serving")
 
     @app.get("/ping")
     def ping() -> Response:
         return Response("", status=200)
 
-    @app.get("/execution-parameters")
-    def execution_parameters() -> Response:
-        return _json(200, {"MaxConcurrentTransforms": settings.max_concurrent_transforms,
-                           "BatchStrategy": BATCH_STRATEGY, "MaxPayloadInMB": settings.max_payload_mb})
-
-    @app.post("/invocations")
-    def invocations() -> Response:
-        # Checked before reading the body, so a wrong request costs nothing.
-        chosen, content_type, encoder = codecs.negotiate(request.headers.get("Accept"), settings.default_accept)
-        controls = codecs.parse_controls(request.headers.get(CUSTOM_ATTRIBUTES))
-        codecs.check_content_type(request.content_type)
-        image = codecs.decode_image(request.content_type, _read_body(settings.max_payload_bytes), max_pixels)
-        codecs.check_drawable(chosen, image)
-        threshold = controls.threshold
-        if threshold is None:
-            threshold = codecs.DRAW_THRESHOLD if chosen.startswith("image/") else 0.0
-        rows = model.predict(image, threshold, controls.max_detections)
-        body = encoder(codecs.Result(image, rows, model.class_names))
-        return Response(body, status=200, mimetype=content_type)
-
     @app.errorhandler(HTTPError)
     def http_error(exc: HTTPError) -> Response:
         LOG.info("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
         if not isinstance(exc, RequestTimeout):  # a stalled client has nothing more to drain
             _drain()
-        return _json(exc.status, exc.body())
+        return json_response(exc.status, exc.body())
 
     @app.errorhandler(HTTPException)
     def werkzeug_error(exc: HTTPException) -> Response:
         code = (exc.name or "error").lower().replace(" ", "_")
         _drain()
-        return _json(exc.code or 500, {"error": code, "message": exc.description or exc.name})
+        return json_response(exc.code or 500, {"error": code, "message": exc.description or exc.name})
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception) -> Response:
         # The traceback goes to the log, never to the client.
         LOG.exception("internal error on %s %s", request.method, request.path)
-        return _json(500, {"error": "internal_error", "message": f"the server failed: {type(exc).__name__}"})
+        return json_response(500, {"error": "internal_error", "message": f"the server failed: {type(exc).__name__}"})
+
+    return app
+
+
+def create_app(model: Model, settings: ServeSettings, max_pixels: int = MAX_PIXELS) -> Flask:
+    app = base_app()
+
+    @app.get("/execution-parameters")
+    def execution_parameters() -> Response:
+        return json_response(200, {"MaxConcurrentTransforms": settings.max_concurrent_transforms,
+                           "BatchStrategy": BATCH_STRATEGY, "MaxPayloadInMB": settings.max_payload_mb})
+
+    @app.post("/invocations")
+    def invocations() -> Response:
+        return answer(model, settings, max_pixels)
 
     return app

@@ -37,3 +37,19 @@ class PayloadTooLarge(HTTPError):
 class UnsupportedMediaType(HTTPError):
     status = 415
     code = "unsupported_media_type"
+
+
+class NotFound(HTTPError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(HTTPError):
+    status = 409
+    code = "conflict"
+
+
+class InsufficientStorage(HTTPError):
+    """507: SageMaker's multi-model contract for "cannot load it now for lack of memory"."""
+    status = 507
+    code = "insufficient_storage"

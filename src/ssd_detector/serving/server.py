@@ -71,6 +71,13 @@ def load_app(settings: ServeSettings):
         # against the GPUs it sees, so a wrong value is named here rather than by MXNet.
         gpu = worker_gpu(age, gpu_count()) if settings.gpus else None
         ctx = mx.cpu() if gpu is None else mx.gpu(gpu)
+        if settings.multi_model:
+            from .multi_model import ModelStore, create_multi_model_app
+
+            store = ModelStore(settings, lambda folder: Predictor(folder, ctx=ctx))
+            store.watch()
+            LOG.info("worker %d (pid %d) serving models on %s", age, os.getpid(), ctx)
+            return create_multi_model_app(store, settings)
         predictor = Predictor(settings.model_dir, ctx=ctx)
     except Exception as exc:  # one clear line instead of a worker traceback
         first_line = (str(exc).strip().splitlines() or [""])[-1][:500]
@@ -143,21 +150,26 @@ def serve(settings: ServeSettings, proxy: bool = True) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="ssd-serve-"))
     first = os.getpid()
     try:
-        # A model.tar.gz is unpacked once, here, into scratch space: /opt/ml/model may be read-only.
-        model_dir = artifact.locate(settings.model_dir, extract_to=scratch / "model")
-        try:
-            image_shape: int | str = artifact.read_image_shape(model_dir)
-        except UserError:  # the workers say why, in one line, as they load the model
-            image_shape = "unknown"
-        settings = dataclasses.replace(settings, model_dir=model_dir)
+        if settings.multi_model:
+            described = f"models loaded over /models from {settings.models_root}"
+            settings = dataclasses.replace(settings, registry=scratch / "registry")
+        else:
+            # A model.tar.gz is unpacked once, here, into scratch space: /opt/ml/model may be read-only.
+            model_dir = artifact.locate(settings.model_dir, extract_to=scratch / "model")
+            try:
+                image_shape: int | str = artifact.read_image_shape(model_dir)
+            except UserError:  # the workers say why, in one line, as they load the model
+                image_shape = "unknown"
+            described = f"{model_dir} (image_shape {image_shape})"
+            settings = dataclasses.replace(settings, model_dir=model_dir)
         if gpu_image_without_gpu(settings.gpus):
             LOG.warning("no GPU is visible in this container: the GPU image serves on the CPU")
         nginx = find_nginx() if proxy else None
         if proxy and nginx is None:
             LOG.warning("nginx is not installed (not on PATH nor in %s): gunicorn alone serves on %s:%d, "
                         "so slow clients can hold its workers", ", ".join(SEARCH_DIRS), settings.host, settings.port)
-        LOG.info("serving %s (image_shape %s) on %s:%d%s: %d worker(s), %s, timeout %d s, payload limit %d MB",
-                 model_dir, image_shape, settings.host, settings.port, " through nginx" if nginx else "",
+        LOG.info("serving %s on %s:%d%s: %d worker(s), %s, timeout %d s, payload limit %d MB",
+                 described, settings.host, settings.port, " through nginx" if nginx else "",
                  settings.workers,
                  f"{settings.gpus} GPU(s)" if settings.gpus else f"{settings.threads_per_worker} thread(s) each",
                  settings.timeout, settings.max_payload_mb)

@@ -18,6 +18,12 @@ WORKERS_VARS = ("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS")
 TIMEOUT_VARS = ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT")
 PAYLOAD_VAR = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
 DEFAULT_ACCEPT_VAR = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"
+MULTI_MODEL_VAR = "SAGEMAKER_MULTI_MODEL"
+# The memory all copies of all models may take in a multi-model server (every worker holds a copy
+# of each model it serves); default: MODELS_MEMORY_SHARE of the container's limit, less what the
+# workers take without models.
+MODELS_MEMORY_VAR = "SSD_MODELS_MEMORY_MB"
+MODELS_MEMORY_SHARE = 0.8
 DEFAULT_PORT = 8080
 DEFAULT_TIMEOUT = 60
 DEFAULT_PAYLOAD_MB = 6
@@ -48,6 +54,12 @@ class ServeSettings:
     # once it has loaded the model (the supervisor starts nginx then).
     socket: Path | None = None
     ready_file: Path | None = None
+    # Multi-model mode: models loaded and unloaded over /models from folders under models_root;
+    # registry is the folder the workers share them through (set by serve).
+    multi_model: bool = False
+    models_root: Path = Path("/opt/ml/models")
+    models_memory_bytes: int | None = None
+    registry: Path | None = None
 
     @property
     def bind(self) -> str:
@@ -60,7 +72,7 @@ class ServeSettings:
     @classmethod
     def from_json(cls, text: str) -> ServeSettings:
         values: dict[str, Any] = json.loads(text)
-        for name in ("model_dir", "socket", "ready_file"):
+        for name in ("model_dir", "socket", "ready_file", "models_root", "registry"):
             if values[name] is not None:
                 values[name] = Path(values[name])
         return cls(**{f.name: values[f.name] for f in fields(cls)})
@@ -77,7 +89,8 @@ class ServeSettings:
     @classmethod
     def from_env(cls, model_dir: Path, environ: Mapping[str, str] | None = None, cpu_count: int | None = None,
                  *, port: int | None = None, workers: int | None = None, host: str | None = None,
-                 gpus: int | None = None) -> ServeSettings:
+                 gpus: int | None = None, multi_model: bool | None = None,
+                 models_root: Path | None = None) -> ServeSettings:
         """Keyword arguments (command-line options) win over the environment; cpu_count and gpus
         default to this machine's (machine.gpu_count)."""
         environ = os.environ if environ is None else environ
@@ -94,7 +107,16 @@ class ServeSettings:
         if accept not in ACCEPT_TYPES:
             raise UserError(f"environment variable {DEFAULT_ACCEPT_VAR}={accept!r} must be one of "
                             + ", ".join(ACCEPT_TYPES))
+        if multi_model is None:
+            flag = environ.get(MULTI_MODEL_VAR, "false").strip().lower()
+            if flag not in ("true", "false", ""):
+                raise UserError(f"environment variable {MULTI_MODEL_VAR}={environ[MULTI_MODEL_VAR]!r} must be true or false")
+            multi_model = flag == "true"
+        memory_mb = env_int(environ, (MODELS_MEMORY_VAR,), 0, 1, 1 << 24) if environ.get(MODELS_MEMORY_VAR) else None
         return cls(
+            multi_model=multi_model,
+            models_root=Path(models_root) if models_root else Path("/opt/ml/models"),
+            models_memory_bytes=memory_mb * 1024 * 1024 if memory_mb else None,
             model_dir=Path(model_dir),
             port=port if port is not None else env_int(environ, PORT_VARS, DEFAULT_PORT, 1, 65535),
             host=host or "0.0.0.0",
