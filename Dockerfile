@@ -148,6 +148,7 @@ ENV PATH=/opt/venv/bin:/opt/program:$PATH \
     MPLCONFIGDIR=/opt/matplotlib \
     OPENCV_IO_MAX_IMAGE_PIXELS=89478485
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
+      com.amazonaws.sagemaker.capabilities.multi-models=true \
       org.opencontainers.image.title="ssd-detector" \
       org.opencontainers.image.description="SSD object detection: SageMaker-compatible train and serve"
 WORKDIR /opt/program

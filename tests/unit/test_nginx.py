@@ -70,3 +70,11 @@ def test_find_nginx_is_none_when_nginx_is_nowhere(tmp_path: Path, monkeypatch: p
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
     assert nginx.find_nginx() == str(fake)
+
+
+def test_multi_model_mode_routes_the_models_api(tmp_path: Path):
+    import dataclasses
+
+    text = nginx.render(dataclasses.replace(settings(), multi_model=True), layout(tmp_path))
+    assert "location = /models {" in text and "location /models/ {" in text
+    assert "location /models/" not in nginx.render(settings(), layout(tmp_path))

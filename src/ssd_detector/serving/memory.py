@@ -1,7 +1,9 @@
 """Memory as a multi-model endpoint must count it: the container's limit (cgroup v2 or v1, else the
-machine's), what it uses now, and a process's resident memory."""
+machine's), what it uses now, a process's resident memory, and giving memory back after an unload."""
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 from pathlib import Path
 
@@ -53,3 +55,16 @@ def resident_bytes(pid: int | None = None) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def release_memory() -> None:
+    """After a model is dropped: collect its Python objects' cycles, then hand the C heap's free
+    pages back to the system (glibc keeps freed memory for reuse otherwise; MXNet's arrays are freed
+    with free(), so an unloaded model's weights would stay in the worker's resident memory)."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)

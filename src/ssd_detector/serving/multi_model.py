@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..model import artifact
 from .app import Model, answer, base_app, json_response
 from .errors import BadRequest, Conflict, HTTPError, InsufficientStorage, NotFound
-from .memory import container_limit_bytes, resident_bytes
+from .memory import container_limit_bytes, release_memory, resident_bytes
 from .registry import Entry, Registry, check_name, check_url
 from .settings import MODELS_MEMORY_SHARE, MODELS_MEMORY_VAR, ServeSettings
 
@@ -152,6 +152,7 @@ class ModelStore:
             raise NotFound(f"model {name!r} is not loaded")
         with self.lock:
             self.copies.pop(name, None)
+        release_memory()
         if entry.extracted:
             shutil.rmtree(entry.model_dir, ignore_errors=True)
         LOG.info("model %r unloaded", name)
@@ -164,8 +165,11 @@ class ModelStore:
         self.seen = version
         current = {entry.name: entry.generation for entry in self.registry.entries()}
         with self.lock:
-            for name in [n for n, (generation, _) in self.copies.items() if current.get(n) != generation]:
+            stale = [n for n, (generation, _) in self.copies.items() if current.get(n) != generation]
+            for name in stale:
                 del self.copies[name]
+        if stale:
+            release_memory()
 
     def watch(self) -> None:
         """Runs sync every WATCH_SECONDS in a daemon thread."""
