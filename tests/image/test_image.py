@@ -201,6 +201,54 @@ def test_serve_behind_nginx_beside_slow_clients_and_a_dead_nginx(tmp_path: Path)
         docker("rm", "-f", container)
 
 
+def test_multi_model_endpoint_in_the_image(tmp_path: Path):
+    """SageMaker's multi-model contract in the container: the label, /ping with no model, two
+    different models loaded from /opt/ml/models (one as a model.tar.gz), invoked, listed, unloaded."""
+    import tarfile
+
+    from ssd_detector.model.untrained import export_untrained
+
+    labels = json.loads(docker("inspect", "-f", "{{json .Config.Labels}}", IMAGE, check=True).stdout)
+    assert labels.get("com.amazonaws.sagemaker.capabilities.multi-models") == "true"
+    models = tmp_path / "models"
+    for name, classes, size in (("a", 3, 128), ("b", 2, 96)):
+        folder = export_untrained(models / name / "model", {"num_classes": str(classes),
+                                                             "base_network": "mobilenet-0.25", "image_shape": str(size)})
+        if name == "b":  # as an archive in its folder
+            with tarfile.open(tmp_path / "model.tar.gz", "w:gz") as tar:
+                for f in folder.iterdir():
+                    tar.add(f, arcname=f.name)
+            shutil.rmtree(folder)
+            folder.mkdir()
+            shutil.move(str(tmp_path / "model.tar.gz"), folder / "model.tar.gz")
+    for path in [models, *models.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    port, container = free_port(), name("mme")
+    docker("run", "-d", "--name", container, "-p", f"127.0.0.1:{port}:8080", "-e", "SAGEMAKER_MULTI_MODEL=true",
+           "-e", "SAGEMAKER_MODEL_SERVER_WORKERS=2", "-v", f"{models}:/opt/ml/models:ro", IMAGE, "serve", check=True)
+    try:
+        wait_for_ping(port, lambda: docker("logs", container).stderr[-3000:])
+        jpeg = encode(make_image(__import__("numpy").random.default_rng(2), SynthSpec(1, 0, 3))[0], "jpeg")
+        for model in ("a", "b"):
+            body = json.dumps({"model_name": model, "url": f"/opt/ml/models/{model}/model"}).encode()
+            status, answer = request(port, "POST", "/models", body, {"Content-Type": "application/json"})
+            assert status == 200, answer
+        classes = {}
+        for model in ("a", "b") * 4:
+            status, answer = request(port, "POST", f"/models/{model}/invoke", jpeg, {"Content-Type": "image/jpeg"})
+            assert status == 200, answer
+            classes.setdefault(model, set()).update(int(row[0]) for row in json.loads(answer)["prediction"])
+        assert classes["a"] <= {0, 1, 2} and classes["b"] <= {0, 1}
+        status, answer = request(port, "GET", "/models")
+        assert [m["modelName"] for m in json.loads(answer)["models"]] == ["a", "b"]
+        body = json.dumps({"model_name": "x", "url": "/etc"}).encode()
+        assert request(port, "POST", "/models", body, {"Content-Type": "application/json"})[0] == 400
+        assert request(port, "DELETE", "/models/a")[0] == 200
+        assert request(port, "POST", "/models/a/invoke", jpeg, {"Content-Type": "image/jpeg"})[0] == 404
+    finally:
+        docker("rm", "-f", container)
+
+
 def test_distributed_across_two_containers(tmp_path: Path, data: Path):
     network = name("net")
     hosts = ["algo-1", "algo-2"]
