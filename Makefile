@@ -28,7 +28,7 @@ GPU_BUILD_BASE ?= $(GPU_BASE)
 CUDA_FROM ?= wheels
 FETCH_WEIGHTS ?= auto
 
-.PHONY: install sdk-venvs onnx-venv bench-infer demo test test-unit test-integration bench-data bench-train bench-accuracy bench-serve bench-soak bench-scaling bench-pipe bench-deps stress-distributed lint clean image image-cpu image-test image-gpu-check
+.PHONY: install sdk-venvs onnx-venv bench-infer demo test test-unit test-integration bench-data bench-train bench-accuracy bench-serve bench-soak bench-mme bench-scaling bench-pipe bench-deps stress-distributed lint clean image image-cpu image-test image-gpu-check
 
 install: $(STAMP)
 
@@ -92,6 +92,9 @@ bench-serve: install
 
 bench-soak: install
 	$(PY) scripts/bench.py soak
+
+bench-mme: install
+	$(PY) scripts/bench.py mme
 
 # Means over three seeds per mode: one from-scratch run's order alone moves its mAP by more than 0.02.
 bench-pipe: install

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Runs one of the project's benchmarks: ``python scripts/bench.py NAME [OPTIONS]``, which is what
 ``make bench-NAME`` does. NAME is a module of scripts/benchmarks/ (accuracy, data, infer, peer,
-pipe, scaling, serve, soak, train); ``--help`` after it lists that benchmark's options."""
+pipe, scaling, serve, soak, train, mme); ``--help`` after it lists that benchmark's options."""
 from __future__ import annotations
 
 import importlib
 import sys
 
-NAMES = ("accuracy", "data", "infer", "peer", "pipe", "scaling", "serve", "soak", "train")
+NAMES = ("accuracy", "data", "infer", "mme", "peer", "pipe", "scaling", "serve", "soak", "train")
 
 
 def main(argv: list[str]) -> int:

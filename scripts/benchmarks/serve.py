@@ -54,11 +54,12 @@ def invoke(port: int, body: bytes) -> float:
     return time.perf_counter() - start
 
 
-def start_server(model: Path, workers: int | None, log: Path, proxy: bool = True) -> tuple[subprocess.Popen, int]:
+def start_server(model: Path, workers: int | None, log: Path, proxy: bool = True,
+                 env_extra: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
     command = [sys.executable, "-m", "ssd_detector.cli", "serve", "--model-dir", str(model), "--host", "127.0.0.1",
                "--port", str(port), *([] if proxy else ["--no-proxy"])]
-    env = dict(os.environ)
+    env = {**os.environ, **(env_extra or {})}
     if workers is not None:
         command += ["--workers", str(workers)]
     process = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
