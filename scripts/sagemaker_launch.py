@@ -17,9 +17,14 @@ endpoint and sends it one image.
   sagemaker_launch.py --image-uri ... --role ... --model-data s3://b/output/job/output/model.tar.gz \\
       --deploy [--predict picture.jpg]          (deploy a model trained before; no training)
 
+  sagemaker_launch.py --image-uri ... --role ... --multi-model-prefix s3://b/models/ --deploy \\
+      [--predict picture.jpg --target-model site-17.tar.gz]
+                                                (a multi-model endpoint over every model.tar.gz
+                                                 under the prefix; TargetModel picks one)
+
 Works with the SageMaker Python SDK a user has installed (`pip install sagemaker`, not part of
 the image): v3 (`ModelTrainer`; the model deployed through `sagemaker.core.resources`) or v2
-(`Estimator`, `Model.deploy`). Needs AWS credentials. The metric definitions are the project's,
+(`Estimator`, `Model.deploy`, `MultiDataModel`). Needs AWS credentials. The metric definitions are the project's,
 matching the log lines of `train`.
 """
 from __future__ import annotations
@@ -78,6 +83,8 @@ class LaunchSpec:
     network_isolation: bool = False
     base_job_name: str = "ssd-detector"
     model_data: str | None = None  # deploy this instead of training
+    multi_model_prefix: str | None = None  # deploy a multi-model endpoint over this S3 prefix instead
+    target_model: str | None = None  # the multi-model endpoint's model a prediction goes to
     deploy: bool = False
     endpoint_instance_type: str = "ml.m5.xlarge"
     predict: Path | None = None
@@ -111,11 +118,25 @@ def launch_spec(args: argparse.Namespace) -> LaunchSpec:
         raise ValueError("--predict needs --deploy (the image is sent to the new endpoint)")
     if args.predict and not Path(args.predict).is_file():
         raise ValueError(f"--predict {args.predict!r} is not a file")
+    if args.target_model and not args.multi_model_prefix:
+        raise ValueError("--target-model picks a model of a multi-model endpoint: add --multi-model-prefix")
     common = dict(image_uri=args.image_uri, role=args.role, instance_type=args.instance_type,
                   instance_count=args.instance_count, volume_size=args.volume_size, max_run=args.max_run,
                   base_job_name=args.base_job_name, deploy=args.deploy,
                   endpoint_instance_type=args.endpoint_instance_type,
                   predict=Path(args.predict) if args.predict else None, logs=not args.no_logs)
+    if args.multi_model_prefix:
+        _s3(args.multi_model_prefix, "--multi-model-prefix")
+        if args.model_data or args.hyperparameters:
+            raise ValueError("--multi-model-prefix deploys the models under it: no --model-data or --hyperparameters")
+        if not args.deploy:
+            raise ValueError("--multi-model-prefix deploys a multi-model endpoint: add --deploy")
+        if args.predict and not args.target_model:
+            raise ValueError("--predict on a multi-model endpoint needs --target-model NAME.tar.gz (under the prefix)")
+        if args.target_model and (args.target_model.startswith("/") or ".." in args.target_model):
+            raise ValueError(f"--target-model {args.target_model!r} must be a path relative to the prefix")
+        return LaunchSpec(**common, hyperparameters={}, channels=(), output_path=None,
+                          multi_model_prefix=args.multi_model_prefix, target_model=args.target_model)
     if args.model_data:
         _s3(args.model_data, "--model-data")
         if not args.deploy:
@@ -250,8 +271,9 @@ class SdkV3:
 
         name = _name(spec.base_job_name)
         region = self.boto_session.region_name
+        mode = {"mode": "MultiModel"} if spec.multi_model_prefix else {}
         Model.create(model_name=name, execution_role_arn=spec.role,
-                     primary_container=ContainerDefinition(image=spec.image_uri, model_data_url=model_data),
+                     primary_container=ContainerDefinition(image=spec.image_uri, model_data_url=model_data, **mode),
                      session=self.boto_session, region=region)
         EndpointConfig.create(endpoint_config_name=name, production_variants=[ProductionVariant(
             variant_name=ENDPOINT_VARIANT, model_name=name, initial_instance_count=1,
@@ -261,12 +283,13 @@ class SdkV3:
         endpoint.wait_for_status("InService")
         return name
 
-    def predict(self, endpoint_name: str, body: bytes) -> Any:
+    def predict(self, endpoint_name: str, body: bytes, target_model: str | None = None) -> Any:
         from sagemaker.core.resources import Endpoint
 
         endpoint = Endpoint.get(endpoint_name=endpoint_name, session=self.boto_session,
                                 region=self.boto_session.region_name)
-        answer = endpoint.invoke(body=body, content_type="image/jpeg", accept="application/json")
+        target = {"target_model": target_model} if target_model else {}
+        answer = endpoint.invoke(body=body, content_type="image/jpeg", accept="application/json", **target)
         return json.loads(answer.body.read())
 
 
@@ -293,23 +316,28 @@ class SdkV2:
 
     def deploy(self, spec: LaunchSpec, model_data: str) -> str:
         from sagemaker.model import Model
+        from sagemaker.multidatamodel import MultiDataModel
         from sagemaker.predictor import Predictor
 
         name = _name(spec.base_job_name)
-        model = Model(image_uri=spec.image_uri, model_data=model_data, role=spec.role, name=name,
-                      sagemaker_session=self.session, predictor_cls=Predictor)
+        if spec.multi_model_prefix:
+            model = MultiDataModel(name=name, model_data_prefix=model_data, image_uri=spec.image_uri, role=spec.role,
+                                   sagemaker_session=self.session, predictor_cls=Predictor)
+        else:
+            model = Model(image_uri=spec.image_uri, model_data=model_data, role=spec.role, name=name,
+                          sagemaker_session=self.session, predictor_cls=Predictor)
         predictor = model.deploy(initial_instance_count=1, instance_type=spec.endpoint_instance_type,
                                  endpoint_name=name)
         return predictor.endpoint_name
 
-    def predict(self, endpoint_name: str, body: bytes) -> Any:
+    def predict(self, endpoint_name: str, body: bytes, target_model: str | None = None) -> Any:
         from sagemaker.deserializers import JSONDeserializer
         from sagemaker.predictor import Predictor
         from sagemaker.serializers import IdentitySerializer
 
         predictor = Predictor(endpoint_name, sagemaker_session=self.session,
                               serializer=IdentitySerializer("image/jpeg"), deserializer=JSONDeserializer())
-        return predictor.predict(body)
+        return predictor.predict(body, target_model=target_model)
 
 
 def estimator_arguments(spec: LaunchSpec) -> dict[str, Any]:
@@ -370,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-logs", action="store_true", help="do not stream the job's logs while waiting")
     p.add_argument("--model-data", help="s3://.../model.tar.gz: deploy this model instead of training")
     p.add_argument("--deploy", action="store_true", help="deploy the model to an endpoint")
+    p.add_argument("--multi-model-prefix",
+                   help="s3://.../models/: deploy a multi-model endpoint over the model.tar.gz files under it")
+    p.add_argument("--target-model", help="with --predict on a multi-model endpoint: the model, relative to the "
+                                          "prefix (e.g. site-17.tar.gz)")
     p.add_argument("--endpoint-instance-type", default="ml.m5.xlarge")
     p.add_argument("--predict", help="a JPEG to send to the new endpoint; its detections are printed")
     return p
@@ -378,13 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
 def run(spec: LaunchSpec, sdk: SdkV3 | SdkV2) -> dict[str, Any]:
     """Train (unless given a model), deploy and predict as asked; -> what was made."""
     made: dict[str, Any] = {}
-    made["model_data"] = spec.model_data or sdk.train(spec)
+    made["model_data"] = spec.multi_model_prefix or spec.model_data or sdk.train(spec)
     LOG.info("model: %s", made["model_data"])
     if spec.deploy:
         made["endpoint"] = sdk.deploy(spec, made["model_data"])
         LOG.info("endpoint: %s", made["endpoint"])
     if spec.predict:
-        made["prediction"] = sdk.predict(made["endpoint"], spec.predict.read_bytes())
+        made["prediction"] = sdk.predict(made["endpoint"], spec.predict.read_bytes(), spec.target_model)
     return made
 
 

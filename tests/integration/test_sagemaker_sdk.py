@@ -232,3 +232,24 @@ def test_manifest_job_in_pipe_mode(manifest_jobs: dict[int, dict], major: int):
             "S3DataDistributionType": distribution, "AttributeNames": ["source-ref", "dogs"]}
     assert sorted(json.dumps(c, sort_keys=True) for c in manifest_jobs[3]["InputDataConfig"]) == \
         sorted(json.dumps(c, sort_keys=True) for c in manifest_jobs[2]["InputDataConfig"])
+
+
+@pytest.mark.parametrize("major", [3, 2])
+def test_deploy_a_multi_model_endpoint(inputs, tmp_path: Path, major: int):
+    """MultiDataModel (v2) and the v3 equivalent: the model in MultiModel mode over the S3 prefix,
+    and a prediction sent to one model by TargetModel."""
+    argv = ["--image-uri", IMAGE, "--role", ROLE, "--multi-model-prefix", "s3://b/models/", "--deploy",
+            "--endpoint-instance-type", "ml.c5.xlarge", "--predict", str(inputs["picture"]),
+            "--target-model", "site-17.tar.gz"]
+    out = run_launch(major, tmp_path, argv, [HOST_PLANS])
+    assert not calls_of(out, "CreateTrainingJob")
+    [model] = calls_of(out, "CreateModel")
+    container = model["PrimaryContainer"]
+    assert (container["Image"], container["Mode"], container["ModelDataUrl"]) == (IMAGE, "MultiModel",
+                                                                                   "s3://b/models/")
+    [config] = calls_of(out, "CreateEndpointConfig")
+    assert config["ProductionVariants"][0]["InstanceType"] == "ml.c5.xlarge"
+    [invoke] = calls_of(out, "InvokeEndpoint")
+    assert invoke["TargetModel"] == "site-17.tar.gz" and base64.b64decode(invoke["Body"]["base64"]) == JPEG
+    assert printed(out) == {"model_data": "s3://b/models/", "endpoint": printed(out)["endpoint"],
+                            "prediction": PREDICTION}

@@ -67,6 +67,29 @@ def test_sagemaker_arguments_are_checked(hp_file: Path, extra: list[str], words:
         launch.launch_spec(launch.build_parser().parse_args(base + extra))
 
 
+@pytest.mark.parametrize("extra,words", [
+    (["--deploy"], "no --model-data or --hyperparameters"),
+    ([], "add --deploy"),
+    (["--deploy", "--predict", "{picture}"], "needs --target-model"),
+    (["--deploy", "--predict", "{picture}", "--target-model", "../x.tar.gz"], "relative to the prefix"),
+])
+def test_multi_model_deploy_arguments_are_checked(tmp_path: Path, hp_file: Path, extra: list[str], words: str):
+    launch = sagemaker_launch
+    picture = tmp_path / "p.jpg"
+    picture.write_bytes(b"jpeg")
+    argv = ["--image-uri", "i", "--role", "r", "--multi-model-prefix", "s3://b/models/",
+            *[a.format(picture=picture) for a in extra]]
+    if words.startswith("no --model-data"):
+        argv += ["--hyperparameters", str(hp_file)]
+    with pytest.raises(ValueError, match=words):
+        launch.launch_spec(launch.build_parser().parse_args(argv))
+    with pytest.raises(ValueError, match="add --multi-model-prefix"):
+        launch.launch_spec(launch.build_parser().parse_args(["--image-uri", "i", "--role", "r", "--target-model", "a"]))
+    spec = launch.launch_spec(launch.build_parser().parse_args(
+        ["--image-uri", "i", "--role", "r", "--multi-model-prefix", "s3://b/models/", "--deploy"]))
+    assert (spec.multi_model_prefix, spec.target_model, spec.channels) == ("s3://b/models/", None, ())
+
+
 def test_sagemaker_bad_hyperparameters_and_channels_fail_before_any_call(tmp_path: Path, hp_file: Path):
     launch = sagemaker_launch
     bad = tmp_path / "bad.json"
