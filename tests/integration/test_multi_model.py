@@ -128,6 +128,35 @@ def test_three_models_answer_through_both_workers(opt_ml: Path, tmp_path: Path, 
         assert server.stop() == 0
 
 
+def test_int8_and_built_in_models_on_a_multi_model_endpoint(opt_ml: Path, tmp_path: Path, picture: bytes):
+    """Every format serve takes: an INT8 copy of three-128 and a model of the built-in algorithm
+    (resnet-50 at 128, its own training graph), each answered as the Predictor answers."""
+    from ssd_detector.data.images import decode_rgb
+    from ssd_detector.inference import Predictor
+    from ssd_detector.model.builtin_example import write_builtin_model
+    from ssd_detector.model.quantize import QuantizeOptions, quantize
+
+    base = tmp_path / "opt_ml"
+    (base / "models").mkdir(parents=True)
+    calibration = np.random.default_rng(0).integers(0, 255, (8, 3, 128, 128), dtype=np.uint8)
+    quantize(opt_ml / "models" / "three-128" / "model", calibration, base / "models" / "int8" / "model",
+             QuantizeOptions(num_calibration=8))
+    write_builtin_model(base / "models" / "builtin" / "model", "resnet-50", 3, 128)
+    server = Server(base / "model", tmp_path, workers=2,
+                    env={"SAGEMAKER_MULTI_MODEL": "true", "SAGEMAKER_BASE_DIR": str(base)})
+    try:
+        server.wait_ready()
+        for name in ("int8", "builtin"):
+            folder = base / "models" / name / "model"
+            assert load(server, name, str(folder))[0] == 200
+            reference = Predictor(folder).predict(decode_rgb(picture)).tolist()
+            for _ in range(4):
+                status, body = invoke(server, name, picture)
+                assert status == 200 and same(body["prediction"], reference), name
+    finally:
+        assert server.stop() == 0
+
+
 def test_a_load_over_the_memory_limit_is_507(opt_ml: Path, tmp_path: Path):
     server = start(opt_ml, tmp_path, SSD_MODELS_MEMORY_MB="1")
     try:

@@ -39,3 +39,16 @@ def test_settings_reach_the_gunicorn_process_unchanged():
     behind = dataclasses.replace(settings, socket=Path("/tmp/s/gunicorn.sock"), ready_file=Path("/tmp/s/ready"))
     assert ServeSettings.from_json(behind.to_json()) == behind
     assert behind.bind == "unix:/tmp/s/gunicorn.sock" and settings.bind == "0.0.0.0:8080"
+
+
+def test_multi_model_mode_and_its_memory_come_from_the_environment():
+    on = ServeSettings.from_env(Path("m"), {"SAGEMAKER_MULTI_MODEL": "TRUE", "SSD_MODELS_MEMORY_MB": "512"},
+                                cpu_count=2, models_root=Path("/x/models"))
+    assert on.multi_model and on.models_memory_bytes == 512 << 20 and on.models_root == Path("/x/models")
+    assert not ServeSettings.from_env(Path("m"), {}, cpu_count=2).multi_model
+    assert ServeSettings.from_env(Path("m"), {"SAGEMAKER_MULTI_MODEL": "false"}, cpu_count=2,
+                                  multi_model=True).multi_model, "--multi-model wins"
+    for environ, words in (({"SAGEMAKER_MULTI_MODEL": "yes"}, "SAGEMAKER_MULTI_MODEL='yes'"),
+                           ({"SSD_MODELS_MEMORY_MB": "lots"}, "SSD_MODELS_MEMORY_MB='lots'")):
+        with pytest.raises(UserError, match=words):
+            ServeSettings.from_env(Path("m"), environ, cpu_count=2)
