@@ -11,7 +11,9 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,16 @@ def find_nginx() -> str | None:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
     return None
+
+
+def command(binary: str, config: Path, prefix: Path) -> list[str]:
+    """nginx in the foreground on config. ``-e stderr`` (nginx 1.19.5 and later: Debian bookworm has
+    1.22) keeps nginx from opening its compiled-in error log before it reads the config; older
+    versions (Ubuntu 22.04's 1.18) do not know the option and open that file, as root they can."""
+    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)",
+                      subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=30).stderr)
+    early_log = found is not None and tuple(int(v) for v in found.groups()) >= (1, 19, 5)
+    return [binary, "-c", str(config), "-p", str(prefix), *(["-e", "stderr"] if early_log else [])]
 
 
 @dataclass(frozen=True)

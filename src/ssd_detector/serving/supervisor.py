@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from .nginx import SHUTDOWN_SECONDS, Layout, write_config
+from .nginx import SHUTDOWN_SECONDS, Layout, command, write_config
 from .settings import ServeSettings
 
 LOG = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class Supervisor:
             time.sleep(POLL_SECONDS)
 
         config = write_config(self.settings, self.layout)
-        nginx = Child("nginx", [self.nginx_binary, "-c", str(config), "-p", str(self.layout.root), "-e", "stderr"])
+        nginx = Child("nginx", command(self.nginx_binary, config, self.layout.root))
         self.children.append(nginx)
         LOG.info("nginx (pid %d) listens on %s:%d in front of gunicorn (config %s)", nginx.pid,
                  self.settings.host, self.settings.port, config)
