@@ -186,3 +186,42 @@ def test_nginx_answers_its_own_errors_as_json(tmp_path: Path):
         process.terminate()
         process.wait(timeout=10)
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_without_nginx_serve_says_so_once_and_gunicorn_serves_alone(small_model: Path, tmp_path: Path,
+                                                                    jpeg: bytes):
+    """A machine without nginx (find_nginx finds none): one line says so, gunicorn alone serves the
+    port, and answers a stalled body itself (JSON 408)."""
+    import subprocess
+    import sys
+
+    from ports import free_port
+
+    port = free_port()
+    code = ("import sys; import ssd_detector.serving.server as server; server.find_nginx = lambda: None; "
+            "from ssd_detector.cli import main; sys.exit(main(sys.argv[1:]))")
+    log = tmp_path / "serve.log"
+    process = subprocess.Popen([sys.executable, "-c", code, "serve", "--model-dir", str(small_model), "--host",
+                                "127.0.0.1", "--port", str(port), "--workers", "1"],
+                               stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+                    conn.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    if conn.recv(100).startswith(b"HTTP/1.1 200"):
+                        break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+                time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(HEAD + b"\xff\xd8" + b"\0" * 1000)
+            answer = conn.recv(1000)
+        assert answer.startswith(b"HTTP/1.1 408") and b"application/json" in answer, answer
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    text = log.read_text()
+    assert text.count("nginx is not installed") == 1 and "gunicorn alone serves on 127.0.0.1" in text, text[-2000:]
+    assert "Listening at: http://127.0.0.1" in text
