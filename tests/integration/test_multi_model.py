@@ -16,7 +16,8 @@ import pytest
 
 from ssd_detector.data.images import encode
 from ssd_detector.data.synthetic import SynthSpec, make_image
-from serve_process import Server, descendants, command_of
+from benchmarks.serve import worker_rss_mb  # scripts/ is on the tests' path
+from serve_process import Server
 
 MODELS = {"three-128": (3, 128), "two-96": (2, 96), "four-160": (4, 160)}
 
@@ -168,17 +169,8 @@ def test_a_load_over_the_memory_limit_is_507(opt_ml: Path, tmp_path: Path):
 
 
 def workers_rss_mb(server: Server) -> float:
-    """The resident memory of serve's gunicorn workers (its Python processes without children)."""
-    total = 0.0
-    for pid in descendants(server.process.pid):
-        if "python" not in command_of(pid) or descendants(pid):
-            continue
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        total += next(int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
-    return total
+    """The resident memory of serve's gunicorn workers, together."""
+    return sum(worker_rss_mb(server.process.pid))
 
 
 def test_loads_and_unloads_while_clients_invoke(opt_ml: Path, tmp_path: Path, picture: bytes, expected: dict):

@@ -15,7 +15,7 @@ import pytest
 
 from ssd_detector.data.images import encode
 from ssd_detector.data.synthetic import SynthSpec, make_image
-from serve_process import Server, command_of, descendants, running
+from serve_process import Server, children_of, command_of, descendants, running
 from slow_clients import HEAD, answered_beside_slow_clients
 
 ANSWER_WITHIN = 5.0
@@ -104,8 +104,7 @@ def test_a_dead_gunicorn_or_nginx_stops_serve_naming_it(small_model: Path, tmp_p
     server.wait_ready()
     processes = descendants(server.process.pid)
     marker = "nginx" if victim == "nginx" else "ssd_detector.serving.server"
-    masters = [pid for pid in processes if marker in command_of(pid)
-               and int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == server.process.pid]
+    masters = [pid for pid in children_of(server.process.pid) if marker in command_of(pid)]
     assert len(masters) == 1, [command_of(pid) for pid in processes]
     os.kill(masters[0], signal.SIGKILL)
     code = server.process.wait(timeout=30)
