@@ -211,10 +211,10 @@ def test_multi_model_endpoint_in_the_image(tmp_path: Path):
     labels = json.loads(docker("inspect", "-f", "{{json .Config.Labels}}", IMAGE, check=True).stdout)
     assert labels.get("com.amazonaws.sagemaker.capabilities.multi-models") == "true"
     models = tmp_path / "models"
-    for name, classes, size in (("a", 3, 128), ("b", 2, 96)):
-        folder = export_untrained(models / name / "model", {"num_classes": str(classes),
-                                                             "base_network": "mobilenet-0.25", "image_shape": str(size)})
-        if name == "b":  # as an archive in its folder
+    for model_name, classes, size in (("a", 3, 128), ("b", 2, 96)):
+        folder = export_untrained(models / model_name / "model", {
+            "num_classes": str(classes), "base_network": "mobilenet-0.25", "image_shape": str(size)})
+        if model_name == "b":  # as an archive in its folder
             with tarfile.open(tmp_path / "model.tar.gz", "w:gz") as tar:
                 for f in folder.iterdir():
                     tar.add(f, arcname=f.name)
