@@ -77,6 +77,10 @@ def test_onnx_runtime_gives_mxnets_detections(model_dir: Path, images: list[np.n
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert summary["opset"] == opset and summary["num_classes"] == 3 and onnx_file.stat().st_size == summary["bytes"]
+    import onnx
+
+    # Weights are constants, not inputs a caller could override: ONNX Runtime folds and fuses them.
+    assert [value.name for value in onnx.load(str(onnx_file)).graph.input] == ["data"]
     predictor = Predictor(model_dir)
     batch = np.stack([predictor.preprocess(image) for image in images])  # (7, 3, 128, 128)
     expected = mxnet_rows(predictor, batch)
