@@ -243,3 +243,20 @@ def test_training_refuses_to_start_from_an_int8_model(quantized: tuple[Path, dic
                             env={**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SSD_DATA_WORKERS": "0"})
     assert result.returncode != 0
     assert "INT8 model" in (base / "output/failure").read_text()
+
+
+def test_the_profiler_sums_onnx_runtimes_time_per_operator(model_dir: Path, tmp_path: Path):
+    """scripts/ort_profile.py on an exported model, in ONNX Runtime's own environment."""
+    if not ORT_PYTHON.exists():
+        pytest.fail(f"{ORT_PYTHON} missing: `make onnx-venv` installs ONNX Runtime")
+    onnx_file = tmp_path / "model.onnx"
+    assert cli("export-onnx", "--model-dir", str(model_dir), "--output", str(onnx_file)).returncode == 0
+    result = subprocess.run([str(ORT_PYTHON), str(ROOT / "scripts/ort_profile.py"), str(onnx_file), "--batches", "1,2",
+                             "--runs", "3"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines if line.startswith("batch")] == ["batch 1", "batch 2"]
+    conv = [float(line.split()[1]) for line in lines if line.strip().startswith("Conv ")]
+    assert len(conv) == 2 and all(ms > 0 for ms in conv), result.stdout
+    assert "BatchNormalization" not in result.stdout, "folded into the convolutions"
+    assert "will not be treated as constant" not in result.stderr
