@@ -172,7 +172,7 @@ def read_parameters(model_dir: Path) -> dict:
     try:
         saved = mx.nd.load(str(params_file))
     except mx.base.MXNetError as exc:
-        raise UserError(f"{params_file} is not a readable MXNet parameter file: {_last_line(exc)}") from None
+        raise UserError(f"{params_file} is not a readable MXNet parameter file: {last_line(exc)}") from None
     if not isinstance(saved, dict):
         raise UserError(f"{params_file} holds unnamed arrays, not a model's parameters")
     return {k.split(":", 1)[1] if k.startswith(("arg:", "aux:")) else k: v for k, v in saved.items()}
@@ -226,22 +226,22 @@ def load_block(model_dir: Path, ctx=None, symbol=None, image_shape: int | None =
                                          filename=str(params_file), cast_dtype=True, dtype_source="saved")
     except (AssertionError, ValueError, mx.base.MXNetError) as exc:
         raise UserError(f"{params_file} does not fit the graph of {model_dir / SYMBOL_FILE}: "
-                        f"{_last_line(exc)}") from None
+                        f"{last_line(exc)}") from None
     size = read_image_shape(model_dir) if image_shape is None else image_shape
     shapes = {name: param.list_data()[0].shape for name, param in block.collect_params().items()}
     try:  # the first forward would find a mismatch too, in a less telling way
         symbol.infer_shape(data=(1, 3, size, size), **shapes)
     except mx.base.MXNetError as exc:
         raise UserError(f"{params_file} does not fit the graph of {model_dir / SYMBOL_FILE}: "
-                        f"{_last_line(exc)}") from None
+                        f"{last_line(exc)}") from None
     block.hybridize(static_alloc=True)
     return block
 
 
-def _last_line(exc: BaseException) -> str:
+def last_line(exc: BaseException, limit: int = 300) -> str:
     """The telling line of an MXNet error (its message comes after a C++ traceback)."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else type(exc).__name__)[:300]
+    return (lines[-1] if lines else type(exc).__name__)[:limit]
 
 
 def read_class_names(model_dir: Path) -> dict[int, str]:

@@ -37,10 +37,6 @@ WATCH_SECONDS = 0.5
 MAX_RESULTS = 1000
 
 
-def _reason(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:500]
-
-
 class ModelStore:
     """This worker's copies of the registry's models."""
 
@@ -91,10 +87,11 @@ class ModelStore:
                 if not (model_dir / artifact.PARAMS_FILE).is_file():
                     raise BadRequest(f"url {url!r}: no {artifact.PARAMS_FILE} beside {artifact.SYMBOL_FILE}")
                 # Parameters in memory at least once per copy, before anything is allocated for them.
-                self._refuse_over_budget(name, (model_dir / artifact.PARAMS_FILE).stat().st_size, measured=False)
+                params_bytes = (model_dir / artifact.PARAMS_FILE).stat().st_size
+                self._refuse_over_budget(name, params_bytes, measured=False)
                 before = resident_bytes()
                 model = self._load_copy(name, model_dir)
-                cost = max(resident_bytes() - before, (model_dir / artifact.PARAMS_FILE).stat().st_size)
+                cost = max(resident_bytes() - before, params_bytes)
                 self._refuse_over_budget(name, cost, measured=True)
             except Exception:
                 if extracted:
@@ -121,7 +118,7 @@ class ModelStore:
         except Exception as exc:
             LOG.exception("model %r in %s cannot be loaded", name, model_dir)
             raise HTTPError(f"model {name!r} in {model_dir} cannot be loaded: {type(exc).__name__}: "
-                            f"{_reason(exc)}") from None
+                            f"{artifact.last_line(exc, 500)}") from None
 
     def model(self, name: str) -> Model:
         """This worker's copy of name's model, loaded on first use; 404 when it is not loaded."""
