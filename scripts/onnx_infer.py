@@ -1,5 +1,8 @@
 """Runs an exported model.onnx in ONNX Runtime on preprocessed images; needs numpy and
 onnxruntime only (no MXNet), so it runs in any environment, and is the example of the file's use.
+The INT8 file of `export-onnx --int8` runs the same way (standard QuantizeLinear and
+DequantizeLinear operators, which ONNX Runtime fuses into INT8 convolutions); the printed summary
+says which kind of file ran (``quantization``, from the file's metadata).
 
 Input: an .npz with ``images`` (B, 3, S, S) uint8 RGB, already resized to the model's S x S.
 Output: an .npz with ``detections`` (M, 6) [class_id, score, xmin, ymin, xmax, ymax] and
@@ -62,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         run(sess, images, args.batch)
         seconds.append(time.perf_counter() - start)
     np.savez(args.output, detections=detections, batch_index=batch_index, seconds=np.array(seconds))
+    metadata = sess.get_modelmeta().custom_metadata_map
     print(json.dumps({"images": len(images), "detections": len(detections), "onnxruntime": ort.__version__,
+                      "quantization": json.loads(metadata["quantization"]) if "quantization" in metadata else None,
                       "images_per_second": [len(images) / s for s in seconds]}))
     return 0
 

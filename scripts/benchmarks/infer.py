@@ -1,17 +1,17 @@
-"""CPU inference: FP32 MXNet vs the INT8 artifact (`ssd-detector quantize`) vs the ONNX file
-(`ssd-detector export-onnx`) in ONNX Runtime, on one briefly trained model.
+"""CPU inference, four engines side by side: MXNet FP32, MXNet INT8 (`ssd-detector quantize`),
+and ONNX Runtime on the exported FP32 and INT8 files (`ssd-detector export-onnx [--int8]`), on two
+briefly trained models.
 
-A `mobilenet-1.0`@300 SSD is trained on the synthetic shapes family (once; kept under --root),
-then quantized on the validation split (quantize's defaults: naive calibration, class predictors
-with int32 outputs; entropy calibration; class predictors FP32; class predictors with INT8
-outputs) and exported to ONNX. Each
-engine is scored on a held-out split made with another seed (VOC07 mAP, the code training's
-validation uses) and timed at batch 1 and 8 on the same preprocessed images, in interleaved
-rounds (the median round counts), all in one run so the ratios share the machine's state. ONNX
-Runtime runs in its own virtualenv (`make onnx-venv`) through scripts/onnx_infer.py.
-`--also DIR` measures the same quantizations (but entropy) of a model trained elsewhere, in
-`make bench-accuracy`'s layout (e.g. build/bench/accuracy/photo).
-Run with `make bench-infer` (ARGS="..." passes options).
+`mobilenet-1.0`@300 and `mobilenet-0.25`@256 SSDs are trained on the synthetic shapes family
+(once; kept under --root), quantized on the validation split with quantize's defaults and exported
+to ONNX, FP32 and INT8 (export-onnx's default class heads; --ort-class-heads for others; calibrated
+on the same images). Each engine is scored on a held-out split made with another seed (VOC07 mAP,
+the code training's validation uses) and timed at batch 1 and 8 on the same preprocessed images,
+in interleaved rounds (the median round counts), all in one run so the ratios share the machine's
+state. MXNet runs as `predict` runs it (one static graph per batch size); ONNX Runtime runs in its
+own virtualenv (`make onnx-venv`) through scripts/onnx_infer.py. `--mxnet-variants` adds quantize's
+other choices; `--also DIR` measures a model trained elsewhere, in `make bench-accuracy`'s layout
+(e.g. build/bench/accuracy/photo). Run with `make bench-infer` (ARGS="..." passes options).
 """
 from __future__ import annotations
 
@@ -34,27 +34,32 @@ from .common import CLASSES, HEIGHT, WIDTH, job_tree, make_sets, train
 LOG = logging.getLogger("bench_infer")
 ROOT = Path(__file__).resolve().parents[2]
 ORT_PYTHON = ROOT / ".venv-onnx/bin/python"
-HYPERPARAMETERS = {
-    "base_network": "mobilenet-1.0", "image_shape": "300", "mini_batch_size": "16", "epochs": "8",
-    "optimizer": "adam", "learning_rate": "0.005", "lr_scheduler_step": "6,7", "use_pretrained_model": "0",
-    "augmentation": "light",
+COMMON = {"mini_batch_size": "16", "optimizer": "adam", "learning_rate": "0.005", "use_pretrained_model": "0",
+          "augmentation": "light"}
+# The two models measured, each trained once per --root and kept.
+MODELS = {
+    "mobilenet-1.0@300": {**COMMON, "base_network": "mobilenet-1.0", "image_shape": "300", "epochs": "8",
+                          "lr_scheduler_step": "6,7"},
+    "mobilenet-0.25@256": {**COMMON, "base_network": "mobilenet-0.25", "image_shape": "256", "epochs": "16",
+                           "lr_scheduler_step": "12,14"},
 }
-TARGETS = {"int8_speedup_b8": 3.0, "int8_speedup_b1": 2.0, "int8_map_drop": 0.01, "onnx_map_gap": 0.005}
+TARGETS = {"int8_speedup_b8": 3.0, "int8_speedup_b1": 2.0, "int8_map_drop": 0.01, "onnx_map_gap": 0.005,
+           "ort_fp32_speedup": 1.3, "ort_int8_speedup_b8": 2.5}
 
 Rows = list[np.ndarray]
 
 
-def train_model(root: Path, args: argparse.Namespace) -> tuple[Path, Path, Path]:
-    """The trained model, the validation channel (calibration) and the held-out channel; training
-    happens once per --root."""
+def train_model(root: Path, name: str, args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """The trained model `name` (of MODELS), the validation channel (calibration) and the held-out
+    channel; the sets are made once per --root, each model trained once."""
     data, test_dir = make_sets(root, "shapes", args.train, args.validation, args.test)
-    model = root / "job/model"
+    model = root / name.replace("@", "-") / "job/model"
     if not (model / "model_algo_1-symbol.json").exists():
-        hyperparameters = {**HYPERPARAMETERS, "num_classes": str(CLASSES),
+        hyperparameters = {**MODELS[name], "num_classes": str(CLASSES),
                            **{k: str(v) for k, v in args.hyperparameters.items()}}
         LOG.info("training %s (kept in %s for later runs)", json.dumps(hyperparameters), model)
-        run = train(job_tree(root / "job", hyperparameters, {d.name: d for d in data.iterdir() if d.is_dir()}),
-                    root / "train.log", budget=args.budget)
+        run = train(job_tree(model.parent, hyperparameters, {d.name: d for d in data.iterdir() if d.is_dir()}),
+                    model.parents[1] / "train.log", budget=args.budget)
         LOG.info("trained in %.0f s; validation mAP by epoch %s", run.wall_seconds,
                  [round(v, 3) for v in run.values("validation:mAP")])
     return model, data / "validation", test_dir
@@ -121,127 +126,162 @@ def onnx_pass(onnx_file: Path, images: np.ndarray, batch: int, work: Path, repea
     return {"rows": rows, "ips": [len(images) / s for s in saved["seconds"]]}
 
 
-def quantize_options() -> dict:
-    """The INT8 variants measured: quantize's defaults (naive, class predictors with int32
-    outputs), entropy calibration, class predictors FP32, class predictors with INT8 outputs."""
+def quantize_options(extra: bool) -> dict:
+    """MXNet's INT8 variants: quantize's defaults (naive, class predictors with int32 outputs), and
+    with extra entropy calibration, class predictors FP32, class predictors with INT8 outputs."""
     from ssd_detector.model.quantize import QuantizeOptions
 
-    return {"INT8 naive": QuantizeOptions(calibration_mode="naive"),
-            "INT8 entropy": QuantizeOptions(calibration_mode="entropy"),
-            "INT8 cls FP32": QuantizeOptions(calibration_mode="naive", class_heads="fp32"),
-            "INT8 cls INT8": QuantizeOptions(calibration_mode="naive", class_heads="int8")}
+    options = {"MXNet INT8": QuantizeOptions(calibration_mode="naive")}
+    if extra:
+        options.update({"MXNet INT8 entropy": QuantizeOptions(calibration_mode="entropy"),
+                        "MXNet INT8 cls FP32": QuantizeOptions(calibration_mode="naive", class_heads="fp32"),
+                        "MXNet INT8 cls INT8": QuantizeOptions(calibration_mode="naive", class_heads="int8")})
+    return options
 
 
-def measure(model: Path, validation: Path, test_dir: Path, work: Path, choices: list[str], args: argparse.Namespace,
-            onnx_file: Path | None = None, threads: int = 1) -> dict[str, dict]:
-    """FP32 and each chosen INT8 variant of model (and the ONNX file in ONNX Runtime when given):
+def onnx_files(model: Path, calibration: np.ndarray, work: Path, class_heads: list[str]) -> dict[str, Path]:
+    """The FP32 file and an INT8 file per class-head choice (export-onnx's default named plainly)."""
+    from ssd_detector.model.onnx_export import DEFAULT_INT8_CLASS_HEADS, export_onnx
+
+    files = {"ORT FP32": work / "model.onnx"}
+    export_onnx(model, files["ORT FP32"])
+    for choice in class_heads:
+        name = "ORT INT8" if choice == DEFAULT_INT8_CLASS_HEADS else f"ORT INT8 cls {choice}"
+        files[name] = work / f"model-int8-{choice}.onnx"
+        export_onnx(model, files[name], calibration=calibration, class_heads=choice)
+    return files
+
+
+def measure(model: Path, validation: Path, test_dir: Path, work: Path, args: argparse.Namespace,
+            threads: int) -> dict[str, dict]:
+    """MXNet FP32 and INT8 (predict's engine) and ONNX Runtime on the exported FP32 and INT8 files:
     held-out mAP and img/s at batch 1 and 8 per interleaved round."""
     from ssd_detector.model import artifact
     from ssd_detector.model.quantize import calibration_images, quantize
 
+    work.mkdir(parents=True, exist_ok=True)
     size = artifact.read_image_shape(model)
     calibration = calibration_images(validation, None, args.num_calibration, size)
-    variants = {"FP32": model}
-    options = quantize_options()
-    for name in choices:
+    variants = {"MXNet FP32": model}
+    for name, options in quantize_options(args.mxnet_variants).items():
         variants[name] = work / name.lower().replace(" ", "-")
-        quantize(model, calibration, variants[name], options[name])
+        quantize(model, calibration, variants[name], options)
+    files = onnx_files(model, calibration, work, args.ort_class_heads.split(","))
     images, samples = held_out(test_dir, size)
     timing = images[:args.timing_images]
     engines = {name: mxnet_engine(path) for name, path in variants.items()}
-    names = [*engines, *(["ONNX Runtime"] if onnx_file else [])]
-    results: dict[str, dict] = {name: {"ips": {1: [], 8: []}} for name in names}
+    results: dict[str, dict] = {name: {"ips": {1: [], 8: []}} for name in [*engines, *files]}
     for name, run in engines.items():
         results[name]["map"] = score(all_rows(run, images, 8), samples)
         run(images[:8])  # warm both batch shapes
         run(images[:1])
-    if onnx_file:
-        results["ONNX Runtime"]["map"] = score(onnx_pass(onnx_file, images, 8, work, 0, threads)["rows"], samples)
+    for name, onnx_file in files.items():
+        results[name]["map"] = score(onnx_pass(onnx_file, images, 8, work, 0, threads)["rows"], samples)
     for _ in range(args.rounds):  # interleaved: a slow spell of the machine hits every engine alike
         for batch in (1, 8):
             for name, run in engines.items():
                 results[name]["ips"][batch].append(images_per_second(run, timing, batch))
-            if onnx_file:
-                results["ONNX Runtime"]["ips"][batch].extend(
-                    onnx_pass(onnx_file, timing, batch, work, 1, threads)["ips"])
+            for name, onnx_file in files.items():
+                results[name]["ips"][batch].extend(onnx_pass(onnx_file, timing, batch, work, 1, threads)["ips"])
     return results
 
 
 def table(title: str, results: dict[str, dict]) -> dict[str, dict]:
-    """Logs results as a table (ratios to FP32) -> its summary."""
-    fp32 = results["FP32"]
+    """Logs results as a table (ratios to MXNet FP32) -> its summary."""
+    fp32 = results["MXNet FP32"]
     LOG.info("== %s", title)
-    LOG.info("%-13s %8s %9s %9s %9s %9s", "engine", "mAP", "b1 img/s", "b1 ratio", "b8 img/s", "b8 ratio")
+    LOG.info("%-22s %8s %9s %9s %9s %9s", "engine", "mAP", "b1 img/s", "b1 ratio", "b8 img/s", "b8 ratio")
     summary = {}
     for name, result in results.items():
         medians = {b: float(np.median(v)) for b, v in result["ips"].items()}
         ratios = {b: medians[b] / float(np.median(fp32["ips"][b])) for b in medians}
-        LOG.info("%-13s %8.4f %9.1f %8.2fx %9.1f %8.2fx", name, result["map"], medians[1], ratios[1], medians[8],
+        LOG.info("%-22s %8.4f %9.1f %8.2fx %9.1f %8.2fx", name, result["map"], medians[1], ratios[1], medians[8],
                  ratios[8])
-        summary[name] = {"map": result["map"], "images_per_second": medians, "ratio_to_fp32": ratios,
+        summary[name] = {"map": result["map"], "images_per_second": medians, "ratio_to_mxnet_fp32": ratios,
                          "rounds": result["ips"]}
     return summary
+
+
+def checks(name: str, summary: dict[str, dict]) -> dict[str, bool]:
+    """The targets, per model: MXNet INT8's (mobilenet-1.0@300 only, quantize's own), ONNX
+    Runtime's against MXNet FP32, INT8's accuracy."""
+    mx_fp32, mx_int8 = summary["MXNet FP32"], summary["MXNet INT8"]
+    ort_fp32, ort_int8 = summary["ORT FP32"], summary.get("ORT INT8")
+    found = {}
+    if name == "mobilenet-1.0@300":
+        found[f"MXNet INT8 >= {TARGETS['int8_speedup_b8']}x MXNet FP32 at batch 8"] = \
+            mx_int8["ratio_to_mxnet_fp32"][8] >= TARGETS["int8_speedup_b8"]
+        found[f"MXNet INT8 >= {TARGETS['int8_speedup_b1']}x MXNet FP32 at batch 1"] = \
+            mx_int8["ratio_to_mxnet_fp32"][1] >= TARGETS["int8_speedup_b1"]
+    found[f"MXNet INT8 mAP drop <= {TARGETS['int8_map_drop']}"] = \
+        mx_fp32["map"] - mx_int8["map"] <= TARGETS["int8_map_drop"]
+    found[f"ORT FP32 mAP within {TARGETS['onnx_map_gap']} of MXNet FP32"] = \
+        abs(ort_fp32["map"] - mx_fp32["map"]) <= TARGETS["onnx_map_gap"]
+    for batch in (1, 8):
+        found[f"ORT FP32 >= {TARGETS['ort_fp32_speedup']}x MXNet FP32 at batch {batch}"] = \
+            ort_fp32["ratio_to_mxnet_fp32"][batch] >= TARGETS["ort_fp32_speedup"]
+    if ort_int8:
+        if name == "mobilenet-1.0@300":
+            found[f"ORT INT8 >= {TARGETS['ort_int8_speedup_b8']}x MXNet FP32 at batch 8"] = \
+                ort_int8["ratio_to_mxnet_fp32"][8] >= TARGETS["ort_int8_speedup_b8"]
+        for batch in (1, 8):
+            found[f"ORT INT8 faster than ORT FP32 at batch {batch}"] = \
+                ort_int8["images_per_second"][batch] > ort_fp32["images_per_second"][batch]
+        found[f"ORT INT8 mAP drop <= {TARGETS['int8_map_drop']}"] = \
+            mx_fp32["map"] - ort_int8["map"] <= TARGETS["int8_map_drop"]
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("build/bench/infer"))
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--train", type=int, default=800)
     parser.add_argument("--validation", type=int, default=200)
     parser.add_argument("--test", type=int, default=300)
-    parser.add_argument("--budget", type=float, default=3600, help="seconds allowed for the one training")
-    parser.add_argument("--hyperparameters", type=json.loads, default={}, help="JSON overriding the training's")
+    parser.add_argument("--budget", type=float, default=3600, help="seconds allowed for each training")
+    parser.add_argument("--hyperparameters", type=json.loads, default={}, help="JSON overriding the trainings'")
     parser.add_argument("--num-calibration", type=int, default=128)
     parser.add_argument("--timing-images", type=int, default=64, help="images per timed pass")
     parser.add_argument("--rounds", type=int, default=5, help="timed passes per engine and batch size")
+    parser.add_argument("--mxnet-variants", action="store_true",
+                        help="also MXNet INT8 with entropy calibration, class predictors FP32 and with INT8 outputs")
+    parser.add_argument("--ort-class-heads", default=None,
+                        help="comma-separated class-head choices of the ORT INT8 files (default: export-onnx's)")
     parser.add_argument("--output", type=Path, default=Path("build/bench/infer.json"))
     parser.add_argument("--also", type=Path, action="append", default=[],
                         help="a trained model's folder in make bench-accuracy's layout (job/model, data/validation, "
-                        "test/validation, e.g. build/bench/accuracy/photo): quantized and measured the same way; "
-                        "repeatable")
+                        "test/validation, e.g. build/bench/accuracy/photo): measured the same way; repeatable")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     threads = usable_cpus()
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # before MXNet loads: every core, as serving
     if not ORT_PYTHON.exists():
         parser.error(f"{ORT_PYTHON} missing: run `make onnx-venv`")
+    names = [n for n in args.models.split(",") if n]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; expected some of {', '.join(MODELS)}")
     for folder in args.also:
         missing = [p for p in ("job/model", "data/validation", "test/validation") if not (folder / p).exists()]
         if missing:
             parser.error(f"--also {folder}: no {', '.join(missing)} (make bench-accuracy's layout)")
-    from ssd_detector.model.onnx_export import export_onnx
+    from ssd_detector.model.onnx_export import DEFAULT_INT8_CLASS_HEADS
 
+    args.ort_class_heads = args.ort_class_heads or DEFAULT_INT8_CLASS_HEADS
     root = args.root
     root.mkdir(parents=True, exist_ok=True)
-    model, validation, test_dir = train_model(root, args)
-    size = int(HYPERPARAMETERS["image_shape"])
-    onnx_file = root / "model.onnx"
-    export_onnx(model, onnx_file)
-    choices = list(quantize_options())
-    results = measure(model, validation, test_dir, root, choices, args, onnx_file=onnx_file, threads=threads)
-    summary = table(f"CPU inference, {HYPERPARAMETERS['base_network']}@{size}, {threads} threads, "
-                    f"{args.test} held-out images (timing: {args.timing_images} images, median of {args.rounds} "
-                    "rounds)", results)
-    fp32 = summary["FP32"]
-    others = {}
-    for folder in args.also:  # models trained elsewhere, in bench-accuracy's layout
-        work = root / "also" / folder.name
-        work.mkdir(parents=True, exist_ok=True)
-        results = measure(folder / "job/model", folder / "data/validation", folder / "test/validation", work,
-                          [c for c in choices if c != "INT8 entropy"], args)
-        others[str(folder)] = table(f"{folder / 'job/model'}: the same quantizations but entropy", results)
-    best = "INT8 naive"  # quantize's defaults
-    int8 = summary[best]
-    checks = {
-        f"{best} >= {TARGETS['int8_speedup_b8']}x FP32 at batch 8": int8["ratio_to_fp32"][8] >= TARGETS["int8_speedup_b8"],
-        f"{best} >= {TARGETS['int8_speedup_b1']}x FP32 at batch 1": int8["ratio_to_fp32"][1] >= TARGETS["int8_speedup_b1"],
-        f"{best} mAP drop <= {TARGETS['int8_map_drop']}": fp32["map"] - int8["map"] <= TARGETS["int8_map_drop"],
-        f"ONNX Runtime mAP within {TARGETS['onnx_map_gap']} of MXNet's":
-            abs(summary["ONNX Runtime"]["map"] - fp32["map"]) <= TARGETS["onnx_map_gap"],
-    }
-    for check, met in checks.items():
-        LOG.info("%s: %s", check, "met" if met else "NOT met")
+    summaries, found = {}, {}
+    measured = [(name, *train_model(root, name, args), root / name.replace("@", "-")) for name in names]
+    measured += [(str(folder), folder / "job/model", folder / "data/validation", folder / "test/validation",
+                  root / "also" / folder.name) for folder in args.also]
+    for name, model, validation, test_dir, work in measured:
+        results = measure(model, validation, test_dir, work, args, threads)
+        summaries[name] = table(f"CPU inference, {name}, {threads} threads, {args.test} held-out images (timing: "
+                                f"{args.timing_images} images, median of {args.rounds} rounds)", results)
+        found[name] = checks(name, summaries[name])
+        for check, met in found[name].items():
+            LOG.info("%s: %s", check, "met" if met else "NOT met")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"engines": summary, "checks": checks, "threads": threads, "also": others},
-                                      indent=2))
+    args.output.write_text(json.dumps({"models": summaries, "checks": found, "threads": threads}, indent=2))
     return 0

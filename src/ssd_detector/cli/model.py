@@ -92,8 +92,22 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from ..model import artifact
     from ..model.onnx_export import export_onnx
+    from ..model.quantize import CLASS_HEADS, MAX_CALIBRATION_IMAGES, calibration_images
 
-    print(json.dumps(export_onnx(artifact.locate(args.model_dir), args.output, args.opset)))
+    if args.int8 != (args.calibration_data is not None):
+        raise UserError("--int8 needs --calibration-data" if args.int8
+                        else "--calibration-data is for --int8 (an INT8 file)")
+    if args.class_heads not in CLASS_HEADS:
+        raise UserError(f"--class-heads {args.class_heads!r}: expected one of {', '.join(CLASS_HEADS)}")
+    if not 1 <= args.num_calibration <= MAX_CALIBRATION_IMAGES:
+        raise UserError(f"--num-calibration {args.num_calibration}: expected 1 to {MAX_CALIBRATION_IMAGES}")
+    model_dir = artifact.locate(args.model_dir)
+    images = None
+    if args.int8:
+        artifact.refuse_builtin(model_dir, "export-onnx")
+        images = calibration_images(args.calibration_data, args.annotations, args.num_calibration,
+                                    artifact.read_image_shape(model_dir))
+    print(json.dumps(export_onnx(model_dir, args.output, args.opset, images, args.class_heads)))
     return 0
 
 

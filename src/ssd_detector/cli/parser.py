@@ -185,5 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=Path, required=True, help="the FP32 model folder or model.tar.gz")
     p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=13, help="ONNX opset (13 or later; default 13)")
+    p.add_argument("--int8", action="store_true", help="write INT8 convolutions in ONNX's QDQ form, calibrated on "
+                   "--calibration-data")
+    p.add_argument("--calibration-data", type=Path, help="with --int8: what quantize takes (a .rec file or folder, "
+                   "an image folder with --annotations, or plain images)")
+    p.add_argument("--annotations", type=Path, help="the annotation folder of a JSON channel")
+    p.add_argument("--num-calibration", type=int, default=128, help="images spread evenly over the data "
+                   "(default 128)")
+    p.add_argument("--class-heads", default="fp32", help="with --int8, the class predictors: fp32 (default), "
+                   "int32-output (INT8 convolutions with 32-bit outputs: exact as quantize's, but slow in ONNX "
+                   "Runtime), or int8 (INT8 outputs: loses accuracy)")
     p.set_defaults(func=model.cmd_export_onnx)
     return parser

@@ -35,6 +35,10 @@ DETECTION_OP = "_contrib_MultiBoxDetection"
 # Operators of an INT8 graph (mxnet.contrib.quantization); the exporter has no translation for them.
 QUANTIZED_MARKERS = ("quantize", "_sg_mkldnn", "_sg_onednn", "requantize", "dequantize")
 ONNX_FILE = "model.onnx"
+# The class predictors of an INT8 file stay FP32 by default: ONNX Runtime has no fast kernel for
+# INT8 convolutions with 32-bit outputs (ConvInteger took as long as the whole INT8 backbone, see
+# onnx_int8), and INT8 outputs cost accuracy (see quantize).
+DEFAULT_INT8_CLASS_HEADS = "fp32"
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,10 @@ def _graph_parts(symbol_json: dict, opset: int) -> tuple[dict, list[dict]]:
     return head, nodes
 
 
-def export_onnx(model_dir: Path, output: Path, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
-    """Writes output from the artifact in model_dir; -> a summary (shapes, rules, opset)."""
+def export_onnx(model_dir: Path, output: Path, opset: int = DEFAULT_OPSET, calibration: np.ndarray | None = None,
+                class_heads: str = DEFAULT_INT8_CLASS_HEADS) -> dict[str, Any]:
+    """Writes output from the artifact in model_dir; -> a summary (shapes, rules, opset).
+    calibration: (K, 3, S, S) uint8 images: the file is INT8 (onnx_int8), calibrated on them."""
     try:
         import onnx
     except ImportError:
@@ -131,8 +137,15 @@ def export_onnx(model_dir: Path, output: Path, opset: int = DEFAULT_OPSET) -> di
                                    producer_name="ssd-detector")
     # The lowest IR version the opset allows: readable by the oldest ONNX Runtime that runs it.
     model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import))
+    quantization = None
+    if calibration is not None:
+        from .onnx_int8 import quantize_graph
+
+        quantization = quantize_graph(model, model_dir, calibration, class_heads)
     doc = {"input": "data: uint8 RGB (batch, 3, S, S)", "outputs": "detections (M, 6) [class_id, score, xmin, "
            "ymin, xmax, ymax] normalized; batch_index (M,)", "image_shape": str(size)}
+    if quantization:
+        doc["quantization"] = json.dumps(quantization)
     onnx.helper.set_model_props(model, {**doc, "classes": json.dumps(artifact.read_class_names(model_dir))})
     onnx.checker.check_model(model, full_check=True)
     output = Path(output)
@@ -140,7 +153,8 @@ def export_onnx(model_dir: Path, output: Path, opset: int = DEFAULT_OPSET) -> di
     output.write_bytes(model.SerializeToString())
     summary = {"onnx": str(output), "opset": opset, "image_shape": size, "num_classes": classes_plus_one - 1,
                "anchors": len(anchors), "threshold": rules.threshold, "nms_threshold": rules.nms_threshold,
-               "nms_topk": rules.nms_topk, "force_suppress": rules.force_suppress, "bytes": output.stat().st_size}
+               "nms_topk": rules.nms_topk, "force_suppress": rules.force_suppress, "bytes": output.stat().st_size,
+               **({"quantization": quantization} if quantization else {})}
     LOG.info("exported %s to %s (opset %d)", model_dir, output, opset)
     return summary
 

@@ -1,0 +1,263 @@
+"""INT8 ONNX files: the exported FP32 graph rewritten in ONNX's QDQ form (QuantizeLinear and
+DequantizeLinear pairs around each convolution), calibrated on the user's images, so that ONNX
+Runtime, TensorRT or OpenVINO run the convolutions in INT8 with standard operators only.
+
+The rewrite, in order:
+1. every BatchNormalization that follows a convolution is folded into its weights and bias (the
+   INT8 weights must be the folded ones, or the normalization would stay an FP32 step);
+2. a Relu after a convolution whose output is quantized is dropped: its output is quantized with
+   zero point 0, so the quantization itself clips negatives (what ONNX Runtime's own quantizer
+   does, and what lets ONNX Runtime fuse each convolution into one QLinearConv);
+3. the activations around the convolutions are calibrated on the images with MXNet (naive:
+   min/max over all images, as ``quantize`` does by default), the artifact's own layer outputs
+   having the names the exporter gives the ONNX tensors;
+4. activations become uint8 (asymmetric), weights int8 per output channel, symmetric, on 7 bits
+   (127 levels: x86 CPUs without VNNI multiply uint8 by int8 pairwise into 16 bits, which 8-bit
+   weights can overflow), biases int32 with the scale of input times weight.
+
+The class predictors (the convolutions feeding the class probabilities) have the choices of
+``quantize``, for the same reason (one INT8 scale for logits that span hundreds rounds away the
+differences of a tenth the detections live in): ``fp32`` (the default here) keeps them FP32;
+``int32-output`` computes them in INT8 with their 32-bit sums as output (ConvInteger, then the
+scale), exact as quantize's default but slow in ONNX Runtime 1.20, whose ConvInteger took as long
+as all the QLinearConv of the backbone (mobilenet-1.0@300, batch 8); ``int8`` quantizes their
+outputs too. Input normalization, the heads' reshapes, softmax and the detection tail stay FP32.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import mxnet as mx
+import numpy as np
+
+from ..errors import UserError
+from . import artifact
+from .quantize import CALIBRATION_BATCH, CLASS_HEADS, class_head_layers
+
+LOG = logging.getLogger(__name__)
+
+WEIGHT_LEVELS = 63  # symmetric int8 weights in [-63, 63] (see the module's docstring)
+ACTIVATION_LEVELS = 255  # uint8 activations
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+
+    def scale_zero(self) -> tuple[np.float32, np.uint8]:
+        """uint8 scale and zero point of a range widened to hold 0 (0 is then exact)."""
+        low, high = min(self.low, 0.0), max(self.high, 0.0)
+        scale = (high - low) / ACTIVATION_LEVELS if high > low else 1.0
+        zero = int(np.clip(round(-low / scale), 0, ACTIVATION_LEVELS))
+        return np.float32(scale), np.uint8(zero)
+
+
+class Graph:
+    """A mutable view of an ONNX graph: initializers as numpy arrays, producers and consumers."""
+
+    def __init__(self, graph: Any) -> None:
+        from onnx import numpy_helper
+
+        self.graph = graph
+        self.weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+
+    def producer(self) -> dict[str, Any]:
+        return {output: node for node in self.graph.node for output in node.output}
+
+    def consumers(self) -> dict[str, list[Any]]:
+        found: dict[str, list[Any]] = defaultdict(list)
+        for node in self.graph.node:
+            for name in node.input:
+                found[name].append(node)
+        return found
+
+    def remove(self, node: Any) -> None:
+        self.graph.node.remove(node)
+
+    def write_weights(self) -> None:
+        """Initializers from self.weights, those no node reads dropped."""
+        from onnx import numpy_helper
+
+        used = {name for node in self.graph.node for name in node.input}
+        del self.graph.initializer[:]
+        self.graph.initializer.extend(numpy_helper.from_array(value, name)
+                                      for name, value in self.weights.items() if name in used)
+
+
+def fold_batchnorms(graph: Graph) -> int:
+    """Folds each BatchNormalization fed by a convolution alone into that convolution; -> the count."""
+    producer, consumers = graph.producer(), graph.consumers()
+    folded = 0
+    for bn in [n for n in graph.graph.node if n.op_type == "BatchNormalization"]:
+        conv = producer.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or len(consumers[bn.input[0]]) != 1 or len(bn.output) != 1:
+            continue
+        if not all(name in graph.weights for name in [*bn.input[1:5], conv.input[1]]):
+            continue
+        gamma, beta, mean, var = (graph.weights[name].astype(np.float64) for name in bn.input[1:5])
+        epsilon = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        factor = gamma / np.sqrt(var + epsilon)  # (C,)
+        weight = graph.weights[conv.input[1]]  # (C, Cin / group, kh, kw)
+        bias = graph.weights[conv.input[2]] if len(conv.input) > 2 else np.zeros(len(factor), np.float32)
+        weight_name, bias_name = f"{conv.input[1]}_folded", f"{conv.output[0]}_folded_bias"
+        graph.weights[weight_name] = (weight * factor.reshape(-1, 1, 1, 1)).astype(np.float32)
+        graph.weights[bias_name] = ((bias - mean) * factor + beta).astype(np.float32)
+        conv.input[1:] = [weight_name, bias_name]
+        conv.output[0] = bn.output[0]
+        graph.remove(bn)
+        folded += 1
+    return folded
+
+
+def drop_relus(graph: Graph, convs: set[str]) -> int:
+    """Drops each Relu fed by one of convs (convolutions whose outputs are quantized) alone."""
+    producer, consumers = graph.producer(), graph.consumers()
+    dropped = 0
+    for relu in [n for n in graph.graph.node if n.op_type == "Relu"]:
+        conv = producer.get(relu.input[0])
+        if conv is None or conv.op_type != "Conv" or conv.name not in convs or len(consumers[relu.input[0]]) != 1:
+            continue
+        conv.output[0] = relu.output[0]
+        graph.remove(relu)
+        dropped += 1
+    return dropped
+
+
+def activation_ranges(model_dir: Any, names: list[str], images: np.ndarray) -> dict[str, Range]:
+    """Min and max of each named layer output of the artifact's graph over images (K, 3, S, S)."""
+    symbol = artifact.load_symbol(model_dir)
+    internals = symbol.get_internals()
+    available = set(internals.list_outputs())
+    missing = [n for n in names if f"{n}_output" not in available]
+    if missing:
+        raise UserError(f"the ONNX tensors {missing[:3]} have no layer of the same name in {model_dir}; "
+                        "export-onnx --int8 needs the graph export-onnx itself wrote")
+    group = mx.sym.Group([internals[f"{n}_output"] for n in names])
+    block = mx.gluon.SymbolBlock(group, mx.sym.var("data"))
+    block.collect_params().load_dict(artifact.read_parameters(model_dir), ctx=mx.cpu(), ignore_extra=True,
+                                     cast_dtype=True, dtype_source="saved")
+    low = np.full(len(names), np.inf)
+    high = np.full(len(names), -np.inf)
+    for start in range(0, len(images), CALIBRATION_BATCH):
+        outputs = block(mx.nd.array(images[start:start + CALIBRATION_BATCH], dtype="float32"))
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        low = np.minimum(low, [o.min().asscalar() for o in outputs])
+        high = np.maximum(high, [o.max().asscalar() for o in outputs])
+    return {name: Range(float(lo), float(hi)) for name, lo, hi in zip(names, low, high)}
+
+
+def _weight_int8(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(C, ...) float -> int8 values and the per-channel scales (C,)."""
+    peak = np.abs(weight.reshape(len(weight), -1)).max(axis=1)
+    scale = np.where(peak > 0, peak / WEIGHT_LEVELS, 1.0).astype(np.float32)
+    values = np.clip(np.round(weight / scale.reshape(-1, *[1] * (weight.ndim - 1))), -WEIGHT_LEVELS, WEIGHT_LEVELS)
+    return values.astype(np.int8), scale
+
+
+def _int32_output(graph: Graph, conv: Any, x_scale: np.float32, values: np.ndarray, w_scale: np.ndarray) -> list:
+    """A convolution computed in INT8 with its 32-bit sums as output, as quantize's int32-output:
+    ConvInteger on the uint8 input and the weights (as uint8 around 128: ONNX Runtime's
+    ConvInteger takes uint8 weights and one zero point), then a cast, the per-channel scale of
+    input times weight, and the FP32 bias. -> the nodes replacing conv."""
+    from onnx import helper
+
+    x, weight, out = conv.input[0], conv.input[1], conv.output[0]
+    channels = len(values)
+    graph.weights[f"{weight}_uint8"] = (values.astype(np.int16) + 128).astype(np.uint8)
+    graph.weights[f"{weight}_zero128"] = np.array(128, np.uint8)
+    graph.weights[f"{out}_sum_scale"] = (x_scale * w_scale).astype(np.float32).reshape(1, channels, 1, 1)
+    nodes = [helper.make_node("ConvInteger", [f"{x}_q", f"{weight}_uint8", f"{x}_zero", f"{weight}_zero128"],
+                              [f"{out}_int32"], name=f"{conv.name}_int", **{
+                                  a.name: helper.get_attribute_value(a) for a in conv.attribute}),
+             helper.make_node("Cast", [f"{out}_int32"], [f"{out}_sums"], name=f"{conv.name}_cast", to=1),
+             helper.make_node("Mul", [f"{out}_sums", f"{out}_sum_scale"],
+                              [f"{out}_scaled" if len(conv.input) > 2 else out], name=f"{conv.name}_scale")]
+    if len(conv.input) > 2:
+        graph.weights[f"{out}_bias4"] = graph.weights[conv.input[2]].reshape(1, channels, 1, 1)
+        nodes.append(helper.make_node("Add", [f"{out}_scaled", f"{out}_bias4"], [out], name=f"{conv.name}_bias"))
+    return nodes
+
+
+def quantize_graph(model: Any, model_dir: Any, images: np.ndarray, class_heads: str = "fp32") -> dict:
+    """Rewrites the exported FP32 model (an onnx ModelProto) in place; -> what was done."""
+    from onnx import helper
+
+    if class_heads not in CLASS_HEADS:
+        raise UserError(f"--class-heads {class_heads!r}: expected one of {', '.join(CLASS_HEADS)}")
+    graph = Graph(model.graph)
+    for index, node in enumerate(graph.graph.node):  # the exporter leaves some names empty
+        node.name = node.name or f"{node.op_type}_{index}"
+    folded = fold_batchnorms(graph)
+    class_convs = set(class_head_layers(json.loads(artifact.load_symbol(model_dir).tojson())["nodes"]))
+    convs = [n for n in graph.graph.node if n.op_type == "Conv" and n.input[1] in graph.weights]
+    heads = {n.name for n in convs if n.output[0] in class_convs}  # no BatchNorm after them: names kept
+    quantized = [n for n in convs if class_heads != "fp32" or n.name not in heads]
+    with_output = {n.name for n in quantized if class_heads == "int8" or n.name not in heads}
+    dropped = drop_relus(graph, with_output)
+    activations = sorted({n.input[0] for n in quantized} | {n.output[0] for n in quantized if n.name in with_output})
+    ranges = activation_ranges(model_dir, activations, images)
+
+    made: list[Any] = []
+    by_output: dict[str, list[Any]] = defaultdict(list)  # Q/DQ nodes to place after a tensor's producer
+    rename: dict[str, str] = {}
+    for name in activations:
+        scale, zero = ranges[name].scale_zero()
+        graph.weights[f"{name}_scale"], graph.weights[f"{name}_zero"] = np.array(scale), np.array(zero)
+        by_output[name] = [
+            helper.make_node("QuantizeLinear", [name, f"{name}_scale", f"{name}_zero"], [f"{name}_q"], name=f"{name}_Q"),
+            helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_scale", f"{name}_zero"], [f"{name}_dq"],
+                             name=f"{name}_DQ")]
+        rename[name] = f"{name}_dq"
+    wide = []  # class predictors with 32-bit outputs: ConvInteger, then scaled to float
+    for conv in quantized:
+        x_scale = ranges[conv.input[0]].scale_zero()[0]
+        values, w_scale = _weight_int8(graph.weights[conv.input[1]])
+        weight = conv.input[1]
+        if conv.name not in with_output:
+            wide.append((conv, _int32_output(graph, conv, x_scale, values, w_scale)))
+            continue
+        graph.weights[f"{weight}_int8"], graph.weights[f"{weight}_scale"] = values, w_scale
+        graph.weights[f"{weight}_zero"] = np.zeros(len(values), np.int8)
+        made.append(helper.make_node("DequantizeLinear", [f"{weight}_int8", f"{weight}_scale", f"{weight}_zero"],
+                                     [f"{weight}_dq"], name=f"{weight}_DQ", axis=0))
+        inputs = [conv.input[0], f"{weight}_dq"]
+        if len(conv.input) > 2:
+            bias = conv.input[2]
+            b_scale = (x_scale * w_scale).astype(np.float32)
+            limit = np.iinfo(np.int32).max
+            graph.weights[f"{bias}_int32"] = np.clip(np.round(graph.weights[bias] / b_scale), -limit, limit).astype(
+                np.int32)
+            graph.weights[f"{bias}_scale"], graph.weights[f"{bias}_zero"] = b_scale, np.zeros(len(values), np.int32)
+            made.append(helper.make_node("DequantizeLinear", [f"{bias}_int32", f"{bias}_scale", f"{bias}_zero"],
+                                         [f"{bias}_dq"], name=f"{bias}_DQ", axis=0))
+            inputs.append(f"{bias}_dq")
+        conv.input[:] = inputs
+    # Every reader of a quantized activation reads its dequantized copy; nodes stay in topological
+    # order: the weights' DequantizeLinear first, each activation's pair right after its producer.
+    nodes = list(graph.graph.node)
+    for node in nodes:
+        node.input[:] = [rename.get(name, name) for name in node.input]
+    for conv, replacement in wide:
+        at = nodes.index(conv)
+        nodes[at:at + 1] = replacement
+    ordered = list(made)
+    for value in graph.graph.input:
+        ordered.extend(by_output.get(value.name, []))
+    for node in nodes:
+        ordered.append(node)
+        for output in node.output:
+            ordered.extend(by_output.get(output, []))
+    del graph.graph.node[:]
+    graph.graph.node.extend(ordered)
+    graph.write_weights()
+    summary = {"format": "QDQ", "calibration": "naive", "calibration_images": int(len(images)),
+               "class_heads": class_heads, "int8_convolutions": len(quantized), "int32_output_convolutions": len(wide),
+               "fp32_convolutions": len(convs) - len(quantized), "batchnorms_folded": folded, "relus_dropped": dropped,
+               "weight_levels": WEIGHT_LEVELS}
+    LOG.info("INT8: %s", json.dumps(summary))
+    return summary

@@ -1,0 +1,136 @@
+"""`export-onnx --int8`: an ONNX file in QDQ form, calibrated on the user's images, that plain ONNX
+Runtime (its own virtualenv, `make onnx-venv`) runs with INT8 convolutions and that finds what the
+FP32 file finds."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssd_detector.data.images import decode_rgb
+from ssd_detector.data.transforms import ValTransform
+from ssd_detector.model import artifact
+
+ROOT = Path(__file__).resolve().parents[2]
+ORT_PYTHON = ROOT / ".venv-onnx/bin/python"
+CLI = [sys.executable, "-m", "ssd_detector.cli"]
+# Runs a file in ONNX Runtime, optimized as a session optimizes it, and counts what it then runs.
+OPTIMIZED_OPS = """
+import collections, sys, onnxruntime as ort
+options = ort.SessionOptions()
+options.optimized_model_filepath = sys.argv[2]
+options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+"""
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=600)
+
+
+def export(model_dir: Path, out: Path, *extra: str) -> dict:
+    result = cli("export-onnx", "--model-dir", str(model_dir), "--output", str(out), *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def model_dir(trained_model: tuple[Path, str]) -> Path:
+    return trained_model[0]
+
+
+@pytest.fixture(scope="module")
+def images(synth_set: Path, model_dir: Path) -> np.ndarray:
+    """Validation images preprocessed as serving does: (K, 3, S, S) uint8."""
+    size = artifact.read_image_shape(model_dir)
+    transform = ValTransform(size)
+    paths = sorted(p for p in (synth_set / "json/validation").iterdir() if p.suffix in (".jpg", ".png"))
+    return np.stack([transform(decode_rgb(p.read_bytes()), np.zeros((0, 4), np.float32))[0] for p in paths])
+
+
+def ort_rows(onnx_file: Path, images: np.ndarray, tmp: Path, quantization: dict | None = None) -> list[np.ndarray]:
+    """scripts/onnx_infer.py's rows per image; its summary names the file's quantization."""
+    if not ORT_PYTHON.exists():
+        pytest.fail(f"{ORT_PYTHON} missing: `make onnx-venv` installs ONNX Runtime")
+    np.savez(tmp / "in.npz", images=images)
+    result = subprocess.run([str(ORT_PYTHON), str(ROOT / "scripts/onnx_infer.py"), str(onnx_file), str(tmp / "in.npz"),
+                             str(tmp / "out.npz"), "--batch", "2"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1])["quantization"] == quantization
+    out = np.load(tmp / "out.npz")
+    return [out["detections"][out["batch_index"] == i] for i in range(len(images))]
+
+
+def ops_run_by_onnx_runtime(onnx_file: Path, tmp: Path) -> str:
+    optimized = tmp / f"{onnx_file.stem}.optimized.onnx"
+    result = subprocess.run([str(ORT_PYTHON), "-c", OPTIMIZED_OPS, str(onnx_file), str(optimized)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import onnx
+
+    return " ".join(n.op_type for n in onnx.load(str(optimized)).graph.node)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    lo, hi = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
+    inter = float(np.prod(np.clip(hi - lo, 0, None)))
+    return inter / (float(np.prod(a[2:] - a[:2])) + float(np.prod(b[2:] - b[:2])) - inter)
+
+
+@pytest.mark.parametrize("class_heads", ["fp32", "int32-output", "int8"])
+def test_the_int8_file_runs_int8_convolutions_and_finds_what_fp32_finds(model_dir: Path, synth_set: Path,
+                                                                        images: np.ndarray, tmp_path: Path,
+                                                                        class_heads: str):
+    import onnx
+
+    fp32_file, int8_file = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    export(model_dir, fp32_file)
+    summary = export(model_dir, int8_file, "--int8", "--calibration-data", str(synth_set / "recordio/train"),
+                     "--num-calibration", "16", "--class-heads", class_heads)
+    done = summary["quantization"]
+    assert done["format"] == "QDQ" and done["class_heads"] == class_heads and done["calibration_images"] == 16
+    assert done["batchnorms_folded"] > 10 and done["relus_dropped"] == done["batchnorms_folded"]
+    wide = done["int32_output_convolutions"]
+    assert (done["fp32_convolutions"] > 0) == (class_heads == "fp32") and (wide > 0) == (class_heads == "int32-output")
+
+    model = onnx.load(str(int8_file))
+    assert {o.domain for o in model.opset_import} == {""}, "standard operators only"
+    assert json.loads(dict((p.key, p.value) for p in model.metadata_props)["quantization"]) == done
+    ops = [n.op_type for n in model.graph.node]
+    assert "BatchNormalization" not in ops and ops.count("ConvInteger") == wide
+    int8_weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
+    assert len(int8_weights) == done["int8_convolutions"] - wide
+    assert int8_file.stat().st_size < fp32_file.stat().st_size / 2
+
+    # ONNX Runtime runs those as QLinearConv (each with its QDQ pairs fused), not in FP32.
+    run = ops_run_by_onnx_runtime(int8_file, tmp_path)
+    assert run.count("QLinearConv") == len(int8_weights), run
+
+    fp32_rows, int8_rows = ort_rows(fp32_file, images, tmp_path), ort_rows(int8_file, images, tmp_path, done)
+    matched = 0
+    for want, got in zip(fp32_rows, int8_rows):
+        best = want[0]  # the FP32 file's best detection of the image
+        same = [g for g in got if g[0] == best[0] and iou(g[2:], best[2:]) >= 0.7]
+        assert same, (best, got[:3])
+        matched += abs(same[0][1] - best[1]) <= 0.1
+    assert matched == len(images), "the best detection's score moves by more than 0.1"
+
+
+def test_refusals_name_the_problem(model_dir: Path, synth_set: Path, tmp_path: Path):
+    out = str(tmp_path / "x.onnx")
+    calibration = str(synth_set / "recordio/train")
+    cases = [
+        (["--int8"], "--int8 needs --calibration-data"),
+        (["--calibration-data", calibration], "--calibration-data is for --int8"),
+        (["--int8", "--calibration-data", calibration, "--class-heads", "int4"], "--class-heads 'int4'"),
+        (["--int8", "--calibration-data", calibration, "--num-calibration", "0"], "--num-calibration 0"),
+        (["--int8", "--calibration-data", str(tmp_path / "none")], "does not exist"),
+    ]
+    for extra, message in cases:
+        result = cli("export-onnx", "--model-dir", str(model_dir), "--output", out, *extra)
+        assert result.returncode != 0 and message in result.stderr, (extra, result.stderr[-1500:])
+    assert not (tmp_path / "x.onnx").exists()
