@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ssd_detector.data.images import decode_rgb
+from ssd_detector.data.images import decode_rgb, encode
 from ssd_detector.data.transforms import ValTransform
 from ssd_detector.model import artifact
 
@@ -134,3 +134,23 @@ def test_refusals_name_the_problem(model_dir: Path, synth_set: Path, tmp_path: P
         result = cli("export-onnx", "--model-dir", str(model_dir), "--output", out, *extra)
         assert result.returncode != 0 and message in result.stderr, (extra, result.stderr[-1500:])
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("base_network", ["vgg-16", "resnet-50"])
+def test_other_backbones_quantize_and_run(base_network: str, tmp_path: Path):
+    """vgg-16 (max pooling, no BatchNorm) and resnet-50 (additions, a Relu after each): every
+    convolution but the class predictors runs as QLinearConv in ONNX Runtime."""
+    from ssd_detector.model.untrained import export_untrained
+
+    model_dir = export_untrained(tmp_path / "model", {"num_classes": "3", "base_network": base_network,
+                                                      "image_shape": "128"})
+    images = np.random.default_rng(0).integers(0, 256, (6, 3, 128, 128), dtype=np.uint8)
+    (tmp_path / "calibration").mkdir()
+    for i, image in enumerate(images):
+        (tmp_path / "calibration" / f"{i}.png").write_bytes(encode(image.transpose(1, 2, 0), "png"))
+    int8_file = tmp_path / "int8.onnx"
+    done = export(model_dir, int8_file, "--int8", "--calibration-data", str(tmp_path / "calibration"))["quantization"]
+    assert done["calibration_images"] == 6 and done["fp32_convolutions"] > 0
+    assert ops_run_by_onnx_runtime(int8_file, tmp_path).count("QLinearConv") == done["int8_convolutions"]
+    rows = ort_rows(int8_file, images, tmp_path, done)
+    assert all(len(r) for r in rows)
