@@ -4,7 +4,7 @@ briefly trained models.
 
 `mobilenet-1.0`@300 and `mobilenet-0.25`@256 SSDs are trained on the synthetic shapes family
 (once; kept under --root), quantized on the validation split with quantize's defaults and exported
-to ONNX, FP32 and INT8 (export-onnx's default class heads; --ort-class-heads for others; calibrated
+to ONNX, FP32 and INT8 (export-onnx's defaults; --ort-int8 for other choices; calibrated
 on the same images). Each engine is scored on a held-out split made with another seed (VOC07 mAP,
 the code training's validation uses) and timed at batch 1 and 8 on the same preprocessed images,
 in interleaved rounds (the median round counts), all in one run so the ratios share the machine's
@@ -43,6 +43,7 @@ MODELS = {
     "mobilenet-0.25@256": {**COMMON, "base_network": "mobilenet-0.25", "image_shape": "256", "epochs": "16",
                            "lr_scheduler_step": "12,14"},
 }
+DEFAULT_ORT_INT8 = "fp32/7"  # export-onnx --int8's defaults: class predictors FP32, 7-bit weights
 TARGETS = {"int8_speedup_b8": 3.0, "int8_speedup_b1": 2.0, "int8_map_drop": 0.01, "onnx_map_gap": 0.005,
            "ort_fp32_speedup": 1.3, "ort_int8_speedup_b8": 2.5}
 
@@ -139,16 +140,18 @@ def quantize_options(extra: bool) -> dict:
     return options
 
 
-def onnx_files(model: Path, calibration: np.ndarray, work: Path, class_heads: list[str]) -> dict[str, Path]:
-    """The FP32 file and an INT8 file per class-head choice (export-onnx's default named plainly)."""
-    from ssd_detector.model.onnx_export import DEFAULT_INT8_CLASS_HEADS, export_onnx
+def onnx_files(model: Path, calibration: np.ndarray, work: Path, choices: list[str]) -> dict[str, Path]:
+    """The FP32 file and an INT8 file per choice, CLASS_HEADS/WEIGHT_BITS (export-onnx's defaults
+    named plainly "ORT INT8")."""
+    from ssd_detector.model.onnx_export import export_onnx
 
     files = {"ORT FP32": work / "model.onnx"}
     export_onnx(model, files["ORT FP32"])
-    for choice in class_heads:
-        name = "ORT INT8" if choice == DEFAULT_INT8_CLASS_HEADS else f"ORT INT8 cls {choice}"
-        files[name] = work / f"model-int8-{choice}.onnx"
-        export_onnx(model, files[name], calibration=calibration, class_heads=choice)
+    for choice in choices:
+        class_heads, bits = choice.split("/")
+        name = "ORT INT8" if choice == DEFAULT_ORT_INT8 else f"ORT INT8 {choice}"
+        files[name] = work / f"model-int8-{class_heads}-{bits}.onnx"
+        export_onnx(model, files[name], calibration=calibration, class_heads=class_heads, weight_bits=int(bits))
     return files
 
 
@@ -166,7 +169,7 @@ def measure(model: Path, validation: Path, test_dir: Path, work: Path, args: arg
     for name, options in quantize_options(args.mxnet_variants).items():
         variants[name] = work / name.lower().replace(" ", "-")
         quantize(model, calibration, variants[name], options)
-    files = onnx_files(model, calibration, work, args.ort_class_heads.split(","))
+    files = onnx_files(model, calibration, work, args.ort_int8.split(","))
     images, samples = held_out(test_dir, size)
     timing = images[:args.timing_images]
     engines = {name: mxnet_engine(path) for name, path in variants.items()}
@@ -246,8 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="timed passes per engine and batch size")
     parser.add_argument("--mxnet-variants", action="store_true",
                         help="also MXNet INT8 with entropy calibration, class predictors FP32 and with INT8 outputs")
-    parser.add_argument("--ort-class-heads", default=None,
-                        help="comma-separated class-head choices of the ORT INT8 files (default: export-onnx's)")
+    parser.add_argument("--ort-int8", default=DEFAULT_ORT_INT8,
+                        help="comma-separated INT8 files to measure, each CLASS_HEADS/WEIGHT_BITS as export-onnx "
+                        f"takes them (default {DEFAULT_ORT_INT8}, export-onnx's defaults)")
     parser.add_argument("--output", type=Path, default=Path("build/bench/infer.json"))
     parser.add_argument("--also", type=Path, action="append", default=[],
                         help="a trained model's folder in make bench-accuracy's layout (job/model, data/validation, "
@@ -266,9 +270,6 @@ def main(argv: list[str] | None = None) -> int:
         missing = [p for p in ("job/model", "data/validation", "test/validation") if not (folder / p).exists()]
         if missing:
             parser.error(f"--also {folder}: no {', '.join(missing)} (make bench-accuracy's layout)")
-    from ssd_detector.model.onnx_export import DEFAULT_INT8_CLASS_HEADS
-
-    args.ort_class_heads = args.ort_class_heads or DEFAULT_INT8_CLASS_HEADS
     root = args.root
     root.mkdir(parents=True, exist_ok=True)
     summaries, found = {}, {}

@@ -81,18 +81,19 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / (float(np.prod(a[2:] - a[:2])) + float(np.prod(b[2:] - b[:2])) - inter)
 
 
-@pytest.mark.parametrize("class_heads", ["fp32", "int32-output", "int8"])
+@pytest.mark.parametrize("class_heads,bits", [("fp32", 7), ("int32-output", 7), ("int8", 8)])
 def test_the_int8_file_runs_int8_convolutions_and_finds_what_fp32_finds(model_dir: Path, synth_set: Path,
                                                                         images: np.ndarray, tmp_path: Path,
-                                                                        class_heads: str):
+                                                                        class_heads: str, bits: int):
     import onnx
 
     fp32_file, int8_file = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
     export(model_dir, fp32_file)
     summary = export(model_dir, int8_file, "--int8", "--calibration-data", str(synth_set / "recordio/train"),
-                     "--num-calibration", "16", "--class-heads", class_heads)
+                     "--num-calibration", "16", "--class-heads", class_heads, "--weight-bits", str(bits))
     done = summary["quantization"]
     assert done["format"] == "QDQ" and done["class_heads"] == class_heads and done["calibration_images"] == 16
+    assert done["weight_bits"] == bits
     assert done["batchnorms_folded"] > 10 and done["relus_dropped"] == done["batchnorms_folded"]
     wide = done["int32_output_convolutions"]
     assert (done["fp32_convolutions"] > 0) == (class_heads == "fp32") and (wide > 0) == (class_heads == "int32-output")
@@ -128,6 +129,7 @@ def test_refusals_name_the_problem(model_dir: Path, synth_set: Path, tmp_path: P
         (["--calibration-data", calibration], "--calibration-data is for --int8"),
         (["--int8", "--calibration-data", calibration, "--class-heads", "int4"], "--class-heads 'int4'"),
         (["--int8", "--calibration-data", calibration, "--num-calibration", "0"], "--num-calibration 0"),
+        (["--int8", "--calibration-data", calibration, "--weight-bits", "4"], "--weight-bits 4"),
         (["--int8", "--calibration-data", str(tmp_path / "none")], "does not exist"),
     ]
     for extra, message in cases:

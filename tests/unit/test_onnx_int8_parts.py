@@ -86,3 +86,5 @@ def test_weights_per_channel_on_seven_bits():
     assert values.dtype == np.int8 and np.abs(values).max() == 63
     assert list(values[0, 0, 0]) == [16, -63] and list(values[1, 0, 0]) == [63, 16] and not values[2].any()
     np.testing.assert_allclose(values * scale.reshape(-1, 1, 1, 1), weight, atol=float(scale.max()) / 2)
+    values, scale = _weight_int8(weight, bits=8)
+    assert np.abs(values).max() == 127 and list(values[0, 0, 0]) == [32, -127]

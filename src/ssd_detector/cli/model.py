@@ -99,6 +99,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
                         else "--calibration-data is for --int8 (an INT8 file)")
     if args.class_heads not in CLASS_HEADS:
         raise UserError(f"--class-heads {args.class_heads!r}: expected one of {', '.join(CLASS_HEADS)}")
+    if args.weight_bits not in (7, 8):
+        raise UserError(f"--weight-bits {args.weight_bits}: expected 7 or 8")
     if not 1 <= args.num_calibration <= MAX_CALIBRATION_IMAGES:
         raise UserError(f"--num-calibration {args.num_calibration}: expected 1 to {MAX_CALIBRATION_IMAGES}")
     model_dir = artifact.locate(args.model_dir)
@@ -107,7 +109,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         artifact.refuse_builtin(model_dir, "export-onnx")
         images = calibration_images(args.calibration_data, args.annotations, args.num_calibration,
                                     artifact.read_image_shape(model_dir))
-    print(json.dumps(export_onnx(model_dir, args.output, args.opset, images, args.class_heads)))
+    print(json.dumps(export_onnx(model_dir, args.output, args.opset, images, args.class_heads, args.weight_bits)))
     return 0
 
 

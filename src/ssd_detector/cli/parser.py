@@ -195,5 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-heads", default="fp32", help="with --int8, the class predictors: fp32 (default), "
                    "int32-output (INT8 convolutions with 32-bit outputs: exact as quantize's, but slow in ONNX "
                    "Runtime), or int8 (INT8 outputs: loses accuracy)")
+    p.add_argument("--weight-bits", type=int, default=7, help="with --int8: 7 (default; safe on every x86 CPU) or 8 "
+                   "(CPUs with VNNI, GPUs)")
     p.set_defaults(func=model.cmd_export_onnx)
     return parser

@@ -98,9 +98,10 @@ def _graph_parts(symbol_json: dict, opset: int) -> tuple[dict, list[dict]]:
 
 
 def export_onnx(model_dir: Path, output: Path, opset: int = DEFAULT_OPSET, calibration: np.ndarray | None = None,
-                class_heads: str = DEFAULT_INT8_CLASS_HEADS) -> dict[str, Any]:
+                class_heads: str = DEFAULT_INT8_CLASS_HEADS, weight_bits: int = 7) -> dict[str, Any]:
     """Writes output from the artifact in model_dir; -> a summary (shapes, rules, opset).
-    calibration: (K, 3, S, S) uint8 images: the file is INT8 (onnx_int8), calibrated on them."""
+    calibration: (K, 3, S, S) uint8 images: the file is INT8 (onnx_int8), calibrated on them, with
+    class_heads and weight_bits as onnx_int8 takes them."""
     try:
         import onnx
     except ImportError:
@@ -141,7 +142,7 @@ def export_onnx(model_dir: Path, output: Path, opset: int = DEFAULT_OPSET, calib
     if calibration is not None:
         from .onnx_int8 import quantize_graph
 
-        quantization = quantize_graph(model, model_dir, calibration, class_heads)
+        quantization = quantize_graph(model, model_dir, calibration, class_heads, weight_bits)
     doc = {"input": "data: uint8 RGB (batch, 3, S, S)", "outputs": "detections (M, 6) [class_id, score, xmin, "
            "ymin, xmax, ymax] normalized; batch_index (M,)", "image_shape": str(size)}
     if quantization:

@@ -12,8 +12,9 @@ The rewrite, in order:
    min/max over all images, as ``quantize`` does by default), the artifact's own layer outputs
    having the names the exporter gives the ONNX tensors;
 4. activations become uint8 (asymmetric), weights int8 per output channel, symmetric, on 7 bits
-   (127 levels: x86 CPUs without VNNI multiply uint8 by int8 pairwise into 16 bits, which 8-bit
-   weights can overflow), biases int32 with the scale of input times weight.
+   by default (127 levels: x86 CPUs without VNNI multiply uint8 by int8 pairwise into 16 bits,
+   which 8-bit weights can overflow; ``weight_bits=8`` for CPUs with VNNI and other runtimes),
+   biases int32 with the scale of input times weight.
 
 The class predictors (the convolutions feeding the class probabilities) have the choices of
 ``quantize``, for the same reason (one INT8 scale for logits that span hundreds rounds away the
@@ -40,7 +41,8 @@ from .quantize import CALIBRATION_BATCH, CLASS_HEADS, class_head_layers
 
 LOG = logging.getLogger(__name__)
 
-WEIGHT_LEVELS = 63  # symmetric int8 weights in [-63, 63] (see the module's docstring)
+DEFAULT_WEIGHT_BITS = 7  # symmetric int8 weights in [-63, 63] (see the module's docstring)
+WEIGHT_BITS = (7, 8)
 ACTIVATION_LEVELS = 255  # uint8 activations
 
 
@@ -151,11 +153,13 @@ def activation_ranges(model_dir: Any, names: list[str], images: np.ndarray) -> d
     return {name: Range(float(lo), float(hi)) for name, lo, hi in zip(names, low, high)}
 
 
-def _weight_int8(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(C, ...) float -> int8 values and the per-channel scales (C,)."""
+def _weight_int8(weight: np.ndarray, bits: int = DEFAULT_WEIGHT_BITS) -> tuple[np.ndarray, np.ndarray]:
+    """(C, ...) float -> int8 values in [-(2^(bits-1) - 1), 2^(bits-1) - 1] and the per-channel
+    scales (C,)."""
+    levels = 2 ** (bits - 1) - 1
     peak = np.abs(weight.reshape(len(weight), -1)).max(axis=1)
-    scale = np.where(peak > 0, peak / WEIGHT_LEVELS, 1.0).astype(np.float32)
-    values = np.clip(np.round(weight / scale.reshape(-1, *[1] * (weight.ndim - 1))), -WEIGHT_LEVELS, WEIGHT_LEVELS)
+    scale = np.where(peak > 0, peak / levels, 1.0).astype(np.float32)
+    values = np.clip(np.round(weight / scale.reshape(-1, *[1] * (weight.ndim - 1))), -levels, levels)
     return values.astype(np.int8), scale
 
 
@@ -183,12 +187,15 @@ def _int32_output(graph: Graph, conv: Any, x_scale: np.float32, values: np.ndarr
     return nodes
 
 
-def quantize_graph(model: Any, model_dir: Any, images: np.ndarray, class_heads: str = "fp32") -> dict:
+def quantize_graph(model: Any, model_dir: Any, images: np.ndarray, class_heads: str = "fp32",
+                   weight_bits: int = DEFAULT_WEIGHT_BITS) -> dict:
     """Rewrites the exported FP32 model (an onnx ModelProto) in place; -> what was done."""
     from onnx import helper
 
     if class_heads not in CLASS_HEADS:
         raise UserError(f"--class-heads {class_heads!r}: expected one of {', '.join(CLASS_HEADS)}")
+    if weight_bits not in WEIGHT_BITS:
+        raise UserError(f"--weight-bits {weight_bits}: expected 7 or 8")
     graph = Graph(model.graph)
     for index, node in enumerate(graph.graph.node):  # the exporter leaves some names empty
         node.name = node.name or f"{node.op_type}_{index}"
@@ -216,7 +223,7 @@ def quantize_graph(model: Any, model_dir: Any, images: np.ndarray, class_heads: 
     wide = []  # class predictors with 32-bit outputs: ConvInteger, then scaled to float
     for conv in quantized:
         x_scale = ranges[conv.input[0]].scale_zero()[0]
-        values, w_scale = _weight_int8(graph.weights[conv.input[1]])
+        values, w_scale = _weight_int8(graph.weights[conv.input[1]], weight_bits)
         weight = conv.input[1]
         if conv.name not in with_output:
             wide.append((conv, _int32_output(graph, conv, x_scale, values, w_scale)))
@@ -258,6 +265,6 @@ def quantize_graph(model: Any, model_dir: Any, images: np.ndarray, class_heads: 
     summary = {"format": "QDQ", "calibration": "naive", "calibration_images": int(len(images)),
                "class_heads": class_heads, "int8_convolutions": len(quantized), "int32_output_convolutions": len(wide),
                "fp32_convolutions": len(convs) - len(quantized), "batchnorms_folded": folded, "relus_dropped": dropped,
-               "weight_levels": WEIGHT_LEVELS}
+               "weight_bits": weight_bits}
     LOG.info("INT8: %s", json.dumps(summary))
     return summary
