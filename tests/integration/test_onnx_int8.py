@@ -81,14 +81,22 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / (float(np.prod(a[2:] - a[:2])) + float(np.prod(b[2:] - b[:2])) - inter)
 
 
+@pytest.fixture(scope="module")
+def fp32_export(model_dir: Path, images: np.ndarray, tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
+    """The FP32 file and its rows per image in ONNX Runtime."""
+    folder = tmp_path_factory.mktemp("fp32-onnx")
+    export(model_dir, folder / "fp32.onnx")
+    return folder / "fp32.onnx", ort_rows(folder / "fp32.onnx", images, folder)
+
+
 @pytest.mark.parametrize("class_heads,bits", [("fp32", 7), ("int32-output", 7), ("int8", 8)])
 def test_the_int8_file_runs_int8_convolutions_and_finds_what_fp32_finds(model_dir: Path, synth_set: Path,
                                                                         images: np.ndarray, tmp_path: Path,
+                                                                        fp32_export: tuple[Path, list[np.ndarray]],
                                                                         class_heads: str, bits: int):
     import onnx
 
-    fp32_file, int8_file = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
-    export(model_dir, fp32_file)
+    (fp32_file, fp32_rows), int8_file = fp32_export, tmp_path / "int8.onnx"
     summary = export(model_dir, int8_file, "--int8", "--calibration-data", str(synth_set / "recordio/train"),
                      "--num-calibration", "16", "--class-heads", class_heads, "--weight-bits", str(bits))
     done = summary["quantization"]
@@ -111,7 +119,7 @@ def test_the_int8_file_runs_int8_convolutions_and_finds_what_fp32_finds(model_di
     run = ops_run_by_onnx_runtime(int8_file, tmp_path)
     assert run.count("QLinearConv") == len(int8_weights), run
 
-    fp32_rows, int8_rows = ort_rows(fp32_file, images, tmp_path), ort_rows(int8_file, images, tmp_path, done)
+    int8_rows = ort_rows(int8_file, images, tmp_path, done)
     matched = 0
     for want, got in zip(fp32_rows, int8_rows):
         best = want[0]  # the FP32 file's best detection of the image
