@@ -92,15 +92,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from ..model import artifact
     from ..model.onnx_export import export_onnx
-    from ..model.quantize import CLASS_HEADS, MAX_CALIBRATION_IMAGES, calibration_images
+    from ..model.onnx_int8 import check_choices
+    from ..model.quantize import MAX_CALIBRATION_IMAGES, calibration_images
 
     if args.int8 != (args.calibration_data is not None):
         raise UserError("--int8 needs --calibration-data" if args.int8
                         else "--calibration-data is for --int8 (an INT8 file)")
-    if args.class_heads not in CLASS_HEADS:
-        raise UserError(f"--class-heads {args.class_heads!r}: expected one of {', '.join(CLASS_HEADS)}")
-    if args.weight_bits not in (7, 8):
-        raise UserError(f"--weight-bits {args.weight_bits}: expected 7 or 8")
+    check_choices(args.class_heads, args.weight_bits)  # before the calibration images are read
     if not 1 <= args.num_calibration <= MAX_CALIBRATION_IMAGES:
         raise UserError(f"--num-calibration {args.num_calibration}: expected 1 to {MAX_CALIBRATION_IMAGES}")
     model_dir = artifact.locate(args.model_dir)

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import UserError
 from . import artifact
+from .onnx_int8 import DEFAULT_CLASS_HEADS, DEFAULT_WEIGHT_BITS
 
 LOG = logging.getLogger(__name__)
 
@@ -35,10 +36,6 @@ DETECTION_OP = "_contrib_MultiBoxDetection"
 # Operators of an INT8 graph (mxnet.contrib.quantization); the exporter has no translation for them.
 QUANTIZED_MARKERS = ("quantize", "_sg_mkldnn", "_sg_onednn", "requantize", "dequantize")
 ONNX_FILE = "model.onnx"
-# The class predictors of an INT8 file stay FP32 by default: ONNX Runtime has no fast kernel for
-# INT8 convolutions with 32-bit outputs (ConvInteger took as long as the whole INT8 backbone, see
-# onnx_int8), and INT8 outputs cost accuracy (see quantize).
-DEFAULT_INT8_CLASS_HEADS = "fp32"
 
 
 @dataclass(frozen=True)
@@ -98,7 +95,7 @@ def _graph_parts(symbol_json: dict, opset: int) -> tuple[dict, list[dict]]:
 
 
 def export_onnx(model_dir: Path, output: Path, opset: int = DEFAULT_OPSET, calibration: np.ndarray | None = None,
-                class_heads: str = DEFAULT_INT8_CLASS_HEADS, weight_bits: int = 7) -> dict[str, Any]:
+                class_heads: str = DEFAULT_CLASS_HEADS, weight_bits: int = DEFAULT_WEIGHT_BITS) -> dict[str, Any]:
     """Writes output from the artifact in model_dir; -> a summary (shapes, rules, opset).
     calibration: (K, 3, S, S) uint8 images: the file is INT8 (onnx_int8), calibrated on them, with
     class_heads and weight_bits as onnx_int8 takes them."""

@@ -30,6 +30,7 @@ import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mxnet as mx
@@ -41,6 +42,9 @@ from .quantize import CALIBRATION_BATCH, CLASS_HEADS, class_head_layers
 
 LOG = logging.getLogger(__name__)
 
+# The class predictors stay FP32 by default: ONNX Runtime has no fast kernel for INT8 convolutions
+# with 32-bit outputs (ConvInteger), and INT8 outputs cost accuracy (see the module's docstring).
+DEFAULT_CLASS_HEADS = "fp32"
 DEFAULT_WEIGHT_BITS = 7  # symmetric int8 weights in [-63, 63] (see the module's docstring)
 WEIGHT_BITS = (7, 8)
 ACTIVATION_LEVELS = 255  # uint8 activations
@@ -130,7 +134,7 @@ def drop_relus(graph: Graph, convs: set[str]) -> int:
     return dropped
 
 
-def activation_ranges(model_dir: Any, names: list[str], images: np.ndarray) -> dict[str, Range]:
+def activation_ranges(model_dir: Path, names: list[str], images: np.ndarray) -> dict[str, Range]:
     """Min and max of each named layer output of the artifact's graph over images (K, 3, S, S)."""
     symbol = artifact.load_symbol(model_dir)
     internals = symbol.get_internals()
@@ -187,15 +191,20 @@ def _int32_output(graph: Graph, conv: Any, x_scale: np.float32, values: np.ndarr
     return nodes
 
 
-def quantize_graph(model: Any, model_dir: Any, images: np.ndarray, class_heads: str = "fp32",
+def check_choices(class_heads: str, weight_bits: int) -> None:
+    """Refuses class-head and weight-bit choices this rewrite does not make."""
+    if class_heads not in CLASS_HEADS:
+        raise UserError(f"--class-heads {class_heads!r}: expected one of {', '.join(CLASS_HEADS)}")
+    if weight_bits not in WEIGHT_BITS:
+        raise UserError(f"--weight-bits {weight_bits}: expected one of {', '.join(map(str, WEIGHT_BITS))}")
+
+
+def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, class_heads: str = DEFAULT_CLASS_HEADS,
                    weight_bits: int = DEFAULT_WEIGHT_BITS) -> dict:
     """Rewrites the exported FP32 model (an onnx ModelProto) in place; -> what was done."""
     from onnx import helper
 
-    if class_heads not in CLASS_HEADS:
-        raise UserError(f"--class-heads {class_heads!r}: expected one of {', '.join(CLASS_HEADS)}")
-    if weight_bits not in WEIGHT_BITS:
-        raise UserError(f"--weight-bits {weight_bits}: expected 7 or 8")
+    check_choices(class_heads, weight_bits)
     graph = Graph(model.graph)
     for index, node in enumerate(graph.graph.node):  # the exporter leaves some names empty
         node.name = node.name or f"{node.op_type}_{index}"
