@@ -134,9 +134,10 @@ def drop_relus(graph: Graph, convs: set[str]) -> int:
     return dropped
 
 
-def activation_ranges(model_dir: Path, names: list[str], images: np.ndarray) -> dict[str, Range]:
-    """Min and max of each named layer output of the artifact's graph over images (K, 3, S, S)."""
-    symbol = artifact.load_symbol(model_dir)
+def activation_ranges(model_dir: Path, symbol: mx.sym.Symbol, names: list[str],
+                      images: np.ndarray) -> dict[str, Range]:
+    """Min and max of each named layer output of the artifact's graph (symbol, as load_symbol
+    reads it from model_dir) over images (K, 3, S, S)."""
     internals = symbol.get_internals()
     available = set(internals.list_outputs())
     missing = [n for n in names if f"{n}_output" not in available]
@@ -209,14 +210,15 @@ def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, class_heads:
     for index, node in enumerate(graph.graph.node):  # the exporter leaves some names empty
         node.name = node.name or f"{node.op_type}_{index}"
     folded = fold_batchnorms(graph)
-    class_convs = set(class_head_layers(json.loads(artifact.load_symbol(model_dir).tojson())["nodes"]))
+    symbol = artifact.load_symbol(model_dir)
+    class_convs = set(class_head_layers(json.loads(symbol.tojson())["nodes"]))
     convs = [n for n in graph.graph.node if n.op_type == "Conv" and n.input[1] in graph.weights]
     heads = {n.name for n in convs if n.output[0] in class_convs}  # no BatchNorm after them: names kept
     quantized = [n for n in convs if class_heads != "fp32" or n.name not in heads]
     with_output = {n.name for n in quantized if class_heads == "int8" or n.name not in heads}
     dropped = drop_relus(graph, with_output)
     activations = sorted({n.input[0] for n in quantized} | {n.output[0] for n in quantized if n.name in with_output})
-    ranges = activation_ranges(model_dir, activations, images)
+    ranges = activation_ranges(model_dir, symbol, activations, images)
 
     made: list[Any] = []
     by_output: dict[str, list[Any]] = defaultdict(list)  # Q/DQ nodes to place after a tensor's producer
