@@ -89,25 +89,34 @@ def fp32_export(model_dir: Path, images: np.ndarray, tmp_path_factory) -> tuple[
     return folder / "fp32.onnx", ort_rows(folder / "fp32.onnx", images, folder)
 
 
-@pytest.mark.parametrize("class_heads,bits", [("fp32", 7), ("int32-output", 7), ("int8", 8)])
+@pytest.mark.parametrize("class_heads,bits,min_channels", [("fp32", 7, 16), ("int32-output", 7, 16), ("int8", 8, 0)])
 def test_the_int8_file_runs_int8_convolutions_and_finds_what_fp32_finds(model_dir: Path, synth_set: Path,
                                                                         images: np.ndarray, tmp_path: Path,
                                                                         fp32_export: tuple[Path, list[np.ndarray]],
-                                                                        class_heads: str, bits: int):
+                                                                        class_heads: str, bits: int, min_channels: int):
     import onnx
+    from onnx import numpy_helper
 
     (fp32_file, fp32_rows), int8_file = fp32_export, tmp_path / "int8.onnx"
     summary = export(model_dir, int8_file, "--int8", "--calibration-data", str(synth_set / "recordio/train"),
-                     "--num-calibration", "16", "--class-heads", class_heads, "--weight-bits", str(bits))
+                     "--num-calibration", "16", "--class-heads", class_heads, "--weight-bits", str(bits),
+                     "--int8-min-channels", str(min_channels))
     done = summary["quantization"]
     assert done["format"] == "QDQ" and done["class_heads"] == class_heads and done["calibration_images"] == 16
-    assert done["weight_bits"] == bits
-    assert done["batchnorms_folded"] > 10 and done["relus_dropped"] == done["batchnorms_folded"]
+    assert done["weight_bits"] == bits and done["min_channels"] == min_channels
+    # mobilenet-0.25's stem reads 3, 8 and 8 channels: below 16 those stay FP32, with their Relu.
+    narrow = done["fp32_narrow_convolutions"]
+    assert narrow == (3 if min_channels == 16 else 0)
+    assert done["batchnorms_folded"] > 10 and done["relus_dropped"] == done["batchnorms_folded"] - narrow
     wide = done["int32_output_convolutions"]
-    assert (done["fp32_convolutions"] > 0) == (class_heads == "fp32") and (wide > 0) == (class_heads == "int32-output")
+    assert (done["fp32_convolutions"] > narrow) == (class_heads == "fp32") and (wide > 0) == (class_heads == "int32-output")
 
     model = onnx.load(str(int8_file))
     assert {o.domain for o in model.opset_import} == {""}, "standard operators only"
+    first = next(n for n in model.graph.node if n.op_type == "Conv")  # reads the RGB input
+    weights = {i.name: i for i in model.graph.initializer}
+    assert (first.input[1] in weights and numpy_helper.to_array(weights[first.input[1]]).dtype == np.float32) == \
+        (min_channels > 3)
     assert json.loads(dict((p.key, p.value) for p in model.metadata_props)["quantization"]) == done
     ops = [n.op_type for n in model.graph.node]
     assert "BatchNormalization" not in ops and ops.count("ConvInteger") == wide
@@ -138,6 +147,7 @@ def test_refusals_name_the_problem(model_dir: Path, synth_set: Path, tmp_path: P
         (["--int8", "--calibration-data", calibration, "--class-heads", "int4"], "--class-heads 'int4'"),
         (["--int8", "--calibration-data", calibration, "--num-calibration", "0"], "--num-calibration 0"),
         (["--int8", "--calibration-data", calibration, "--weight-bits", "4"], "--weight-bits 4"),
+        (["--int8", "--calibration-data", calibration, "--int8-min-channels", "-1"], "--int8-min-channels -1"),
         (["--int8", "--calibration-data", str(tmp_path / "none")], "does not exist"),
     ]
     for extra, message in cases:

@@ -8,7 +8,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import helper, numpy_helper  # noqa: E402
 
-from ssd_detector.model.onnx_int8 import Graph, Range, _weight_int8, drop_relus, fold_batchnorms  # noqa: E402
+from ssd_detector.model.onnx_int8 import Graph, Range, _weight_int8, drop_relus, fold_batchnorms, input_channels  # noqa: E402,E501
 
 
 def conv_bn_relu(rng: np.random.Generator, extra_reader: bool = False) -> tuple[object, dict]:
@@ -88,3 +88,15 @@ def test_weights_per_channel_on_seven_bits():
     np.testing.assert_allclose(values * scale.reshape(-1, 1, 1, 1), weight, atol=float(scale.max()) / 2)
     values, scale = _weight_int8(weight, bits=8)
     assert np.abs(values).max() == 127 and list(values[0, 0, 0]) == [32, -127]
+
+
+def test_input_channels_count_every_group():
+    """What --int8-min-channels compares: a depthwise convolution over 8 channels reads 8, not 1."""
+    weights = {"full": np.zeros((8, 3, 3, 3), np.float32), "depthwise": np.zeros((8, 1, 3, 3), np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "full"], ["a"], name="full"),
+             helper.make_node("Conv", ["a", "depthwise"], ["b"], name="depthwise", group=8)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    view = Graph(graph)
+    assert [input_channels(view, n) for n in graph.node] == [3, 8]

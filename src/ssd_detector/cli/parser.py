@@ -197,5 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "Runtime), or int8 (INT8 outputs: loses accuracy)")
     p.add_argument("--weight-bits", type=int, default=7, help="with --int8: 7 (default; safe on every x86 CPU) or 8 "
                    "(CPUs with VNNI, GPUs)")
+    p.add_argument("--int8-min-channels", type=int, default=16, help="with --int8: convolutions reading fewer "
+                   "channels stay FP32 (default 16: the stem, where INT8 kernels are slower than FP32 ones; "
+                   "0 makes every convolution INT8)")
     p.set_defaults(func=model.cmd_export_onnx)
     return parser

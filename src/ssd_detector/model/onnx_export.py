@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import UserError
 from . import artifact
-from .onnx_int8 import DEFAULT_CLASS_HEADS, DEFAULT_WEIGHT_BITS
+from .onnx_int8 import DEFAULT_CLASS_HEADS, DEFAULT_MIN_CHANNELS, DEFAULT_WEIGHT_BITS
 
 LOG = logging.getLogger(__name__)
 
@@ -95,10 +95,11 @@ def _graph_parts(symbol_json: dict, opset: int) -> tuple[dict, list[dict]]:
 
 
 def export_onnx(model_dir: Path, output: Path, opset: int = DEFAULT_OPSET, calibration: np.ndarray | None = None,
-                class_heads: str = DEFAULT_CLASS_HEADS, weight_bits: int = DEFAULT_WEIGHT_BITS) -> dict[str, Any]:
+                class_heads: str = DEFAULT_CLASS_HEADS, weight_bits: int = DEFAULT_WEIGHT_BITS,
+                min_channels: int = DEFAULT_MIN_CHANNELS) -> dict[str, Any]:
     """Writes output from the artifact in model_dir; -> a summary (shapes, rules, opset).
     calibration: (K, 3, S, S) uint8 images: the file is INT8 (onnx_int8), calibrated on them, with
-    class_heads and weight_bits as onnx_int8 takes them."""
+    class_heads, weight_bits and min_channels as onnx_int8 takes them."""
     try:
         import onnx
     except ImportError:
@@ -139,7 +140,7 @@ def export_onnx(model_dir: Path, output: Path, opset: int = DEFAULT_OPSET, calib
     if calibration is not None:
         from .onnx_int8 import quantize_graph
 
-        quantization = quantize_graph(model, model_dir, calibration, class_heads, weight_bits)
+        quantization = quantize_graph(model, model_dir, calibration, class_heads, weight_bits, min_channels)
     doc = {"input": "data: uint8 RGB (batch, 3, S, S)", "outputs": "detections (M, 6) [class_id, score, xmin, "
            "ymin, xmax, ymax] normalized; batch_index (M,)", "image_shape": str(size)}
     if quantization:
@@ -199,30 +200,36 @@ def _append_detection(graph: Any, cls_prob: str, box_pred: str, anchors: np.ndar
     flat = const("flat", i64(0, -1))
     best = node("Reshape", [best, flat], "best_flat")[0]  # (B, 1, N) -> (B, N)
     best_class = node("Reshape", [best_class, flat], "class_flat")[0]  # (B, 1, N) -> (B, N)
-    # Decoding: centre = offset * variance * anchor size + anchor centre; half size = exp(offset *
-    # variance) * anchor size / 2.
-    wh = anchors[:, 2:] - anchors[:, :2]  # (N, 2)
-    centre = (anchors[:, 2:] + anchors[:, :2]) / 2
-    vxy, vwh = np.array(rules.variances[:2], np.float32), np.array(rules.variances[2:], np.float32)
-    loc = node("Reshape", [box_pred, const("by4", i64(0, -1, 4))], "loc")[0]  # (B, N * 4) -> (B, N, 4)
-    axis2 = const("axis2", i64(2))
-    lxy = node("Slice", [loc, const("zero", i64(0)), const("two", i64(2)), axis2], "loc_xy")[0]  # (B, N, 2)
-    lwh = node("Slice", [loc, const("two", i64(2)), const("four", i64(4)), axis2], "loc_wh")[0]
-    cxy = node("Mul", [lxy, const("scale_xy", (vxy * wh)[np.newaxis])], "scaled_xy")[0]
-    cxy = node("Add", [cxy, const("centre", centre[np.newaxis])], "centre_xy")[0]
-    half = node("Mul", [lwh, const("var_wh", vwh)], "scaled_wh")[0]
-    half = node("Exp", [half], "exp_wh")[0]
-    half = node("Mul", [half, const("half_wh", (wh / 2)[np.newaxis])], "half_wh")[0]
-    low = node("Sub", [cxy, half], "low")[0]
-    high = node("Add", [cxy, half], "high")[0]
-    corners = node("Concat", [low, high], "corners", axis=2)[0]  # (B, N, 4)
-    if rules.clip:
-        corners = node("Clip", [corners, const("lo", np.float32(0)), const("hi", np.float32(1))], "clipped")[0]
-    # The nms_topk best candidates of each image.
+    # The nms_topk best candidates of each image; only they are decoded (the same arithmetic per
+    # box as decoding every anchor, on nms_topk boxes instead of all of them).
     scores_k, index_k = node("TopK", [best, const("k", i64(topk))], "topk", outputs=2, axis=1)  # (B, K)
     index_k3 = node("Reshape", [index_k, const("col", i64(0, -1, 1))], "index_k3")[0]  # (B, K) -> (B, K, 1)
     index_k4 = node("Expand", [index_k3, const("wide4", i64(1, 1, 4))], "index_k4")[0]  # (B, K, 4)
-    boxes_k = node("GatherElements", [corners, index_k4], "boxes_k", axis=1)[0]  # (B, K, 4)
+    loc = node("Reshape", [box_pred, const("by4", i64(0, -1, 4))], "loc")[0]  # (B, N * 4) -> (B, N, 4)
+    loc_k = node("GatherElements", [loc, index_k4], "loc_k", axis=1)[0]  # (B, K, 4)
+    # Decoding: centre = offset * variance * anchor size + anchor centre; half size = exp(offset *
+    # variance) * anchor size / 2. Per anchor: [variance * size (2), centre (2), size / 2 (2)].
+    wh = anchors[:, 2:] - anchors[:, :2]  # (N, 2)
+    centre = (anchors[:, 2:] + anchors[:, :2]) / 2
+    vxy, vwh = np.array(rules.variances[:2], np.float32), np.array(rules.variances[2:], np.float32)
+    table = np.concatenate([vxy * wh, centre, wh / 2], axis=1).astype(np.float32)  # (N, 6)
+    anchor_k = node("Gather", [const("anchor_table", table), index_k], "anchor_k", axis=0)[0]  # (B, K, 6)
+    axis2 = const("axis2", i64(2))
+
+    def part(source: str, start: int, name: str) -> str:  # (B, K, *) -> (B, K, 2)
+        return node("Slice", [source, const(f"at{start}", i64(start)), const(f"at{start + 2}", i64(start + 2)),
+                              axis2], name)[0]
+
+    cxy = node("Mul", [part(loc_k, 0, "loc_xy"), part(anchor_k, 0, "scale_xy")], "scaled_xy")[0]
+    cxy = node("Add", [cxy, part(anchor_k, 2, "centre")], "centre_xy")[0]
+    half = node("Mul", [part(loc_k, 2, "loc_wh"), const("var_wh", vwh)], "scaled_wh")[0]
+    half = node("Exp", [half], "exp_wh")[0]
+    half = node("Mul", [half, part(anchor_k, 4, "half_size")], "half_wh")[0]
+    low = node("Sub", [cxy, half], "low")[0]
+    high = node("Add", [cxy, half], "high")[0]
+    boxes_k = node("Concat", [low, high], "corners", axis=2)[0]  # (B, K, 4)
+    if rules.clip:
+        boxes_k = node("Clip", [boxes_k, const("lo", np.float32(0)), const("hi", np.float32(1))], "clipped")[0]
     class_k = node("GatherElements", [best_class, index_k], "class_k", axis=1)[0]  # (B, K)
     row = const("row", i64(0, 1, -1))
     scores_row = node("Reshape", [scores_k, row], "scores_row")[0]  # (B, K) -> (B, 1, K)

@@ -16,6 +16,11 @@ The rewrite, in order:
    which 8-bit weights can overflow; ``weight_bits=8`` for CPUs with VNNI and other runtimes),
    biases int32 with the scale of input times weight.
 
+Convolutions reading fewer than ``min_channels`` channels (16 by default: the RGB input's, and
+mobilenet-0.25's first 8-channel layers) stay FP32: ONNX Runtime 1.20's INT8 kernels work on
+vectors of channels, and there they ran 1.5x (the 3-channel input) to 10x (a depthwise layer over 8
+channels) slower than its FP32 ones (scripts/ort_profile.py, batch 8).
+
 The class predictors (the convolutions feeding the class probabilities) have the choices of
 ``quantize``, for the same reason (one INT8 scale for logits that span hundreds rounds away the
 differences of a tenth the detections live in): ``fp32`` (the default here) keeps them FP32;
@@ -47,6 +52,10 @@ LOG = logging.getLogger(__name__)
 DEFAULT_CLASS_HEADS = "fp32"
 DEFAULT_WEIGHT_BITS = 7  # symmetric int8 weights in [-63, 63] (see the module's docstring)
 WEIGHT_BITS = (7, 8)
+# Convolutions reading fewer channels stay FP32 (the stem: the RGB input, mobilenet-0.25's first
+# 8-channel layers): ONNX Runtime's INT8 kernels work on whole channel vectors, and with 3 or 8
+# channels they ran 1.5 to 10 times slower than its FP32 ones (see the module's docstring).
+DEFAULT_MIN_CHANNELS = 16
 ACTIVATION_LEVELS = 255  # uint8 activations
 
 
@@ -192,20 +201,29 @@ def _int32_output(graph: Graph, conv: Any, x_scale: np.float32, values: np.ndarr
     return nodes
 
 
-def check_choices(class_heads: str, weight_bits: int) -> None:
-    """Refuses class-head and weight-bit choices this rewrite does not make."""
+def input_channels(graph: Graph, conv: Any) -> int:
+    """The channels a convolution reads: its weight's (C, Cin / group, kh, kw) times its group."""
+    group = next((a.i for a in conv.attribute if a.name == "group"), 1)
+    return int(graph.weights[conv.input[1]].shape[1]) * group
+
+
+def check_choices(class_heads: str, weight_bits: int, min_channels: int = DEFAULT_MIN_CHANNELS) -> None:
+    """Refuses class-head, weight-bit and channel choices this rewrite does not make."""
     if class_heads not in CLASS_HEADS:
         raise UserError(f"--class-heads {class_heads!r}: expected one of {', '.join(CLASS_HEADS)}")
     if weight_bits not in WEIGHT_BITS:
         raise UserError(f"--weight-bits {weight_bits}: expected one of {', '.join(map(str, WEIGHT_BITS))}")
+    if not 0 <= min_channels <= 4096:
+        raise UserError(f"--int8-min-channels {min_channels}: expected 0 (every convolution INT8) to 4096")
 
 
 def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, class_heads: str = DEFAULT_CLASS_HEADS,
-                   weight_bits: int = DEFAULT_WEIGHT_BITS) -> dict:
-    """Rewrites the exported FP32 model (an onnx ModelProto) in place; -> what was done."""
+                   weight_bits: int = DEFAULT_WEIGHT_BITS, min_channels: int = DEFAULT_MIN_CHANNELS) -> dict:
+    """Rewrites the exported FP32 model (an onnx ModelProto) in place; -> what was done.
+    Convolutions reading fewer than min_channels channels stay FP32."""
     from onnx import helper
 
-    check_choices(class_heads, weight_bits)
+    check_choices(class_heads, weight_bits, min_channels)
     graph = Graph(model.graph)
     for index, node in enumerate(graph.graph.node):  # the exporter leaves some names empty
         node.name = node.name or f"{node.op_type}_{index}"
@@ -214,7 +232,8 @@ def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, class_heads:
     class_convs = set(class_head_layers(json.loads(symbol.tojson())["nodes"]))
     convs = [n for n in graph.graph.node if n.op_type == "Conv" and n.input[1] in graph.weights]
     heads = {n.name for n in convs if n.output[0] in class_convs}  # no BatchNorm after them: names kept
-    quantized = [n for n in convs if class_heads != "fp32" or n.name not in heads]
+    narrow = {n.name for n in convs if input_channels(graph, n) < min_channels}
+    quantized = [n for n in convs if n.name not in narrow and (class_heads != "fp32" or n.name not in heads)]
     with_output = {n.name for n in quantized if class_heads == "int8" or n.name not in heads}
     dropped = drop_relus(graph, with_output)
     activations = sorted({n.input[0] for n in quantized} | {n.output[0] for n in quantized if n.name in with_output})
@@ -275,7 +294,8 @@ def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, class_heads:
     graph.write_weights()
     summary = {"format": "QDQ", "calibration": "naive", "calibration_images": int(len(images)),
                "class_heads": class_heads, "int8_convolutions": len(quantized), "int32_output_convolutions": len(wide),
-               "fp32_convolutions": len(convs) - len(quantized), "batchnorms_folded": folded, "relus_dropped": dropped,
+               "fp32_convolutions": len(convs) - len(quantized), "fp32_narrow_convolutions": len(narrow),
+               "min_channels": min_channels, "batchnorms_folded": folded, "relus_dropped": dropped,
                "weight_bits": weight_bits}
     LOG.info("INT8: %s", json.dumps(summary))
     return summary
