@@ -43,7 +43,7 @@ MODELS = {
     "mobilenet-0.25@256": {**COMMON, "base_network": "mobilenet-0.25", "image_shape": "256", "epochs": "16",
                            "lr_scheduler_step": "12,14"},
 }
-DEFAULT_ORT_INT8 = "fp32/7/16"  # export-onnx --int8's defaults: class predictors FP32, 7-bit weights, stem FP32
+DEFAULT_ORT_INT8 = "fp32/7"  # export-onnx --int8's defaults (the fields left out are too)
 TARGETS = {"int8_speedup_b8": 3.0, "int8_speedup_b1": 2.0, "int8_map_drop": 0.01, "onnx_map_gap": 0.005,
            "ort_fp32_speedup": 1.3, "ort_int8_speedup_b8": 2.5}
 
@@ -141,20 +141,22 @@ def quantize_options(extra: bool) -> dict:
 
 
 def onnx_files(model: Path, calibration: np.ndarray, work: Path, choices: list[str]) -> dict[str, Path]:
-    """The FP32 file and an INT8 file per choice, CLASS_HEADS/WEIGHT_BITS[/MIN_CHANNELS] (export-onnx's
-    defaults named plainly "ORT INT8")."""
+    """The FP32 file and an INT8 file per choice, CLASS_HEADS/WEIGHT_BITS[/MIN_CHANNELS[/CALIBRATION]]
+    (export-onnx's defaults named plainly "ORT INT8")."""
     from ssd_detector.model.onnx_export import export_onnx
-    from ssd_detector.model.onnx_int8 import DEFAULT_MIN_CHANNELS
+    from ssd_detector.model.onnx_int8 import Int8Choices
 
     files = {"ORT FP32": work / "model.onnx"}
     export_onnx(model, files["ORT FP32"])
+    default = Int8Choices()
     for choice in choices:
-        class_heads, bits, channels = (choice.split("/") + [str(DEFAULT_MIN_CHANNELS)])[:3]
-        full = f"{class_heads}/{bits}/{channels}"
-        name = "ORT INT8" if full == DEFAULT_ORT_INT8 else f"ORT INT8 {full}"
-        files[name] = work / f"model-int8-{class_heads}-{bits}-{channels}.onnx"
-        export_onnx(model, files[name], calibration=calibration, class_heads=class_heads, weight_bits=int(bits),
-                    min_channels=int(channels))
+        parts = choice.split("/")
+        picked = Int8Choices(parts[0], int(parts[1]), *([int(parts[2])] if len(parts) > 2 else []),
+                             *(parts[3:4] if len(parts) > 3 else []))
+        full = f"{picked.class_heads}/{picked.weight_bits}/{picked.min_channels}/{picked.calibration}"
+        name = "ORT INT8" if picked == default else f"ORT INT8 {full}"
+        files[name] = work / f"model-int8-{full.replace('/', '-')}.onnx"
+        export_onnx(model, files[name], calibration=calibration, choices=picked)
     return files
 
 
@@ -253,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mxnet-variants", action="store_true",
                         help="also MXNet INT8 with entropy calibration, class predictors FP32 and with INT8 outputs")
     parser.add_argument("--ort-int8", default=DEFAULT_ORT_INT8,
-                        help="comma-separated INT8 files to measure, each CLASS_HEADS/WEIGHT_BITS[/MIN_CHANNELS] as "
-                        f"export-onnx takes them (default {DEFAULT_ORT_INT8}, export-onnx's defaults)")
+                        help="comma-separated INT8 files to measure, each CLASS_HEADS/WEIGHT_BITS[/MIN_CHANNELS[/CALIBRATION]] "
+                        f"as export-onnx takes them (default {DEFAULT_ORT_INT8}, export-onnx's defaults)")
     parser.add_argument("--output", type=Path, default=Path("build/bench/infer.json"))
     parser.add_argument("--also", type=Path, action="append", default=[],
                         help="a trained model's folder in make bench-accuracy's layout (job/model, data/validation, "

@@ -89,19 +89,22 @@ def fp32_export(model_dir: Path, images: np.ndarray, tmp_path_factory) -> tuple[
     return folder / "fp32.onnx", ort_rows(folder / "fp32.onnx", images, folder)
 
 
-@pytest.mark.parametrize("class_heads,bits,min_channels", [("fp32", 7, 16), ("int32-output", 7, 16), ("int8", 8, 0)])
+@pytest.mark.parametrize("class_heads,bits,min_channels,calibration", [
+    ("fp32", 7, 16, "naive"), ("int32-output", 7, 16, "naive"), ("int8", 8, 0, "percentile")])
 def test_the_int8_file_runs_int8_convolutions_and_finds_what_fp32_finds(model_dir: Path, synth_set: Path,
                                                                         images: np.ndarray, tmp_path: Path,
                                                                         fp32_export: tuple[Path, list[np.ndarray]],
-                                                                        class_heads: str, bits: int, min_channels: int):
+                                                                        class_heads: str, bits: int, min_channels: int,
+                                                                        calibration: str):
     import onnx
     from onnx import numpy_helper
 
     (fp32_file, fp32_rows), int8_file = fp32_export, tmp_path / "int8.onnx"
     summary = export(model_dir, int8_file, "--int8", "--calibration-data", str(synth_set / "recordio/train"),
                      "--num-calibration", "16", "--class-heads", class_heads, "--weight-bits", str(bits),
-                     "--int8-min-channels", str(min_channels))
+                     "--int8-min-channels", str(min_channels), "--calibration", calibration)
     done = summary["quantization"]
+    assert done["calibration"] == {"naive": "naive", "percentile": "percentile 99.99"}[calibration]
     assert done["format"] == "QDQ" and done["class_heads"] == class_heads and done["calibration_images"] == 16
     assert done["weight_bits"] == bits and done["min_channels"] == min_channels
     # mobilenet-0.25's stem reads 3, 8 and 8 channels: below 16 those stay FP32, with their Relu.
@@ -148,6 +151,7 @@ def test_refusals_name_the_problem(model_dir: Path, synth_set: Path, tmp_path: P
         (["--int8", "--calibration-data", calibration, "--num-calibration", "0"], "--num-calibration 0"),
         (["--int8", "--calibration-data", calibration, "--weight-bits", "4"], "--weight-bits 4"),
         (["--int8", "--calibration-data", calibration, "--int8-min-channels", "-1"], "--int8-min-channels -1"),
+        (["--int8", "--calibration-data", calibration, "--calibration", "entropy"], "--calibration 'entropy'"),
         (["--int8", "--calibration-data", str(tmp_path / "none")], "does not exist"),
     ]
     for extra, message in cases:

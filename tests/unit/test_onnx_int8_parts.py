@@ -8,7 +8,8 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import helper, numpy_helper  # noqa: E402
 
-from ssd_detector.model.onnx_int8 import Graph, Range, _weight_int8, drop_relus, fold_batchnorms, input_channels  # noqa: E402,E501
+from ssd_detector.model.onnx_calibration import Range, percentile_range  # noqa: E402
+from ssd_detector.model.onnx_int8 import Graph, _weight_int8, drop_relus, fold_batchnorms, input_channels  # noqa: E402
 
 
 def conv_bn_relu(rng: np.random.Generator, extra_reader: bool = False) -> tuple[object, dict]:
@@ -100,3 +101,16 @@ def test_input_channels_count_every_group():
                               [numpy_helper.from_array(v, k) for k, v in weights.items()])
     view = Graph(graph)
     assert [input_channels(view, n) for n in graph.node] == [3, 8]
+
+
+def test_percentile_ranges_drop_only_the_rare_ends():
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.normal(0, 1, 1_000_000), [-400.0, 900.0]])  # two outliers
+    low, high = values.min(), values.max()
+    counts = np.histogram(values, 2048, (low, high))[0]
+    cut = percentile_range(counts, low, high, keep=99.99)
+    bin_width = (high - low) / 2048
+    # About 50 values lie beyond each true 0.005% quantile (about +-4.06); the cuts land at the
+    # outer edge of the bins holding them.
+    assert -4.06 - bin_width <= cut.low <= -3.9 and 3.9 <= cut.high <= 4.06 + bin_width
+    assert percentile_range(counts, low, high, keep=100.0) == Range(low, high)

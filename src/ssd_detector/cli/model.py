@@ -92,13 +92,14 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from ..model import artifact
     from ..model.onnx_export import export_onnx
-    from ..model.onnx_int8 import check_choices
+    from ..model.onnx_int8 import Int8Choices
     from ..model.quantize import MAX_CALIBRATION_IMAGES, calibration_images
 
     if args.int8 != (args.calibration_data is not None):
         raise UserError("--int8 needs --calibration-data" if args.int8
                         else "--calibration-data is for --int8 (an INT8 file)")
-    check_choices(args.class_heads, args.weight_bits, args.int8_min_channels)  # before the images are read
+    choices = Int8Choices(args.class_heads, args.weight_bits, args.int8_min_channels, args.calibration)
+    choices.check()  # before the calibration images are read
     if not 1 <= args.num_calibration <= MAX_CALIBRATION_IMAGES:
         raise UserError(f"--num-calibration {args.num_calibration}: expected 1 to {MAX_CALIBRATION_IMAGES}")
     model_dir = artifact.locate(args.model_dir)
@@ -107,8 +108,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         artifact.refuse_builtin(model_dir, "export-onnx")
         images = calibration_images(args.calibration_data, args.annotations, args.num_calibration,
                                     artifact.read_image_shape(model_dir))
-    print(json.dumps(export_onnx(model_dir, args.output, args.opset, images, args.class_heads, args.weight_bits,
-                                 args.int8_min_channels)))
+    print(json.dumps(export_onnx(model_dir, args.output, args.opset, images, choices)))
     return 0
 
 

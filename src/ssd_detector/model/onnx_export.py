@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import UserError
 from . import artifact
-from .onnx_int8 import DEFAULT_CLASS_HEADS, DEFAULT_MIN_CHANNELS, DEFAULT_WEIGHT_BITS
+from .onnx_int8 import Int8Choices
 
 LOG = logging.getLogger(__name__)
 
@@ -95,11 +95,10 @@ def _graph_parts(symbol_json: dict, opset: int) -> tuple[dict, list[dict]]:
 
 
 def export_onnx(model_dir: Path, output: Path, opset: int = DEFAULT_OPSET, calibration: np.ndarray | None = None,
-                class_heads: str = DEFAULT_CLASS_HEADS, weight_bits: int = DEFAULT_WEIGHT_BITS,
-                min_channels: int = DEFAULT_MIN_CHANNELS) -> dict[str, Any]:
+                choices: Int8Choices = Int8Choices()) -> dict[str, Any]:
     """Writes output from the artifact in model_dir; -> a summary (shapes, rules, opset).
     calibration: (K, 3, S, S) uint8 images: the file is INT8 (onnx_int8), calibrated on them, with
-    class_heads, weight_bits and min_channels as onnx_int8 takes them."""
+    the user's choices."""
     try:
         import onnx
     except ImportError:
@@ -140,7 +139,7 @@ def export_onnx(model_dir: Path, output: Path, opset: int = DEFAULT_OPSET, calib
     if calibration is not None:
         from .onnx_int8 import quantize_graph
 
-        quantization = quantize_graph(model, model_dir, calibration, class_heads, weight_bits, min_channels)
+        quantization = quantize_graph(model, model_dir, calibration, choices)
     doc = {"input": "data: uint8 RGB (batch, 3, S, S)", "outputs": "detections (M, 6) [class_id, score, xmin, "
            "ymin, xmax, ymax] normalized; batch_index (M,)", "image_shape": str(size)}
     if quantization:

@@ -8,9 +8,8 @@ The rewrite, in order:
 2. a Relu after a convolution whose output is quantized is dropped: its output is quantized with
    zero point 0, so the quantization itself clips negatives (what ONNX Runtime's own quantizer
    does, and what lets ONNX Runtime fuse each convolution into one QLinearConv);
-3. the activations around the convolutions are calibrated on the images with MXNet (naive:
-   min/max over all images, as ``quantize`` does by default), the artifact's own layer outputs
-   having the names the exporter gives the ONNX tensors;
+3. the activations around the convolutions are calibrated on the images with MXNet
+   (onnx_calibration: naive min/max by default, as ``quantize`` does, or percentile);
 4. activations become uint8 (asymmetric), weights int8 per output channel, symmetric, on 7 bits
    by default (127 levels: x86 CPUs without VNNI multiply uint8 by int8 pairwise into 16 bits,
    which 8-bit weights can overflow; ``weight_bits=8`` for CPUs with VNNI and other runtimes),
@@ -38,12 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mxnet as mx
 import numpy as np
 
 from ..errors import UserError
 from . import artifact
-from .quantize import CALIBRATION_BATCH, CLASS_HEADS, class_head_layers
+from .onnx_calibration import CALIBRATIONS, DEFAULT_CALIBRATION, PERCENTILE, activation_ranges
+from .quantize import CLASS_HEADS, class_head_layers
 
 LOG = logging.getLogger(__name__)
 
@@ -56,22 +55,6 @@ WEIGHT_BITS = (7, 8)
 # 8-channel layers): ONNX Runtime's INT8 kernels work on whole channel vectors, and with 3 or 8
 # channels they ran 1.5 to 10 times slower than its FP32 ones (see the module's docstring).
 DEFAULT_MIN_CHANNELS = 16
-ACTIVATION_LEVELS = 255  # uint8 activations
-
-
-@dataclass(frozen=True)
-class Range:
-    low: float
-    high: float
-
-    def scale_zero(self) -> tuple[np.float32, np.uint8]:
-        """uint8 scale and zero point of a range widened to hold 0 (0 is then exact)."""
-        low, high = min(self.low, 0.0), max(self.high, 0.0)
-        scale = (high - low) / ACTIVATION_LEVELS if high > low else 1.0
-        zero = int(np.clip(round(-low / scale), 0, ACTIVATION_LEVELS))
-        return np.float32(scale), np.uint8(zero)
-
-
 class Graph:
     """A mutable view of an ONNX graph: initializers as numpy arrays, producers and consumers."""
 
@@ -143,30 +126,6 @@ def drop_relus(graph: Graph, convs: set[str]) -> int:
     return dropped
 
 
-def activation_ranges(model_dir: Path, symbol: mx.sym.Symbol, names: list[str],
-                      images: np.ndarray) -> dict[str, Range]:
-    """Min and max of each named layer output of the artifact's graph (symbol, as load_symbol
-    reads it from model_dir) over images (K, 3, S, S)."""
-    internals = symbol.get_internals()
-    available = set(internals.list_outputs())
-    missing = [n for n in names if f"{n}_output" not in available]
-    if missing:
-        raise UserError(f"the ONNX tensors {missing[:3]} have no layer of the same name in {model_dir}; "
-                        "export-onnx --int8 needs the graph export-onnx itself wrote")
-    group = mx.sym.Group([internals[f"{n}_output"] for n in names])
-    block = mx.gluon.SymbolBlock(group, mx.sym.var("data"))
-    block.collect_params().load_dict(artifact.read_parameters(model_dir), ctx=mx.cpu(), ignore_extra=True,
-                                     cast_dtype=True, dtype_source="saved")
-    low = np.full(len(names), np.inf)
-    high = np.full(len(names), -np.inf)
-    for start in range(0, len(images), CALIBRATION_BATCH):
-        outputs = block(mx.nd.array(images[start:start + CALIBRATION_BATCH], dtype="float32"))
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        low = np.minimum(low, [o.min().asscalar() for o in outputs])
-        high = np.maximum(high, [o.max().asscalar() for o in outputs])
-    return {name: Range(float(lo), float(hi)) for name, lo, hi in zip(names, low, high)}
-
-
 def _weight_int8(weight: np.ndarray, bits: int = DEFAULT_WEIGHT_BITS) -> tuple[np.ndarray, np.ndarray]:
     """(C, ...) float -> int8 values in [-(2^(bits-1) - 1), 2^(bits-1) - 1] and the per-channel
     scales (C,)."""
@@ -207,23 +166,33 @@ def input_channels(graph: Graph, conv: Any) -> int:
     return int(graph.weights[conv.input[1]].shape[1]) * group
 
 
-def check_choices(class_heads: str, weight_bits: int, min_channels: int = DEFAULT_MIN_CHANNELS) -> None:
-    """Refuses class-head, weight-bit and channel choices this rewrite does not make."""
-    if class_heads not in CLASS_HEADS:
-        raise UserError(f"--class-heads {class_heads!r}: expected one of {', '.join(CLASS_HEADS)}")
-    if weight_bits not in WEIGHT_BITS:
-        raise UserError(f"--weight-bits {weight_bits}: expected one of {', '.join(map(str, WEIGHT_BITS))}")
-    if not 0 <= min_channels <= 4096:
-        raise UserError(f"--int8-min-channels {min_channels}: expected 0 (every convolution INT8) to 4096")
+@dataclass(frozen=True)
+class Int8Choices:
+    """What export-onnx --int8 lets a user choose (the module's docstring says why each default)."""
+    class_heads: str = DEFAULT_CLASS_HEADS
+    weight_bits: int = DEFAULT_WEIGHT_BITS
+    min_channels: int = DEFAULT_MIN_CHANNELS
+    calibration: str = DEFAULT_CALIBRATION
+
+    def check(self) -> None:
+        """Refuses choices this rewrite does not make, naming the option."""
+        if self.class_heads not in CLASS_HEADS:
+            raise UserError(f"--class-heads {self.class_heads!r}: expected one of {', '.join(CLASS_HEADS)}")
+        if self.weight_bits not in WEIGHT_BITS:
+            raise UserError(f"--weight-bits {self.weight_bits}: expected one of {', '.join(map(str, WEIGHT_BITS))}")
+        if not 0 <= self.min_channels <= 4096:
+            raise UserError(f"--int8-min-channels {self.min_channels}: expected 0 (every convolution INT8) to 4096")
+        if self.calibration not in CALIBRATIONS:
+            raise UserError(f"--calibration {self.calibration!r}: expected one of {', '.join(CALIBRATIONS)}")
 
 
-def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, class_heads: str = DEFAULT_CLASS_HEADS,
-                   weight_bits: int = DEFAULT_WEIGHT_BITS, min_channels: int = DEFAULT_MIN_CHANNELS) -> dict:
-    """Rewrites the exported FP32 model (an onnx ModelProto) in place; -> what was done.
-    Convolutions reading fewer than min_channels channels stay FP32."""
+def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, choices: Int8Choices = Int8Choices()) -> dict:
+    """Rewrites the exported FP32 model (an onnx ModelProto) in place, calibrated on images
+    (K, 3, S, S) uint8; -> what was done."""
     from onnx import helper
 
-    check_choices(class_heads, weight_bits, min_channels)
+    choices.check()
+    class_heads, weight_bits = choices.class_heads, choices.weight_bits
     graph = Graph(model.graph)
     for index, node in enumerate(graph.graph.node):  # the exporter leaves some names empty
         node.name = node.name or f"{node.op_type}_{index}"
@@ -232,12 +201,12 @@ def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, class_heads:
     class_convs = set(class_head_layers(json.loads(symbol.tojson())["nodes"]))
     convs = [n for n in graph.graph.node if n.op_type == "Conv" and n.input[1] in graph.weights]
     heads = {n.name for n in convs if n.output[0] in class_convs}  # no BatchNorm after them: names kept
-    narrow = {n.name for n in convs if input_channels(graph, n) < min_channels}
+    narrow = {n.name for n in convs if input_channels(graph, n) < choices.min_channels}
     quantized = [n for n in convs if n.name not in narrow and (class_heads != "fp32" or n.name not in heads)]
     with_output = {n.name for n in quantized if class_heads == "int8" or n.name not in heads}
     dropped = drop_relus(graph, with_output)
     activations = sorted({n.input[0] for n in quantized} | {n.output[0] for n in quantized if n.name in with_output})
-    ranges = activation_ranges(model_dir, symbol, activations, images)
+    ranges = activation_ranges(model_dir, symbol, activations, images, choices.calibration)
 
     made: list[Any] = []
     by_output: dict[str, list[Any]] = defaultdict(list)  # Q/DQ nodes to place after a tensor's producer
@@ -292,10 +261,11 @@ def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, class_heads:
     del graph.graph.node[:]
     graph.graph.node.extend(ordered)
     graph.write_weights()
-    summary = {"format": "QDQ", "calibration": "naive", "calibration_images": int(len(images)),
+    calibrated = "naive" if choices.calibration == "naive" else f"percentile {PERCENTILE:g}"
+    summary = {"format": "QDQ", "calibration": calibrated, "calibration_images": int(len(images)),
                "class_heads": class_heads, "int8_convolutions": len(quantized), "int32_output_convolutions": len(wide),
                "fp32_convolutions": len(convs) - len(quantized), "fp32_narrow_convolutions": len(narrow),
-               "min_channels": min_channels, "batchnorms_folded": folded, "relus_dropped": dropped,
+               "min_channels": choices.min_channels, "batchnorms_folded": folded, "relus_dropped": dropped,
                "weight_bits": weight_bits}
     LOG.info("INT8: %s", json.dumps(summary))
     return summary
