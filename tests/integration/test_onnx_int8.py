@@ -90,7 +90,7 @@ def fp32_export(model_dir: Path, images: np.ndarray, tmp_path_factory) -> tuple[
 
 
 @pytest.mark.parametrize("class_heads,bits,min_channels,calibration", [
-    ("fp32", 7, 16, "naive"), ("int32-output", 7, 16, "naive"), ("int8", 8, 0, "percentile")])
+    ("fp32", 7, 16, "percentile"), ("int32-output", 7, 16, "naive"), ("int8", 8, 0, "naive")])
 def test_the_int8_file_runs_int8_convolutions_and_finds_what_fp32_finds(model_dir: Path, synth_set: Path,
                                                                         images: np.ndarray, tmp_path: Path,
                                                                         fp32_export: tuple[Path, list[np.ndarray]],

@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-min-channels", type=int, default=16, help="with --int8: convolutions reading fewer "
                    "channels stay FP32 (default 16: the stem, where INT8 kernels are slower than FP32 ones; "
                    "0 makes every convolution INT8)")
-    p.add_argument("--calibration", default="naive", help="with --int8, the activation ranges: naive (default: "
-                   "minimum and maximum, as quantize's default) or percentile (99.99%% of the values kept)")
+    p.add_argument("--calibration", default="percentile", help="with --int8, the activation ranges: percentile "
+                   "(default: 99.99%% of each activation's values kept) or naive (minimum and maximum, as "
+                   "quantize's default)")
     p.set_defaults(func=model.cmd_export_onnx)
     return parser

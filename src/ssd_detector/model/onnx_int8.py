@@ -9,7 +9,7 @@ The rewrite, in order:
    zero point 0, so the quantization itself clips negatives (what ONNX Runtime's own quantizer
    does, and what lets ONNX Runtime fuse each convolution into one QLinearConv);
 3. the activations around the convolutions are calibrated on the images with MXNet
-   (onnx_calibration: naive min/max by default, as ``quantize`` does, or percentile);
+   (onnx_calibration: by default each range holds 99.99% of the values, or all of them, naive);
 4. activations become uint8 (asymmetric), weights int8 per output channel, symmetric, on 7 bits
    by default (127 levels: x86 CPUs without VNNI multiply uint8 by int8 pairwise into 16 bits,
    which 8-bit weights can overflow; ``weight_bits=8`` for CPUs with VNNI and other runtimes),
