@@ -150,9 +150,8 @@ def onnx_files(model: Path, calibration: np.ndarray, work: Path, choices: list[s
     export_onnx(model, files["ORT FP32"])
     default = Int8Choices()
     for choice in choices:
-        parts = choice.split("/")
-        picked = Int8Choices(parts[0], int(parts[1]), *([int(parts[2])] if len(parts) > 2 else []),
-                             *(parts[3:4] if len(parts) > 3 else []))
+        given = dict(zip(("class_heads", "weight_bits", "min_channels", "calibration"), choice.split("/")))
+        picked = Int8Choices(**{k: v if k in ("class_heads", "calibration") else int(v) for k, v in given.items()})
         full = f"{picked.class_heads}/{picked.weight_bits}/{picked.min_channels}/{picked.calibration}"
         name = "ORT INT8" if picked == default else f"ORT INT8 {full}"
         files[name] = work / f"model-int8-{full.replace('/', '-')}.onnx"

@@ -55,6 +55,8 @@ WEIGHT_BITS = (7, 8)
 # 8-channel layers): ONNX Runtime's INT8 kernels work on whole channel vectors, and with 3 or 8
 # channels they ran 1.5 to 10 times slower than its FP32 ones (see the module's docstring).
 DEFAULT_MIN_CHANNELS = 16
+
+
 class Graph:
     """A mutable view of an ONNX graph: initializers as numpy arrays, producers and consumers."""
 
