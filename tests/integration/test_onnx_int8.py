@@ -4,6 +4,7 @@ FP32 file finds."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from ssd_detector.data.images import decode_rgb, encode
 from ssd_detector.data.transforms import ValTransform
 from ssd_detector.model import artifact
+from ssd_detector.model.onnx_class_logits import FLOOR_SHARE
 
 ROOT = Path(__file__).resolve().parents[2]
 ORT_PYTHON = ROOT / ".venv-onnx/bin/python"
@@ -126,6 +128,16 @@ def test_the_int8_file_runs_int8_convolutions_and_finds_what_fp32_finds(model_di
     int8_weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
     assert len(int8_weights) == done["int8_convolutions"] - wide
     assert int8_file.stat().st_size < fp32_file.stat().st_size / 2
+    # INT8 class outputs: each class predictor gives its logits relative to the background's (0).
+    relative = [numpy_helper.to_array(i) for i in int8_weights if i.name.endswith("_relative_int8")]
+    assert bool(relative) == (class_heads == "int8")
+    for weight in relative:  # (A * (C + 1), Cin, 3, 3) -> (A, C + 1, Cin * 9): the background's filters 0
+        assert not weight.reshape(-1, summary["num_classes"] + 1, weight[0].size)[:, 0].any()
+    if class_heads == "int8":
+        floor = math.log(summary["threshold"] * FLOOR_SHARE / summary["num_classes"])
+        assert done["class_logits"] == "relative to the background" and done["class_logit_floor"] == round(floor, 4)
+    else:
+        assert "class_logits" not in done
 
     # ONNX Runtime runs those as QLinearConv (each with its QDQ pairs fused), not in FP32.
     run = ops_run_by_onnx_runtime(int8_file, tmp_path)
@@ -162,8 +174,11 @@ def test_refusals_name_the_problem(model_dir: Path, synth_set: Path, tmp_path: P
 
 @pytest.mark.parametrize("base_network", ["vgg-16", "resnet-50"])
 def test_other_backbones_quantize_and_run(base_network: str, tmp_path: Path):
-    """vgg-16 (max pooling, no BatchNorm) and resnet-50 (additions, a Relu after each): every
-    convolution but the class predictors runs as QLinearConv in ONNX Runtime."""
+    """vgg-16 (max pooling, no BatchNorm) and resnet-50 (additions, a Relu after each), with
+    export-onnx's defaults: every convolution runs as QLinearConv in ONNX Runtime, the class
+    predictors' and the one on the image (3 channels, but followed by wide ones) included."""
+    from ssd_detector.model.onnx_int8 import Int8Choices
+
     from ssd_detector.model.untrained import export_untrained
 
     model_dir = export_untrained(tmp_path / "model", {"num_classes": "3", "base_network": base_network,
@@ -174,7 +189,10 @@ def test_other_backbones_quantize_and_run(base_network: str, tmp_path: Path):
         (tmp_path / "calibration" / f"{i}.png").write_bytes(encode(image.transpose(1, 2, 0), "png"))
     int8_file = tmp_path / "int8.onnx"
     done = export(model_dir, int8_file, "--int8", "--calibration-data", str(tmp_path / "calibration"))["quantization"]
-    assert done["calibration_images"] == 6 and done["fp32_convolutions"] > 0
+    defaults = Int8Choices()
+    assert (done["class_heads"], done["weight_bits"], done["min_channels"], done["calibration"].split()[0]) == \
+        (defaults.class_heads, defaults.weight_bits, defaults.min_channels, defaults.calibration)
+    assert done["calibration_images"] == 6 and done["fp32_convolutions"] == 0 and done["int8_convolutions"] > 10
     assert ops_run_by_onnx_runtime(int8_file, tmp_path).count("QLinearConv") == done["int8_convolutions"]
     rows = ort_rows(int8_file, images, tmp_path, done)
     assert all(len(r) for r in rows)

@@ -1,5 +1,6 @@
 """The INT8 ONNX rewrite's parts on small hand-made graphs: BatchNorm folding keeps the function,
-a Relu goes only where the quantization clips for it, and the quantization steps themselves."""
+a Relu goes only where the quantization clips for it, the class logits made relative to the
+background keep every probability, and the quantization steps themselves."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,11 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import helper, numpy_helper  # noqa: E402
 
+from ssd_detector.errors import UserError  # noqa: E402
 from ssd_detector.model.onnx_calibration import Range, percentile_range  # noqa: E402
-from ssd_detector.model.onnx_int8 import Graph, _weight_int8, drop_relus, fold_batchnorms, input_channels  # noqa: E402
+from ssd_detector.model.onnx_class_logits import FLOOR_SHARE, logit_floor, relative_to_background  # noqa: E402
+from ssd_detector.model.onnx_int8 import (Graph, _weight_int8, convolutions_reached, drop_relus, fold_batchnorms,  # noqa: E402
+                                          input_channels, narrow_convolutions)
 
 
 def conv_bn_relu(rng: np.random.Generator, extra_reader: bool = False) -> tuple[object, dict]:
@@ -114,3 +118,71 @@ def test_percentile_ranges_drop_only_the_rare_ends():
     # outer edge of the bins holding them.
     assert -4.06 - bin_width <= cut.low <= -3.9 and 3.9 <= cut.high <= 4.06 + bin_width
     assert percentile_range(counts, low, high, keep=100.0) == Range(low, high)
+
+
+def softmax_per_anchor(logits: np.ndarray, classes_plus_one: int) -> np.ndarray:
+    n, channels, h, w = logits.shape
+    per_anchor = logits.reshape(n, channels // classes_plus_one, classes_plus_one, h, w)  # -> (N, A, C+1, H, W)
+    e = np.exp(per_anchor - per_anchor.max(axis=2, keepdims=True))
+    return e / e.sum(axis=2, keepdims=True)
+
+
+def test_class_logits_relative_to_the_background_keep_every_probability():
+    rng = np.random.default_rng(6)
+    anchors, classes_plus_one = 3, 4
+    weights = {"w": rng.normal(size=(anchors * classes_plus_one, 5, 1, 1)).astype(np.float32),
+               "b": rng.normal(size=anchors * classes_plus_one).astype(np.float32)}
+    conv = helper.make_node("Conv", ["x", "w", "b"], ["cls"], name="cls_conv")
+    original = dict(weights)
+    relative_to_background(weights, conv, classes_plus_one)
+    x = rng.normal(size=(2, 5, 3, 3)).astype(np.float32)
+    before = conv1x1(x, original["w"], original["b"])
+    after = conv1x1(x, weights[conv.input[1]], weights[conv.input[2]])
+    # (N, A * (C + 1), H, W) -> (N, A, C + 1, H, W): the background logit is exactly 0, the others moved.
+    per_anchor = after.reshape(2, anchors, classes_plus_one, 3, 3)
+    assert np.all(per_anchor[:, :, 0] == 0) and not np.allclose(after, before)
+    np.testing.assert_allclose(softmax_per_anchor(after, classes_plus_one),
+                               softmax_per_anchor(before, classes_plus_one), rtol=1e-5, atol=1e-6)
+    assert conv.input[1:] == ["w_relative", "b_relative"] and np.array_equal(original["w"], weights["w"])
+
+
+def test_class_logits_need_whole_anchors():
+    weights = {"w": np.zeros((10, 2, 1, 1), np.float32)}
+    with pytest.raises(UserError, match="cls_conv: 10 filters are not a multiple of 4"):
+        relative_to_background(weights, helper.make_node("Conv", ["x", "w"], ["y"], name="cls_conv"), 4)
+
+
+@pytest.mark.parametrize("threshold,num_classes", [(0.01, 5), (0.01, 80), (0.3, 1), (1e-6, 20)])
+def test_a_class_clipped_to_the_floor_stays_below_the_threshold(threshold: float, num_classes: int):
+    floor = logit_floor(threshold, num_classes)
+    # Probability of a class at the floor: at most e^floor (the background's term is e^0 = 1).
+    assert np.exp(floor) < threshold
+    # All classes at the floor add at most FLOOR_SHARE * threshold to a denominator of at least 1.
+    assert num_classes * np.exp(floor) == pytest.approx(FLOOR_SHARE * threshold)
+    assert logit_floor(0.0, num_classes) == -np.inf
+
+
+def stem(second_reads: int) -> Graph:
+    """data (1, 3, 8, 8) -> Conv (3 -> second_reads) -> Relu -> Conv (second_reads -> 32) -> Conv (32 -> 32)."""
+    rng = np.random.default_rng(7)
+    weights = {"w0": rng.normal(size=(second_reads, 3, 3, 3)), "w1": rng.normal(size=(32, second_reads, 1, 1)),
+               "w2": rng.normal(size=(32, 32, 1, 1))}
+    nodes = [helper.make_node("Conv", ["data", "w0"], ["c0"], name="image_conv"),
+             helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+             helper.make_node("Conv", ["r0", "w1"], ["c1"], name="second"),
+             helper.make_node("Conv", ["c1", "w2"], ["c2"], name="third")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("data", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("c2", onnx.TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    return Graph(graph)
+
+
+def test_the_image_convolution_stays_fp32_only_before_other_narrow_ones():
+    wide = stem(second_reads=32)
+    convs = [n for n in wide.graph.node if n.op_type == "Conv"]
+    assert convolutions_reached(wide, ["data"]) == {"image_conv"}
+    assert narrow_convolutions(wide, convs, 16) == set(), "followed by INT8 convolutions only: INT8"
+    narrow = stem(second_reads=8)
+    convs = [n for n in narrow.graph.node if n.op_type == "Conv"]
+    assert narrow_convolutions(narrow, convs, 16) == {"image_conv", "second"}
+    assert narrow_convolutions(narrow, convs, 4) == set() == narrow_convolutions(narrow, convs, 0)

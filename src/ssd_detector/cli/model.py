@@ -98,7 +98,9 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     if args.int8 != (args.calibration_data is not None):
         raise UserError("--int8 needs --calibration-data" if args.int8
                         else "--calibration-data is for --int8 (an INT8 file)")
-    choices = Int8Choices(args.class_heads, args.weight_bits, args.int8_min_channels, args.calibration)
+    given = {"class_heads": args.class_heads, "weight_bits": args.weight_bits, "min_channels": args.int8_min_channels,
+             "calibration": args.calibration}
+    choices = Int8Choices(**{name: value for name, value in given.items() if value is not None})
     choices.check()  # before the calibration images are read
     if not 1 <= args.num_calibration <= MAX_CALIBRATION_IMAGES:
         raise UserError(f"--num-calibration {args.num_calibration}: expected 1 to {MAX_CALIBRATION_IMAGES}")

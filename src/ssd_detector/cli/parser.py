@@ -192,16 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", type=Path, help="the annotation folder of a JSON channel")
     p.add_argument("--num-calibration", type=int, default=128, help="images spread evenly over the data "
                    "(default 128)")
-    p.add_argument("--class-heads", default="fp32", help="with --int8, the class predictors: fp32 (default), "
-                   "int32-output (INT8 convolutions with 32-bit outputs: exact as quantize's, but slow in ONNX "
-                   "Runtime), or int8 (INT8 outputs: loses accuracy)")
-    p.add_argument("--weight-bits", type=int, default=7, help="with --int8: 7 (default; safe on every x86 CPU) or 8 "
+    # The INT8 options' defaults are onnx_int8.Int8Choices' (None here: not given).
+    p.add_argument("--class-heads", help="with --int8, the class predictors: int8 (default: INT8 outputs, the logits "
+                   "made relative to the background's), fp32, or int32-output (INT8 convolutions with 32-bit "
+                   "outputs, as quantize's default, but slow in ONNX Runtime)")
+    p.add_argument("--weight-bits", type=int, help="with --int8: 7 (default; safe on every x86 CPU) or 8 "
                    "(CPUs with VNNI, GPUs)")
-    p.add_argument("--int8-min-channels", type=int, default=16, help="with --int8: convolutions reading fewer "
-                   "channels stay FP32 (default 16: the stem, where INT8 kernels are slower than FP32 ones; "
-                   "0 makes every convolution INT8)")
-    p.add_argument("--calibration", default="percentile", help="with --int8, the activation ranges: percentile "
-                   "(default: 99.99%% of each activation's values kept) or naive (minimum and maximum, as "
-                   "quantize's default)")
+    p.add_argument("--int8-min-channels", type=int, help="with --int8: convolutions reading fewer channels stay "
+                   "FP32 (default 16: narrow stems, where INT8 kernels are slower than FP32 ones; a convolution on "
+                   "the image followed by INT8 ones only is INT8 all the same; 0 makes every convolution INT8)")
+    p.add_argument("--calibration", help="with --int8, the activation ranges: percentile (default: 99.99%% of "
+                   "each activation's values kept) or naive (minimum and maximum, as quantize's default)")
     p.set_defaults(func=model.cmd_export_onnx)
     return parser

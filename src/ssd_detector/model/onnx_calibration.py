@@ -51,7 +51,7 @@ def percentile_range(counts: np.ndarray, low: float, high: float, keep: float = 
     return Range(float(edges[first]), float(edges[min(last + 1, len(counts))]))
 
 
-def _layer_outputs(model_dir: Path, symbol: mx.sym.Symbol, names: list[str]) -> mx.gluon.SymbolBlock:
+def layer_outputs(model_dir: Path, symbol: mx.sym.Symbol, names: list[str]) -> mx.gluon.SymbolBlock:
     internals = symbol.get_internals()
     available = set(internals.list_outputs())
     missing = [n for n in names if f"{n}_output" not in available]
@@ -65,7 +65,7 @@ def _layer_outputs(model_dir: Path, symbol: mx.sym.Symbol, names: list[str]) -> 
     return block
 
 
-def _batches(block: mx.gluon.SymbolBlock, images: np.ndarray):
+def batches(block: mx.gluon.SymbolBlock, images: np.ndarray):
     for start in range(0, len(images), CALIBRATION_BATCH):
         outputs = block(mx.nd.array(images[start:start + CALIBRATION_BATCH], dtype="float32"))
         yield outputs if isinstance(outputs, (list, tuple)) else [outputs]
@@ -76,16 +76,16 @@ def activation_ranges(model_dir: Path, symbol: mx.sym.Symbol, names: list[str], 
     """The range of each named layer output of the artifact's graph (symbol, as load_symbol reads
     it from model_dir) over images (K, 3, S, S), by the calibration method (of CALIBRATIONS, as
     onnx_int8.Int8Choices checks it)."""
-    block = _layer_outputs(model_dir, symbol, names)
+    block = layer_outputs(model_dir, symbol, names)
     low = np.full(len(names), np.inf)
     high = np.full(len(names), -np.inf)
-    for outputs in _batches(block, images):
+    for outputs in batches(block, images):
         low = np.minimum(low, [o.min().asscalar() for o in outputs])
         high = np.maximum(high, [o.max().asscalar() for o in outputs])
     if calibration == "naive":
         return {name: Range(float(lo), float(hi)) for name, lo, hi in zip(names, low, high)}
     counts = np.zeros((len(names), HISTOGRAM_BINS), np.int64)
-    for outputs in _batches(block, images):
+    for outputs in batches(block, images):
         for i, output in enumerate(outputs):
             if high[i] > low[i]:
                 counts[i] += np.histogram(output.asnumpy(), HISTOGRAM_BINS, (low[i], high[i]))[0]

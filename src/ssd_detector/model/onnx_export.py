@@ -137,9 +137,10 @@ def export_onnx(model_dir: Path, output: Path, opset: int = DEFAULT_OPSET, calib
     model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import))
     quantization = None
     if calibration is not None:
-        from .onnx_int8 import quantize_graph
+        from .onnx_int8 import DetectionFacts, quantize_graph
 
-        quantization = quantize_graph(model, model_dir, calibration, choices)
+        quantization = quantize_graph(model, model_dir, calibration, DetectionFacts(classes_plus_one, rules.threshold),
+                                      choices)
     doc = {"input": "data: uint8 RGB (batch, 3, S, S)", "outputs": "detections (M, 6) [class_id, score, xmin, "
            "ymin, xmax, ymax] normalized; batch_index (M,)", "image_shape": str(size)}
     if quantization:

@@ -42,13 +42,14 @@ import numpy as np
 from ..errors import UserError
 from . import artifact
 from .onnx_calibration import CALIBRATIONS, DEFAULT_CALIBRATION, PERCENTILE, activation_ranges
+from .onnx_class_logits import logit_floor, relative_logit_ranges, relative_to_background
 from .quantize import CLASS_HEADS, class_head_layers
 
 LOG = logging.getLogger(__name__)
 
 # The class predictors stay FP32 by default: ONNX Runtime has no fast kernel for INT8 convolutions
 # with 32-bit outputs (ConvInteger), and INT8 outputs cost accuracy (see the module's docstring).
-DEFAULT_CLASS_HEADS = "fp32"
+DEFAULT_CLASS_HEADS = "int8"
 DEFAULT_WEIGHT_BITS = 7  # symmetric int8 weights in [-63, 63] (see the module's docstring)
 WEIGHT_BITS = (7, 8)
 # Convolutions reading fewer channels stay FP32 (the stem: the RGB input, mobilenet-0.25's first
@@ -168,6 +169,43 @@ def input_channels(graph: Graph, conv: Any) -> int:
     return int(graph.weights[conv.input[1]].shape[1]) * group
 
 
+def convolutions_reached(graph: Graph, tensors: list[str]) -> set[str]:
+    """The convolutions that read tensors through other operators only (Relu, pooling, ...)."""
+    consumers = graph.consumers()
+    found: set[str] = set()
+    pending, seen = list(tensors), set(tensors)
+    while pending:
+        for node in consumers.get(pending.pop(), []):
+            if node.op_type == "Conv":
+                found.add(node.name)
+                continue
+            fresh = [o for o in node.output if o not in seen]
+            seen.update(fresh)
+            pending.extend(fresh)
+    return found
+
+
+def narrow_convolutions(graph: Graph, convs: list[Any], min_channels: int) -> set[str]:
+    """The convolutions that stay FP32 for reading fewer than min_channels channels, but for a
+    convolution on the image whose next convolutions are all INT8: FP32, it would only move the
+    change from FP32 to INT8 layouts onto its output, larger than the image (see the module's
+    docstring)."""
+    narrow = {n.name for n in convs if input_channels(graph, n) < min_channels}
+    by_name = {n.name: n for n in convs}
+    for name in convolutions_reached(graph, [i.name for i in graph.graph.input]) & narrow:
+        if not convolutions_reached(graph, list(by_name[name].output)) & narrow:
+            narrow.discard(name)
+    return narrow
+
+
+@dataclass(frozen=True)
+class DetectionFacts:
+    """What the rewrite needs of the graph's detection: the class predictors' channels per
+    anchor (the classes and the background) and MultiBoxDetection's score threshold."""
+    classes_plus_one: int
+    threshold: float
+
+
 @dataclass(frozen=True)
 class Int8Choices:
     """What export-onnx --int8 lets a user choose (the module's docstring says why each default)."""
@@ -188,7 +226,8 @@ class Int8Choices:
             raise UserError(f"--calibration {self.calibration!r}: expected one of {', '.join(CALIBRATIONS)}")
 
 
-def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, choices: Int8Choices = Int8Choices()) -> dict:
+def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, detection: DetectionFacts,
+                   choices: Int8Choices = Int8Choices()) -> dict:
     """Rewrites the exported FP32 model (an onnx ModelProto) in place, calibrated on images
     (K, 3, S, S) uint8; -> what was done."""
     from onnx import helper
@@ -203,12 +242,21 @@ def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, choices: Int
     class_convs = set(class_head_layers(json.loads(symbol.tojson())["nodes"]))
     convs = [n for n in graph.graph.node if n.op_type == "Conv" and n.input[1] in graph.weights]
     heads = {n.name for n in convs if n.output[0] in class_convs}  # no BatchNorm after them: names kept
-    narrow = {n.name for n in convs if input_channels(graph, n) < choices.min_channels}
+    narrow = narrow_convolutions(graph, convs, choices.min_channels)
     quantized = [n for n in convs if n.name not in narrow and (class_heads != "fp32" or n.name not in heads)]
     with_output = {n.name for n in quantized if class_heads == "int8" or n.name not in heads}
     dropped = drop_relus(graph, with_output)
+    relative = [n for n in quantized if n.name in heads and n.name in with_output]
+    for conv in relative:  # INT8 class outputs: logits relative to the background (onnx_class_logits)
+        relative_to_background(graph.weights, conv, detection.classes_plus_one)
+    head_outputs = sorted(n.output[0] for n in relative)
     activations = sorted({n.input[0] for n in quantized} | {n.output[0] for n in quantized if n.name in with_output})
-    ranges = activation_ranges(model_dir, symbol, activations, images, choices.calibration)
+    ranges = activation_ranges(model_dir, symbol, [a for a in activations if a not in head_outputs], images,
+                               choices.calibration)
+    floor = logit_floor(detection.threshold, detection.classes_plus_one - 1)
+    if relative:
+        ranges.update(relative_logit_ranges(model_dir, symbol, head_outputs, images, detection.classes_plus_one,
+                                            floor))
 
     made: list[Any] = []
     by_output: dict[str, list[Any]] = defaultdict(list)  # Q/DQ nodes to place after a tensor's producer
@@ -268,6 +316,8 @@ def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, choices: Int
                "class_heads": class_heads, "int8_convolutions": len(quantized), "int32_output_convolutions": len(wide),
                "fp32_convolutions": len(convs) - len(quantized), "fp32_narrow_convolutions": len(narrow),
                "min_channels": choices.min_channels, "batchnorms_folded": folded, "relus_dropped": dropped,
-               "weight_bits": weight_bits}
+               "weight_bits": weight_bits,
+               **({"class_logits": "relative to the background", "class_logit_floor": round(floor, 4) if np.isfinite(floor) else None}
+                  if relative else {})}
     LOG.info("INT8: %s", json.dumps(summary))
     return summary
