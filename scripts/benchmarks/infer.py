@@ -175,6 +175,7 @@ def measure(model: Path, validation: Path, test_dir: Path, work: Path, args: arg
         quantize(model, calibration, variants[name], options)
     files = onnx_files(model, calibration, work, args.ort_int8.split(","))
     images, samples = held_out(test_dir, size)
+    LOG.info("%s: %d held-out images from %s", model, len(images), test_dir)
     timing = images[:args.timing_images]
     engines = {name: mxnet_engine(path) for name, path in variants.items()}
     results: dict[str, dict] = {name: {"ips": {1: [], 8: []}} for name in [*engines, *files]}
@@ -282,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                   root / "also" / folder.name) for folder in args.also]
     for name, model, validation, test_dir, work in measured:
         results = measure(model, validation, test_dir, work, args, threads)
-        summaries[name] = table(f"CPU inference, {name}, {threads} threads, {args.test} held-out images (timing: "
-                                f"{args.timing_images} images, median of {args.rounds} rounds)", results)
+        summaries[name] = table(f"CPU inference, {name}, {threads} threads (timing: {args.timing_images} images, "
+                                f"median of {args.rounds} rounds)", results)
         found[name] = checks(name, summaries[name])
         for check, met in found[name].items():
             LOG.info("%s: %s", check, "met" if met else "NOT met")

@@ -15,18 +15,24 @@ The rewrite, in order:
    which 8-bit weights can overflow; ``weight_bits=8`` for CPUs with VNNI and other runtimes),
    biases int32 with the scale of input times weight.
 
-Convolutions reading fewer than ``min_channels`` channels (16 by default: the RGB input's, and
-mobilenet-0.25's first 8-channel layers) stay FP32: ONNX Runtime 1.20's INT8 kernels work on
-vectors of channels, and there they ran 1.5x (the 3-channel input) to 10x (a depthwise layer over 8
-channels) slower than its FP32 ones (scripts/ort_profile.py, batch 8).
+Convolutions reading fewer than ``min_channels`` channels (16 by default: mobilenet-0.25's first
+8-channel layers and the RGB convolution before them) stay FP32: ONNX Runtime 1.20's INT8 kernels
+work on vectors of channels, and there they ran 1.5x (the 3-channel input) to 10x (a depthwise
+layer over 8 channels) slower than its FP32 ones (scripts/ort_profile.py, batch 8). The
+convolution on the image is the exception when only INT8 convolutions follow it (mobilenet-1.0,
+VGG, ResNet): FP32, it would move the change from FP32 to INT8 layouts (a reorder, a quantize and a
+transpose) onto its output, which is larger than the image; INT8, it made the file about 10%
+faster at batch 8 on mobilenet-1.0@300, where on mobilenet-0.25@256 the whole INT8 stem was 10%
+slower (docs/experiments.md).
 
-The class predictors (the convolutions feeding the class probabilities) have the choices of
-``quantize``, for the same reason (one INT8 scale for logits that span hundreds rounds away the
-differences of a tenth the detections live in): ``fp32`` (the default here) keeps them FP32;
+The class predictors (the convolutions feeding the class probabilities) are INT8 by default
+(``int8``), with their logits made relative to the background's and floored where no class can
+reach the detection threshold (onnx_class_logits): held-out mAP within 0.006 of FP32 on the four
+models measured, where plain INT8 outputs had lost up to 0.095. The other choices: ``fp32`` keeps them FP32;
 ``int32-output`` computes them in INT8 with their 32-bit sums as output (ConvInteger, then the
-scale), exact as quantize's default but slow in ONNX Runtime 1.20, whose ConvInteger took as long
-as all the QLinearConv of the backbone (mobilenet-1.0@300, batch 8); ``int8`` quantizes their
-outputs too. Input normalization, the heads' reshapes, softmax and the detection tail stay FP32.
+scale), as quantize's default, but ONNX Runtime 1.20's ConvInteger took as long as all the
+QLinearConv of the backbone (mobilenet-1.0@300, batch 8). Input normalization, the heads'
+reshapes, softmax and the detection tail stay FP32.
 """
 from __future__ import annotations
 
@@ -47,14 +53,13 @@ from .quantize import CLASS_HEADS, class_head_layers
 
 LOG = logging.getLogger(__name__)
 
-# The class predictors stay FP32 by default: ONNX Runtime has no fast kernel for INT8 convolutions
-# with 32-bit outputs (ConvInteger), and INT8 outputs cost accuracy (see the module's docstring).
+# The class predictors are INT8, their logits relative to the background's (see the module's docstring).
 DEFAULT_CLASS_HEADS = "int8"
 DEFAULT_WEIGHT_BITS = 7  # symmetric int8 weights in [-63, 63] (see the module's docstring)
 WEIGHT_BITS = (7, 8)
-# Convolutions reading fewer channels stay FP32 (the stem: the RGB input, mobilenet-0.25's first
-# 8-channel layers): ONNX Runtime's INT8 kernels work on whole channel vectors, and with 3 or 8
-# channels they ran 1.5 to 10 times slower than its FP32 ones (see the module's docstring).
+# Convolutions reading fewer channels stay FP32 (mobilenet-0.25's 8-channel stem): ONNX Runtime's
+# INT8 kernels work on whole channel vectors, and with 3 or 8 channels they ran 1.5 to 10 times
+# slower than its FP32 ones (see the module's docstring for the convolution on the image).
 DEFAULT_MIN_CHANNELS = 16
 
 
