@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
@@ -150,8 +151,8 @@ def onnx_files(model: Path, calibration: np.ndarray, work: Path, choices: list[s
     export_onnx(model, files["ORT FP32"])
     default = Int8Choices()
     for choice in choices:
-        given = dict(zip(("class_heads", "weight_bits", "min_channels", "calibration"), choice.split("/")))
-        picked = Int8Choices(**{k: v if k in ("class_heads", "calibration") else int(v) for k, v in given.items()})
+        given = dict(zip([f.name for f in fields(Int8Choices)], choice.split("/")))  # each as its default's type
+        picked = Int8Choices(**{k: type(getattr(default, k))(v) for k, v in given.items()})
         full = f"{picked.class_heads}/{picked.weight_bits}/{picked.min_channels}/{picked.calibration}"
         name = "ORT INT8" if picked == default else f"ORT INT8 {full}"
         files[name] = work / f"model-int8-{full.replace('/', '-')}.onnx"

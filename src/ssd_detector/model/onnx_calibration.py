@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import mxnet as mx
 import numpy as np
@@ -71,17 +72,24 @@ def batches(block: mx.gluon.SymbolBlock, images: np.ndarray):
         yield outputs if isinstance(outputs, (list, tuple)) else [outputs]
 
 
+def extremes(block: mx.gluon.SymbolBlock, images: np.ndarray,
+             values: Callable[[mx.nd.NDArray], mx.nd.NDArray] = lambda output: output) -> tuple[np.ndarray, np.ndarray]:
+    """The smallest and the largest of values(output) for each of block's outputs over images."""
+    low, high = np.array(np.inf), np.array(-np.inf)  # broadcast to one per output on the first batch
+    for outputs in batches(block, images):
+        seen = [values(output) for output in outputs]
+        low = np.minimum(low, [v.min().asscalar() for v in seen])
+        high = np.maximum(high, [v.max().asscalar() for v in seen])
+    return low, high
+
+
 def activation_ranges(model_dir: Path, symbol: mx.sym.Symbol, names: list[str], images: np.ndarray,
                       calibration: str = DEFAULT_CALIBRATION) -> dict[str, Range]:
     """The range of each named layer output of the artifact's graph (symbol, as load_symbol reads
     it from model_dir) over images (K, 3, S, S), by the calibration method (of CALIBRATIONS, as
     onnx_int8.Int8Choices checks it)."""
     block = layer_outputs(model_dir, symbol, names)
-    low = np.full(len(names), np.inf)
-    high = np.full(len(names), -np.inf)
-    for outputs in batches(block, images):
-        low = np.minimum(low, [o.min().asscalar() for o in outputs])
-        high = np.maximum(high, [o.max().asscalar() for o in outputs])
+    low, high = extremes(block, images)
     if calibration == "naive":
         return {name: Range(float(lo), float(hi)) for name, lo, hi in zip(names, low, high)}
     counts = np.zeros((len(names), HISTOGRAM_BINS), np.int64)

@@ -26,7 +26,7 @@ import mxnet as mx
 import numpy as np
 
 from ..errors import UserError
-from .onnx_calibration import Range, batches, layer_outputs
+from .onnx_calibration import Range, extremes, layer_outputs
 
 # The most the clipped classes of an anchor may add to its softmax's denominator, as a share of
 # the detection threshold (see the module's docstring).
@@ -62,14 +62,10 @@ def relative_logit_ranges(model_dir: Path, symbol: mx.sym.Symbol, names: list[st
                           classes_plus_one: int, floor: float) -> dict[str, Range]:
     """The range of each named class predictor's class-minus-background logits over images
     (K, 3, S, S), run through the artifact's graph with MXNet, its low end raised to floor."""
-    block = layer_outputs(model_dir, symbol, names)
-    low = np.full(len(names), np.inf)
-    high = np.full(len(names), -np.inf)
-    for outputs in batches(block, images):
-        for i, output in enumerate(outputs):
-            logits = output.asnumpy()  # (B, A * (C + 1), H, W)
-            b, channels, h, w = logits.shape
-            per_anchor = logits.reshape(b, channels // classes_plus_one, classes_plus_one, h, w)  # -> (B, A, C+1, H, W)
-            difference = per_anchor[:, :, 1:] - per_anchor[:, :, :1]
-            low[i], high[i] = min(low[i], difference.min()), max(high[i], difference.max())
+    def difference(logits: mx.nd.NDArray) -> mx.nd.NDArray:
+        per_anchor = logits.reshape((0, -4, -1, classes_plus_one, -2))  # (B, A * (C + 1), H, W) -> (B, A, C+1, H, W)
+        return mx.nd.broadcast_sub(per_anchor.slice_axis(axis=2, begin=1, end=None),
+                                   per_anchor.slice_axis(axis=2, begin=0, end=1))
+
+    low, high = extremes(layer_outputs(model_dir, symbol, names), images, difference)
     return {name: Range(max(float(low[i]), floor), max(float(high[i]), 0.0)) for i, name in enumerate(names)}

@@ -29,9 +29,9 @@ The class predictors (the convolutions feeding the class probabilities) are INT8
 (``int8``), with their logits made relative to the background's and floored where no class can
 reach the detection threshold (onnx_class_logits): held-out mAP within 0.006 of FP32 on the four
 models measured, where plain INT8 outputs had lost up to 0.095. The other choices: ``fp32`` keeps
-them FP32; ``int32-output`` computes them in INT8 with their 32-bit sums as output (ConvInteger, then the
-scale), as quantize's default, but ONNX Runtime 1.20's ConvInteger took as long as all the
-QLinearConv of the backbone (mobilenet-1.0@300, batch 8). Input normalization, the heads'
+them FP32; ``int32-output`` computes them in INT8 with their 32-bit sums as output (ConvInteger,
+then the scale), as quantize's default, but ONNX Runtime 1.20's ConvInteger took as long as all
+the QLinearConv of the backbone (mobilenet-1.0@300, batch 8). Input normalization, the heads'
 reshapes, softmax and the detection tail stay FP32.
 """
 from __future__ import annotations
