@@ -123,6 +123,14 @@ def test_the_int8_file_runs_int8_convolutions_and_finds_what_fp32_finds(model_di
     assert (first.input[1] in weights and numpy_helper.to_array(weights[first.input[1]]).dtype == np.float32) == \
         (min_channels > 3)
     assert json.loads(dict((p.key, p.value) for p in model.metadata_props)["quantization"]) == done
+    # An INT8 convolution on the image reads its uint8 pixels as they are: no Cast, no FP32 normalization.
+    readers = [n for n in model.graph.node if "data" in n.input]
+    if min_channels <= 3:
+        assert [n.op_type for n in readers] == ["DequantizeLinear"], readers
+        scale, zero = (numpy_helper.to_array(weights[name]) for name in readers[0].input[1:])
+        assert scale == 1 and zero.dtype == np.uint8 and done["image_input"].endswith(f"zero point {zero}")
+    else:
+        assert [n.op_type for n in readers] == ["Cast"] and "image_input" not in done
     ops = [n.op_type for n in model.graph.node]
     assert "BatchNormalization" not in ops and ops.count("ConvInteger") == wide
     int8_weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
@@ -176,7 +184,7 @@ def test_refusals_name_the_problem(model_dir: Path, synth_set: Path, tmp_path: P
 def test_other_backbones_quantize_and_run(base_network: str, tmp_path: Path):
     """vgg-16 (max pooling, no BatchNorm) and resnet-50 (additions, a Relu after each), with
     export-onnx's defaults: every convolution runs as QLinearConv in ONNX Runtime, the class
-    predictors' and the one on the image (3 channels, but followed by wide ones) included."""
+    predictors' and the one on the image (3 channels, but followed by wide ones, reading the pixels) included."""
     from ssd_detector.model.onnx_int8 import Int8Choices
 
     from ssd_detector.model.untrained import export_untrained
@@ -193,6 +201,7 @@ def test_other_backbones_quantize_and_run(base_network: str, tmp_path: Path):
     assert (done["class_heads"], done["weight_bits"], done["min_channels"], done["calibration"].split()[0]) == \
         (defaults.class_heads, defaults.weight_bits, defaults.min_channels, defaults.calibration)
     assert done["calibration_images"] == 6 and done["fp32_convolutions"] == 0 and done["int8_convolutions"] > 10
+    assert done["image_input"].startswith("uint8 pixels into "), "the image's normalization folded"
     assert ops_run_by_onnx_runtime(int8_file, tmp_path).count("QLinearConv") == done["int8_convolutions"]
     rows = ort_rows(int8_file, images, tmp_path, done)
     assert all(len(r) for r in rows)

@@ -49,6 +49,7 @@ from ..errors import UserError
 from . import artifact
 from .onnx_calibration import CALIBRATIONS, DEFAULT_CALIBRATION, PERCENTILE, activation_ranges
 from .onnx_class_logits import logit_floor, relative_logit_ranges, relative_to_background
+from .onnx_image_input import fold_normalization
 from .quantize import CLASS_HEADS, class_head_layers
 
 LOG = logging.getLogger(__name__)
@@ -251,13 +252,16 @@ def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, detection: D
     quantized = [n for n in convs if n.name not in narrow and (class_heads != "fp32" or n.name not in heads)]
     with_output = {n.name for n in quantized if class_heads == "int8" or n.name not in heads}
     dropped = drop_relus(graph, with_output)
+    image = fold_normalization(graph, quantized)  # the image itself as the first convolution's input
     relative = [n for n in quantized if n.name in heads and n.name in with_output]
     for conv in relative:  # INT8 class outputs: logits relative to the background (onnx_class_logits)
         relative_to_background(graph.weights, conv, detection.classes_plus_one)
     head_outputs = sorted(n.output[0] for n in relative)
     activations = sorted({n.input[0] for n in quantized} | {n.output[0] for n in quantized if n.name in with_output})
-    ranges = activation_ranges(model_dir, symbol, [a for a in activations if a not in head_outputs], images,
-                               choices.calibration)
+    measured = [a for a in activations if a not in head_outputs and not (image and a == image.name)]
+    ranges = activation_ranges(model_dir, symbol, measured, images, choices.calibration)
+    if image:
+        ranges[image.name] = image.range()
     floor = logit_floor(detection.threshold, detection.classes_plus_one - 1)
     if relative:
         ranges.update(relative_logit_ranges(model_dir, symbol, head_outputs, images, detection.classes_plus_one,
@@ -269,10 +273,11 @@ def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, detection: D
     for name in activations:
         scale, zero = ranges[name].scale_zero()
         graph.weights[f"{name}_scale"], graph.weights[f"{name}_zero"] = np.array(scale), np.array(zero)
-        by_output[name] = [
-            helper.make_node("QuantizeLinear", [name, f"{name}_scale", f"{name}_zero"], [f"{name}_q"], name=f"{name}_Q"),
-            helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_scale", f"{name}_zero"], [f"{name}_dq"],
-                             name=f"{name}_DQ")]
+        source = name if image and name == image.name else f"{name}_q"  # the image is uint8 already
+        quantize = [] if source == name else [helper.make_node("QuantizeLinear", [name, f"{name}_scale", f"{name}_zero"],
+                                                               [source], name=f"{name}_Q")]
+        by_output[name] = [*quantize, helper.make_node("DequantizeLinear", [source, f"{name}_scale", f"{name}_zero"],
+                                                       [f"{name}_dq"], name=f"{name}_DQ")]
         rename[name] = f"{name}_dq"
     wide = []  # class predictors with 32-bit outputs: ConvInteger, then scaled to float
     for conv in quantized:
@@ -322,6 +327,7 @@ def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, detection: D
                "fp32_convolutions": len(convs) - len(quantized), "fp32_narrow_convolutions": len(narrow),
                "min_channels": choices.min_channels, "batchnorms_folded": folded, "relus_dropped": dropped,
                "weight_bits": weight_bits,
+               **({"image_input": f"uint8 pixels into {image.conv}, zero point {image.zero}"} if image else {}),
                **({"class_logits": "relative to the background", "class_logit_floor": round(floor, 4) if np.isfinite(floor) else None}
                   if relative else {})}
     LOG.info("INT8: %s", json.dumps(summary))
