@@ -19,7 +19,8 @@ STD = np.array([58.395, 57.12, 57.375])
 
 
 def normalized_stem(scale_op: str = "Div", cast_to: int = onnx.TensorProto.FLOAT, group: int = 1,
-                    mean_shape: tuple[int, ...] = (1, 3, 1, 1)) -> tuple[Graph, dict]:
+                    mean_shape: tuple[int, ...] = (1, 3, 1, 1), input_type: int = onnx.TensorProto.UINT8
+                    ) -> tuple[Graph, dict]:
     """data uint8 (2, 3, 9, 9) -> Cast -> Sub mean -> Div std (or Mul 1 / std) -> Conv 3x3, stride 2, pad 1."""
     rng = np.random.default_rng(5)
     weights = {"mean": MEAN.reshape(mean_shape).astype(np.float32),
@@ -31,7 +32,7 @@ def normalized_stem(scale_op: str = "Div", cast_to: int = onnx.TensorProto.FLOAT
              helper.make_node(scale_op, ["centred", "scale"], ["normalized"], name="scale"),
              helper.make_node("Conv", ["normalized", "w", "b"], ["y"], name="conv", kernel_shape=[3, 3],
                               strides=[2, 2], pads=[1, 1, 1, 1], group=group)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("data", onnx.TensorProto.UINT8, [2, 3, 9, 9])],
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("data", input_type, [2, 3, 9, 9])],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(v, k) for k, v in weights.items()])
     return Graph(graph), weights
@@ -64,7 +65,8 @@ def test_the_folded_convolution_reads_the_pixels_and_pads_with_the_zero_point(sc
     assert not np.allclose(got[:, :, 0], original[:, :, 0], atol=1e-3), "the padded border differs"
 
 
-@pytest.mark.parametrize("change", [{"cast_to": onnx.TensorProto.DOUBLE}, {"group": 3}, {"mean_shape": (3, 1)}])
+@pytest.mark.parametrize("change", [{"cast_to": onnx.TensorProto.DOUBLE}, {"group": 3}, {"mean_shape": (3, 1)},
+                                    {"input_type": onnx.TensorProto.FLOAT}])
 def test_other_graphs_are_left_alone(change: dict):
     view, _ = normalized_stem(**change)
     before = [n.op_type for n in view.graph.node]

@@ -23,7 +23,7 @@ import numpy as np
 
 from .onnx_calibration import ACTIVATION_LEVELS, Range
 
-FLOAT = 1  # onnx.TensorProto.FLOAT, Cast's `to` for float32
+FLOAT, UINT8 = 1, 2  # onnx.TensorProto's element types
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,18 @@ def _only_reader(consumers: dict[str, list[Any]], tensor: str, op_types: tuple[s
     return None
 
 
+def _chain(consumers: dict[str, list[Any]], name: str) -> tuple[Any, Any, Any, Any] | None:
+    """Cast to float, Sub, Div or Mul, then Conv, each the only reader of the one before, from the
+    graph input name; or None."""
+    cast = _only_reader(consumers, name, ("Cast",))
+    if cast is None or next((a.i for a in cast.attribute if a.name == "to"), None) != FLOAT:
+        return None
+    sub = _only_reader(consumers, cast.output[0], ("Sub",))
+    scale = _only_reader(consumers, sub.output[0], ("Div", "Mul")) if sub is not None else None
+    conv = _only_reader(consumers, scale.output[0], ("Conv",)) if scale is not None else None
+    return (cast, sub, scale, conv) if conv is not None else None
+
+
 def _per_channel(weights: dict[str, np.ndarray], name: str, channels: int) -> np.ndarray | None:
     """A constant of one value per image channel (shaped (C,), (C, 1, 1) or (1, C, 1, 1)), or None."""
     value = weights.get(name)
@@ -54,20 +66,18 @@ def _per_channel(weights: dict[str, np.ndarray], name: str, channels: int) -> np
 
 
 def fold_normalization(graph: Any, convs: list[Any]) -> ImageInput | None:
-    """Where a graph input goes through Cast to float, Sub of a per-channel constant and Div (or
+    """Where a uint8 graph input goes through Cast to float, Sub of a per-channel constant and Div (or
     Mul) by another into one of convs (the INT8 convolutions) alone: folds the two into the
     convolution's weights and bias (graph: onnx_int8.Graph), which then reads the input itself,
     and drops the three nodes; -> what was done, or None where the graph does not match."""
     consumers = graph.consumers()
     quantized = {n.name for n in convs}
     for value in graph.graph.input:
-        cast = _only_reader(consumers, value.name, ("Cast",))
-        if cast is None or next((a.i for a in cast.attribute if a.name == "to"), None) != FLOAT:
+        chain = _chain(consumers, value.name)
+        if chain is None or value.type.tensor_type.elem_type != UINT8:
             continue
-        sub = _only_reader(consumers, cast.output[0], ("Sub",))
-        scale = sub and _only_reader(consumers, sub.output[0], ("Div", "Mul"))
-        conv = scale and _only_reader(consumers, scale.output[0], ("Conv",))
-        if conv is None or conv.name not in quantized or conv.input[1] not in graph.weights:
+        cast, sub, scale, conv = chain
+        if conv.name not in quantized or conv.input[1] not in graph.weights:
             continue
         weight = graph.weights[conv.input[1]]  # (O, C, kh, kw)
         if next((a.i for a in conv.attribute if a.name == "group"), 1) != 1:
