@@ -136,11 +136,18 @@ def test_the_int8_file_runs_int8_convolutions_and_finds_what_fp32_finds(model_di
     int8_weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
     assert len(int8_weights) == done["int8_convolutions"] - wide
     assert int8_file.stat().st_size < fp32_file.stat().st_size / 2
-    # INT8 class outputs: each class predictor gives its logits relative to the background's (0).
-    relative = [numpy_helper.to_array(i) for i in int8_weights if i.name.endswith("_relative_int8")]
-    assert bool(relative) == (class_heads == "int8")
-    for weight in relative:  # (A * (C + 1), Cin, 3, 3) -> (A, C + 1, Cin * 9): the background's filters 0
-        assert not weight.reshape(-1, summary["num_classes"] + 1, weight[0].size)[:, 0].any()
+    # INT8 class outputs: each class predictor gives its logits relative to the background's (0),
+    # in one convolution with its box predictor, split after it into the class and box channels.
+    splits = [n for n in model.graph.node if n.op_type == "Split"]
+    assert len(splits) == done["merged_predictors"] and (len(splits) > 0) == (class_heads == "int8")
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for split in splits:  # Conv -> QuantizeLinear -> DequantizeLinear -> Split
+        conv = producer[producer[producer[split.input[0]].input[0]].input[0]]
+        weight = numpy_helper.to_array(weights[producer[conv.input[1]].input[0]])
+        class_rows, box_rows = numpy_helper.to_array(weights[split.input[1]])
+        assert len(weight) == class_rows + box_rows and box_rows % 4 == 0
+        # (A * (C + 1), Cin, 3, 3) -> (A, C + 1, Cin * 9): the background's filters 0
+        assert not weight[:class_rows].reshape(-1, summary["num_classes"] + 1, weight[0].size)[:, 0].any()
     if class_heads == "int8":
         floor = math.log(summary["threshold"] * FLOOR_SHARE / summary["num_classes"])
         assert done["class_logits"] == "relative to the background" and done["class_logit_floor"] == round(floor, 4)

@@ -13,7 +13,10 @@ The rewrite, in order:
 4. activations become uint8 (asymmetric), weights int8 per output channel, symmetric, on 7 bits
    by default (127 levels: x86 CPUs without VNNI multiply uint8 by int8 pairwise into 16 bits,
    which 8-bit weights can overflow; ``weight_bits=8`` for CPUs with VNNI and other runtimes),
-   biases int32 with the scale of input times weight.
+   biases int32 with the scale of input times weight;
+5. an INT8 convolution on the image reads its uint8 pixels as they are, the normalization folded
+   into it (onnx_image_input), and each feature map's INT8 class and box predictors become one
+   convolution (onnx_predictors).
 
 Convolutions reading fewer than ``min_channels`` channels (16 by default: mobilenet-0.25's first
 8-channel layers and the RGB convolution before them) stay FP32: ONNX Runtime 1.20's INT8 kernels
@@ -50,6 +53,7 @@ from . import artifact
 from .onnx_calibration import CALIBRATIONS, DEFAULT_CALIBRATION, PERCENTILE, activation_ranges
 from .onnx_class_logits import logit_floor, relative_logit_ranges, relative_to_background
 from .onnx_image_input import fold_normalization
+from .onnx_predictors import merge_predictors
 from .quantize import CLASS_HEADS, class_head_layers
 
 LOG = logging.getLogger(__name__)
@@ -266,6 +270,13 @@ def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, detection: D
     if relative:
         ranges.update(relative_logit_ranges(model_dir, symbol, head_outputs, images, detection.classes_plus_one,
                                             floor))
+    # Each INT8 class predictor and its box predictor as one convolution (onnx_predictors).
+    boxes = [n for n in quantized if n.name in with_output and n.name not in heads
+             and not convolutions_reached(graph, list(n.output))]
+    merged = merge_predictors(graph, relative, boxes, ranges)
+    present = {n.name for n in graph.graph.node}
+    int8_count, quantized = len(quantized), [n for n in quantized if n.name in present]
+    activations = sorted({n.input[0] for n in quantized} | {n.output[0] for n in quantized if n.name in with_output})
 
     made: list[Any] = []
     by_output: dict[str, list[Any]] = defaultdict(list)  # Q/DQ nodes to place after a tensor's producer
@@ -305,8 +316,10 @@ def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, detection: D
         conv.input[:] = inputs
     # Every reader of a quantized activation reads its dequantized copy; nodes stay in topological
     # order: the weights' DequantizeLinear first, each activation's pair right after its producer.
+    for merge in merged:  # the split of each merged output, after its Q/DQ pair
+        by_output[merge.output].extend(merge.after)
     nodes = list(graph.graph.node)
-    for node in nodes:
+    for node in [*nodes, *(n for merge in merged for n in merge.after)]:
         node.input[:] = [rename.get(name, name) for name in node.input]
     for conv, replacement in wide:
         at = nodes.index(conv)
@@ -324,7 +337,8 @@ def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, detection: D
     calibrated = "naive" if choices.calibration == "naive" else f"percentile {PERCENTILE:g}"
     summary = {"format": "QDQ", "calibration": calibrated, "calibration_images": int(len(images)),
                "class_heads": class_heads, "int8_convolutions": len(quantized), "int32_output_convolutions": len(wide),
-               "fp32_convolutions": len(convs) - len(quantized), "fp32_narrow_convolutions": len(narrow),
+               "fp32_convolutions": len(convs) - int8_count, "fp32_narrow_convolutions": len(narrow),
+               "merged_predictors": len(merged),
                "min_channels": choices.min_channels, "batchnorms_folded": folded, "relus_dropped": dropped,
                "weight_bits": weight_bits,
                **({"image_input": f"uint8 pixels into {image.conv}, zero point {image.zero}"} if image else {}),
