@@ -241,6 +241,22 @@ def checks(name: str, summary: dict[str, dict]) -> dict[str, bool]:
     return found
 
 
+# The CPU features that decide how fast INT8 runs (VNNI multiplies uint8 by int8 into 32 bits in one step).
+INT8_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name and which of INT8_FEATURES it has, e.g. "AMD EPYC (avx2 avx512f avx512_vnni)"."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return "unknown CPU"
+    fields_seen = {key.strip(): value for key, value in (line.split(":", 1) for line in text.splitlines() if ":" in line)}
+    flags = set(fields_seen.get("flags", "").split())
+    model = fields_seen.get("model name", "unknown CPU").strip()
+    return f"{model} ({' '.join(f for f in INT8_FEATURES if f in flags) or 'none of ' + ', '.join(INT8_FEATURES)})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("build/bench/infer"))
@@ -278,17 +294,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--also {folder}: no {', '.join(missing)} (make bench-accuracy's layout)")
     root = args.root
     root.mkdir(parents=True, exist_ok=True)
+    cpu = cpu_description()
+    LOG.info("CPU: %s", cpu)
     summaries, found = {}, {}
     measured = [(name, *train_model(root, name, args), root / name.replace("@", "-")) for name in names]
     measured += [(str(folder), folder / "job/model", folder / "data/validation", folder / "test/validation",
                   root / "also" / folder.name) for folder in args.also]
     for name, model, validation, test_dir, work in measured:
         results = measure(model, validation, test_dir, work, args, threads)
-        summaries[name] = table(f"CPU inference, {name}, {threads} threads (timing: {args.timing_images} images, "
+        summaries[name] = table(f"CPU inference, {name}, {threads} threads of {cpu} (timing: {args.timing_images} images, "
                                 f"median of {args.rounds} rounds)", results)
         found[name] = checks(name, summaries[name])
         for check, met in found[name].items():
             LOG.info("%s: %s", check, "met" if met else "NOT met")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"models": summaries, "checks": found, "threads": threads}, indent=2))
+    args.output.write_text(json.dumps({"models": summaries, "checks": found, "threads": threads, "cpu": cpu},
+                                           indent=2))
     return 0
