@@ -5,7 +5,8 @@ mean colour, over the standard deviation. When that convolution is INT8, the rew
 normalization into its weights and bias instead, and the convolution reads the image's pixels as
 they are, as its uint8 input (scale 1, zero point ``Z``: the mean colour's channels averaged and
 rounded). The Cast, the two FP32 operations and a QuantizeLinear over the whole image are gone
-(about 3% to 6% of the INT8 file's time on mobilenet-1.0@300 at batch 8), and the image is no
+(2.8% of the INT8 file's time in the profile of mobilenet-1.0@300 at batch 8; 1% to 6% faster
+timed, docs/experiments.md), and the image is no
 longer rounded to 255 steps over its normalized range (0.0187 per step there, against 1/57 for
 one pixel level).
 

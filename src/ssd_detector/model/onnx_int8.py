@@ -208,6 +208,12 @@ def narrow_convolutions(graph: Graph, convs: list[Any], min_channels: int) -> se
     return narrow
 
 
+def quantized_activations(quantized: list[Any], with_output: set[str]) -> list[str]:
+    """The tensors with a QuantizeLinear/DequantizeLinear pair: each INT8 convolution's input, and
+    its output where it is INT8 too."""
+    return sorted({n.input[0] for n in quantized} | {n.output[0] for n in quantized if n.name in with_output})
+
+
 @dataclass(frozen=True)
 class DetectionFacts:
     """What the rewrite needs of the graph's detection: the class predictors' channels per
@@ -261,7 +267,7 @@ def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, detection: D
     for conv in relative:  # INT8 class outputs: logits relative to the background (onnx_class_logits)
         relative_to_background(graph.weights, conv, detection.classes_plus_one)
     head_outputs = sorted(n.output[0] for n in relative)
-    activations = sorted({n.input[0] for n in quantized} | {n.output[0] for n in quantized if n.name in with_output})
+    activations = quantized_activations(quantized, with_output)
     measured = [a for a in activations if a not in head_outputs and not (image and a == image.name)]
     ranges = activation_ranges(model_dir, symbol, measured, images, choices.calibration)
     if image:
@@ -276,7 +282,7 @@ def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, detection: D
     merged = merge_predictors(graph, relative, boxes, ranges)
     present = {n.name for n in graph.graph.node}
     int8_count, quantized = len(quantized), [n for n in quantized if n.name in present]
-    activations = sorted({n.input[0] for n in quantized} | {n.output[0] for n in quantized if n.name in with_output})
+    activations = quantized_activations(quantized, with_output)
 
     made: list[Any] = []
     by_output: dict[str, list[Any]] = defaultdict(list)  # Q/DQ nodes to place after a tensor's producer
