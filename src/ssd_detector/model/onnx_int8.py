@@ -277,7 +277,8 @@ def quantize_graph(model: Any, model_dir: Path, images: np.ndarray, detection: D
         ranges.update(relative_logit_ranges(model_dir, symbol, head_outputs, images, detection.classes_plus_one,
                                             floor))
     # Each INT8 class predictor and its box predictor as one convolution (onnx_predictors).
-    boxes = [n for n in quantized if n.name in with_output and n.name not in heads
+    shared = {n.input[0] for n in relative}  # only convolutions reading a class predictor's input can be its box one
+    boxes = [n for n in quantized if n.input[0] in shared and n.name in with_output and n.name not in heads
              and not convolutions_reached(graph, list(n.output))]
     merged = merge_predictors(graph, relative, boxes, ranges)
     present = {n.name for n in graph.graph.node}
